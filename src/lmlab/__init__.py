@@ -1,0 +1,3 @@
+"""lmlab: a small laboratory for the whole life of a language model."""
+
+__version__ = "0.1.0"

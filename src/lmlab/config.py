@@ -1,0 +1,249 @@
+"""Recipes: dataclass configs read from YAML, overridden from the command line.
+
+Every verb of the CLI is driven by one dataclass. Its fields are documented
+with attribute docstrings (a string literal on the line after the field), and
+those docstrings are the `--help` text, so the code and the help never drift.
+Values are layered: dataclass defaults < YAML recipe (`--config`) < each
+`--set key=value` < explicit `--key value` flags. Unknown keys and values of
+the wrong type are errors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from lmlab.errors import LmlabError
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> the docstring written under it in the class body."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where lossless."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise LmlabError(f"config key '{key}' in {where} may not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise LmlabError(f"config key '{key}' in {where} must be a mapping, got {value!r}")
+        return from_dict(tp, value, where, prefix=f"{key}.")
+    origin = get_origin(tp)
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise LmlabError(f"config key '{key}' in {where} must be one of {choices}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise LmlabError(f"config key '{key}' in {where} must be a list, got {value!r}")
+        (inner, *_) = get_args(tp) or (Any,)
+        items = [_coerce(v, inner, key, where) for v in value]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise LmlabError(f"config key '{key}' in {where} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise LmlabError(f"config key '{key}' in {where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}") from None
+        if f != int(f):
+            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise LmlabError(f"config key '{key}' in {where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise LmlabError(f"config key '{key}' in {where} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise LmlabError(f"config key '{key}' in {where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (possibly nested) mapping, strictly."""
+    if not isinstance(data, dict):
+        raise LmlabError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), list(names), n=3)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise LmlabError(f"unknown config key '{prefix}{key}' in {where}{hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+    obj = cls(**kwargs)
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable mapping of a (nested) dataclass."""
+    return dataclasses.asdict(obj)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise LmlabError(f"cannot set '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one `--set key=value` (value read as YAML: 3, 1e-3, true, [1,2])."""
+    if "=" not in item:
+        raise LmlabError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise LmlabError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LmlabError(f"config file {p} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmlabError(f"config file {p} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load(cls: type, path: str | Path | None = None, sets: list[str] | None = None,
+         flags: dict[str, Any] | None = None) -> Any:
+    """Layer defaults < YAML file < `--set` overrides < explicit flags."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    where = str(path) if path else "command line"
+    for item in sets or []:
+        key, value = parse_set(item)
+        _set_dotted(data, key, value)
+    for key, value in (flags or {}).items():
+        _set_dotted(data, key, value)
+    if sets or flags:
+        where = f"{where} (with overrides)" if path else "command line"
+    return from_dict(cls, data, where)
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """(dotted name, type, default, help) for every leaf field, nested included."""
+    out = []
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, _ = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.extend(leaf_fields(tp, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        out.append((prefix + f.name, hints[f.name], default, docs.get(f.name, "")))
+    return out
+
+
+_UNSET = object()
+
+
+def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> None:
+    """Give an argparse parser `--config`, `--set` and one `--flag` per field."""
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML recipe (default: {default_config or 'none, built-in defaults'})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+    for name, _tp, default, doc in leaf_fields(cls):
+        spellings = [f"--{name}"]
+        if "_" in name:
+            spellings.append(f"--{name.replace('_', '-')}")
+        parser.add_argument(*spellings, dest=f"cfg:{name}", default=_UNSET, metavar="V",
+                            help=f"{doc} (default: {default!r})")
+
+
+def from_args(cls: type, args: Any) -> Any:
+    """The config an argparse namespace (built by `add_arguments`) describes."""
+    flags = {}
+    for k, v in vars(args).items():
+        if k.startswith("cfg:") and v is not _UNSET:
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError:
+                pass
+            flags[k[4:]] = v
+    return load(cls, args.config, args.set, flags)
