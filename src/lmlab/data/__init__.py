@@ -1,0 +1,1 @@
+"""Data: the built-in world, text loaders, tokenizer, token shards and batching."""

@@ -1,0 +1,1 @@
+"""Evaluations whose ground truth is known exactly (the built-in world)."""

@@ -1,0 +1,130 @@
+"""`ModelConfig`: every architectural choice of the one `Transformer`, plus presets.
+
+GPT-2 and Llama differ in a handful of switches (positions, norm, MLP, bias,
+grouped-query attention, tied head); an autoregressive and a masked LM differ
+in one (`causal`). Keeping them as fields of one dataclass makes those
+differences visible and lets `lmlab size` reason about any model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "swiglu")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    """Number of token ids (set from the tokenizer when training)."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 4
+    """Attention heads (query heads); must divide d_model."""
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention (None = n_heads, i.e. multi-head attention)."""
+    d_ff: int | None = None
+    """Hidden width of the MLP (None = 4*d_model for gelu, 8/3*d_model rounded up to 32 for swiglu)."""
+    max_seq_len: int = 128
+    """Longest sequence the model accepts (the size of learned position tables / RoPE caches)."""
+    norm: str = "layernorm"
+    """'layernorm' (GPT-2) or 'rmsnorm' (Llama)."""
+    norm_eps: float = 1e-5
+    """Epsilon inside the normalisation."""
+    positions: str = "learned"
+    """'learned' absolute position embeddings (GPT-2) or 'rope' rotary embeddings (Llama)."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    mlp: str = "gelu"
+    """'gelu' (two matrices) or 'swiglu' (three matrices, gated)."""
+    bias: bool = False
+    """Biases in linear layers and LayerNorm (GPT-2 has them, Llama does not)."""
+    tie_embeddings: bool = True
+    """Share the input embedding matrix with the output head."""
+    causal: bool = True
+    """Causal (autoregressive) attention mask; False gives bidirectional attention for masked LMs."""
+    dropout: float = 0.0
+    """Dropout on attention probabilities, residual branches and embeddings."""
+    init_std: float = 0.02
+    """Standard deviation of the GPT-2-style normal initialisation."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return -(-int(8 * self.d_model / 3) // 32) * 32
+        return 4 * self.d_model
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise LmlabError(f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise LmlabError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise LmlabError(f"RoPE needs an even head dimension, got d_model/n_heads={self.head_dim}")
+        for name, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise LmlabError(f"model.{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise LmlabError(f"model.d_ff must be positive, got {self.d_ff}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise LmlabError(f"unknown model config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+_GPT2 = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True)
+_LLAMA = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, tie_embeddings=False)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Published shapes (GPT-2 paper / HF configs); vocab 50257, context 1024.
+    "gpt2-small": dict(_GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024),
+    "gpt2-medium": dict(_GPT2, vocab_size=50257, d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024),
+    # Small lab models: sized for a laptop CPU.
+    "gpt-tiny": dict(_GPT2, bias=False, d_model=128, n_layers=4, n_heads=4, max_seq_len=128),
+    "gpt-mini": dict(_GPT2, bias=False, d_model=256, n_layers=6, n_heads=8, max_seq_len=256),
+    "llama-tiny": dict(_LLAMA, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128),
+    "llama-mini": dict(_LLAMA, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, max_seq_len=256),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named architecture, with any field overridden."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(PRESETS)}"
+        raise LmlabError(f"unknown model preset {name!r}{hint}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,1 @@
+"""Pure arithmetic about models: parameters, FLOPs, memory (no torch import)."""

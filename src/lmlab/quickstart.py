@@ -1,0 +1,132 @@
+"""`lmlab quickstart`: the whole life of a small model on the built-in world, in minutes.
+
+Stages, each writing into one run directory (default `runs/quickstart/`):
+world -> tokenizer -> token shards -> pretraining -> samples and a knowledge
+probe -> `report.md` + `summary.json`. Each stage's own paths are derived from
+`out`, so `--set world.people=500` changes the world but not where it goes.
+Rerunning resumes pretraining (a finished run is not retrained).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lmlab.data.shards import PrepareConfig, prepare
+from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
+from lmlab.data.world import WorldConfig, generate_world
+from lmlab.model.config import ModelConfig
+from lmlab.summary import read_summary, update_summary
+from lmlab.train.trainer import PretrainConfig, TrainConfig, pretrain
+
+
+def _world() -> WorldConfig:
+    return WorldConfig(people=200, unknown=50, bios_per_person=5, arithmetic=600, arithmetic_test=100)
+
+
+def _model() -> ModelConfig:
+    return ModelConfig(d_model=128, n_layers=4, n_heads=4, max_seq_len=128, norm="layernorm",
+                       positions="learned", mlp="gelu", bias=False, tie_embeddings=True)
+
+
+def _train() -> TrainConfig:
+    return TrainConfig(steps=1500, batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=100, weight_decay=0.1,
+                       eval_interval=250, eval_batches=10, ckpt_interval=250, log_interval=10)
+
+
+@dataclass
+class QuickstartConfig:
+    out: str = "runs/quickstart"
+    """Run directory for every stage's output."""
+    world: WorldConfig = field(default_factory=_world)
+    """The built-in world (its `out` is set to <out>/world)."""
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="bpe", vocab_size=1024))
+    """Tokenizer training (input and out are set by the quickstart)."""
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(val_fraction=0.05))
+    """Token shards (input, tokenizer and out are set by the quickstart)."""
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(model=_model(), train=_train()))
+    """Pretraining (data and out are set by the quickstart)."""
+    samples: int = 3
+    """Greedy samples to print and put in the report."""
+    probe_questions: int = 60
+    """Questions per group (QA-train, QA-test, unknown) in the knowledge probe."""
+
+
+def _stage(name: str) -> float:
+    print(f"== {name}", flush=True)
+    return time.perf_counter()
+
+
+def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+
+    t = _stage("world")
+    wcfg = replace(cfg.world, out=str(out / "world"))
+    wstats = generate_world(wcfg)
+    update_summary(out / "summary.json", "world", {**wstats, "wall_s": round(time.perf_counter() - t, 2)})
+    print(f"   {wstats.get('people_qa_train', 0) + wstats.get('people_qa_test', 0)} people, "
+          f"{wstats.get('pretrain_docs')} pretraining documents, {wstats.get('pretrain_chars'):,} characters")
+
+    t = _stage("tokenizer")
+    tcfg = replace(cfg.tokenizer, input=str(out / "world" / "pretrain.jsonl"), out=str(out / "tokenizer.json"))
+    tstats = train_tokenizer(tcfg)
+    update_summary(out / "summary.json", "tokenizer", {**tstats, "wall_s": round(time.perf_counter() - t, 2)})
+    print(f"   {tstats['kind']} vocab {tstats['vocab_size']}, {tstats['chars_per_token']:.2f} chars/token")
+
+    t = _stage("prepare")
+    pcfg = replace(cfg.prepare, input=tcfg.input, tokenizer=tcfg.out, out=str(out / "data"))
+    meta = prepare(pcfg)
+    update_summary(out / "summary.json", "prepare", {
+        "train_tokens": meta["splits"]["train"]["n_tokens"], "val_tokens": meta["splits"]["val"]["n_tokens"],
+        "wall_s": round(time.perf_counter() - t, 2)})
+    print(f"   {meta['splits']['train']['n_tokens']:,} train / {meta['splits']['val']['n_tokens']:,} val tokens")
+
+    t = _stage("pretrain")
+    prcfg = replace(cfg.pretrain, data=pcfg.out, tokenizer=tcfg.out, out=str(out))
+    psum = pretrain(prcfg)
+    print(f"   val loss {psum['val_loss']:.3f} after {psum['train_tokens']:,} tokens "
+          f"({psum['tokens_per_s']:,.0f} tokens/s, {psum['precision']})")
+
+    t = _stage("samples and knowledge probe")
+    probe = _probe(out, cfg)
+    update_summary(out / "summary.json", "probe", {**{k: v for k, v in probe.items() if k != "samples"},
+                                                   "wall_s": round(time.perf_counter() - t, 2)})
+    for s in probe["samples"]:
+        print(f"   > {s[:200]!r}")
+    for key in ("train", "test"):
+        print(f"   QA-{key} accuracy {probe['knowledge'][key]['accuracy']:.1%}")
+    print(f"   unknown people: fabricated an answer {probe['knowledge']['unknown']['fabrication_rate']:.0%}")
+
+    from lmlab.report.quickstart_report import write_report
+
+    report = write_report(out, probe["samples"])
+    total = time.perf_counter() - t_all
+    print(f"== done in {total:.0f} s: {report}")
+    return {"out": str(out), "report": str(report), "wall_s": round(total, 1),
+            "summary": read_summary(out / "summary.json")}
+
+
+def _probe(out: Path, cfg: QuickstartConfig) -> dict[str, Any]:
+    import torch
+
+    from lmlab.data.tokenizer import Tokenizer
+    from lmlab.data.world import load_world
+    from lmlab.evals.knowledge import probe
+    from lmlab.infer.sample import generate
+    from lmlab.train.checkpoint import load_model
+
+    model = load_model(out / "checkpoint")
+    tok = Tokenizer.load(out / "tokenizer.json")
+    world = load_world(out / "world")
+    samples = []
+    prompts = [p["name"].split()[0] for p in world["people"][: cfg.samples]]
+    for prompt in prompts:
+        new = generate(model, tok.encode(prompt), 80, 0.0, stop_id=tok.eos_id)
+        samples.append(prompt + tok.decode(new))
+    with torch.no_grad():
+        knowledge = probe(model, tok, world, per_group=cfg.probe_questions)
+    return {"samples": samples, "knowledge": knowledge}

@@ -1,0 +1,1 @@
+"""Reports: markdown report cards and matplotlib plots of a run."""

@@ -1,0 +1,106 @@
+"""report.md for a quickstart run: every stage's numbers, the loss curve, samples.
+
+Everything is read back from `summary.json` and the stage outputs, so the
+report can be regenerated from a finished run directory at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lmlab.io import write_text
+from lmlab.summary import read_summary
+
+
+def _fmt(x: float | int | None, spec: str = ",") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _mean_chance(world_stats: dict) -> float | None:
+    chance = world_stats.get("chance")
+    if isinstance(chance, dict) and chance:
+        return sum(chance.values()) / len(chance)
+    return chance
+
+
+def write_report(out: Path, samples: list[str]) -> Path:
+    s = read_summary(out / "summary.json")
+    w, tk, pr, pt, pb = (s.get(k, {}) for k in ("world", "tokenizer", "prepare", "pretrain", "probe"))
+    model_cfg = json.loads((out / "checkpoint" / "config.json").read_text())
+    lines = [
+        "# lmlab quickstart report",
+        "",
+        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on "
+        f"{platform.machine()} ({platform.processor() or platform.system()}), device `{pt.get('device')}`.",
+        "",
+        "## World",
+        "",
+        f"- people in biographies: {_fmt(w.get('people_qa_train', 0) + w.get('people_qa_test', 0))} "
+        f"({_fmt(w.get('people_qa_train'))} QA-train, {_fmt(w.get('people_qa_test'))} QA-test), "
+        f"unknown people (in no biography): {_fmt(w.get('people_unknown'))}",
+        f"- biographies: {_fmt(w.get('bios'))}; QA pairs in pretraining: {_fmt(w.get('pretrain_qa'))}; "
+        f"arithmetic problems in pretraining: {_fmt(w.get('pretrain_arith'))}",
+        f"- pretraining documents: {_fmt(w.get('pretrain_docs'))}, characters: {_fmt(w.get('pretrain_chars'))}",
+        "",
+        "## Tokenizer",
+        "",
+        f"- {tk.get('kind')} with vocabulary {_fmt(tk.get('vocab_size'))}; "
+        f"{_fmt(tk.get('chars_per_token'), '.2f')} characters per token",
+        f"- token shards: {_fmt(pr.get('train_tokens'))} train, {_fmt(pr.get('val_tokens'))} val tokens",
+        "",
+        "## Model",
+        "",
+        f"- {model_cfg['n_layers']} layers, width {model_cfg['d_model']}, {model_cfg['n_heads']} heads, "
+        f"context {model_cfg['max_seq_len']}, {model_cfg['positions']} positions, {model_cfg['norm']}, "
+        f"{model_cfg['mlp']} MLP, tied embeddings: {model_cfg['tie_embeddings']}",
+        f"- parameters: {_fmt(pt.get('params'))} total, {_fmt(pt.get('params_non_embedding'))} non-embedding",
+        "",
+        "## Pretraining",
+        "",
+        "![loss curve](loss.png)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| validation loss | {_fmt(pt.get('val_loss'), '.4f')} |",
+        f"| train loss (eval) | {_fmt(pt.get('train_loss'), '.4f')} |",
+        f"| steps | {_fmt(pt.get('steps'))} |",
+        f"| training tokens | {_fmt(pt.get('train_tokens'))} |",
+        f"| tokens/s | {_fmt(pt.get('tokens_per_s'), ',.0f')} |",
+        f"| wall time | {_fmt(pt.get('wall_s'), '.1f')} s |",
+        f"| precision | {pt.get('precision')} |",
+        f"| training compute | {_fmt(pt.get('train_flops'), '.3g')} FLOPs |",
+        f"| MFU (vs measured matmul peak {_fmt((pt.get('peak_flops') or 0) / 1e9, ',.0f')} GFLOP/s) "
+        f"| {_fmt(pt.get('mfu'), '.1%')} |",
+        "",
+    ]
+    know = pb.get("knowledge", {})
+    if know:
+        tr, te, un = know.get("train", {}), know.get("test", {}), know.get("unknown", {})
+        lines += [
+            "## Knowledge probe (greedy, exact match)",
+            "",
+            "| group | questions | result |",
+            "|---|---|---|",
+            f"| QA-train people (QA format seen in pretraining) | {tr.get('n')} | "
+            f"{_fmt(tr.get('accuracy'), '.1%')} correct |",
+            f"| QA-test people (facts only in biographies) | {te.get('n')} | {_fmt(te.get('accuracy'), '.1%')} "
+            f"correct |",
+            f"| unknown people (never seen) | {un.get('n')} | {_fmt(un.get('fabrication_rate'), '.0%')} "
+            f"fabricated an answer |",
+            f"| chance (uniform guess, mean over attributes) | | {_fmt(_mean_chance(w), '.1%')} |",
+            "",
+        ]
+        if know.get("examples"):
+            lines += ["| group | question | truth | model |", "|---|---|---|---|"]
+            for ex in know["examples"]:
+                lines.append(f"| {ex['group']} | {ex['question']} | {ex['truth']} | {ex['model']} |")
+            lines.append("")
+    lines += ["## Greedy samples", ""]
+    for smp in samples:
+        lines += ["```", smp.strip(), "```", ""]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,1 @@
+"""The training loop and its parts: precision, optimizer, schedule, checkpoints."""

@@ -1,0 +1,100 @@
+"""Numeric precision of training: fp32, bf16 autocast, or bf16 weights + fp32 master.
+
+Why three modes: on CUDA, per-op autocast is the standard and fast way to use
+bf16. On a CPU with bf16 matrix units (AMX), autocast's per-op casts cost more
+than they save at small shapes, while bf16 matmuls themselves are 2-4x faster
+than fp32. `bf16-master` therefore keeps the model's weights in bf16 (so no
+per-op casts) and the optimizer's weights in fp32 (so small updates are not
+rounded away); after each step the fp32 masters are copied into the bf16
+weights. Losses are always computed in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+MODES = ("auto", "fp32", "bf16-autocast", "bf16-master")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve(mode: str, device: torch.device) -> str:
+    """Turn 'auto' into the fastest safe mode for `device`."""
+    if mode != "auto":
+        if mode not in MODES:
+            raise ValueError(f"precision must be one of {MODES}, got {mode!r}")
+        return mode
+    if device.type == "cuda":
+        return "bf16-autocast" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16-master"
+    return "fp32"
+
+
+class Precision:
+    """Owns the mapping between the model's weights and the optimizer's weights."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, device: torch.device) -> None:
+        self.mode = resolve(mode, device)
+        self.device = device
+        self.model = model
+        self.model_params = [p for p in model.parameters() if p.requires_grad]
+        if self.mode == "bf16-master":
+            # Masters are fp32 copies; the model itself is cast to bf16 once.
+            self.master = [p.detach().clone().float() for p in self.model_params]
+            model.to(torch.bfloat16)
+            self.model_params = [p for p in model.parameters() if p.requires_grad]
+            for m in self.master:
+                m.grad = torch.zeros_like(m)
+        else:
+            self.master = self.model_params
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return torch.float32 if self.mode == "fp32" else torch.bfloat16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.mode == "bf16-autocast":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def grads_to_master(self) -> None:
+        """After each backward: add the model's (bf16) gradients into the fp32 masters.
+
+        Accumulating in fp32 keeps gradient accumulation over micro-batches exact.
+        """
+        if self.mode != "bf16-master":
+            return
+        for m, p in zip(self.master, self.model_params):
+            if p.grad is not None:
+                m.grad.add_(p.grad)
+                p.grad = None
+
+    @torch.no_grad()
+    def master_to_model(self) -> None:
+        """After the optimizer step: refresh the bf16 weights from the fp32 masters."""
+        if self.mode == "bf16-master":
+            torch._foreach_copy_(self.model_params, self.master)
+
+    def named_master(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, fp32 weight) pairs: what a checkpoint should store."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        return iter(zip(names, self.master))
+
+    def zero_grad(self) -> None:
+        for p in self.model_params:
+            p.grad = None
+        if self.mode == "bf16-master":
+            for m in self.master:
+                m.grad.zero_()

@@ -1,0 +1,354 @@
+"""`lmlab pretrain`: the training loop, from prepared token shards to a checkpoint.
+
+One loop serves every objective: a step is `loss(model, batch)` under the
+chosen precision, gradient accumulation, clipping, AdamW, and the schedule.
+Everything that decides the next step (weights, optimizer moments, step
+number, RNG) is in the checkpoint and the data samplers are pure functions of
+the step, so a run killed at any moment resumes to the same final loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.config import to_dict
+from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
+from lmlab.errors import LmlabError
+from lmlab.model.config import ModelConfig
+from lmlab.model.transformer import Transformer
+from lmlab.plan.flops import train_flops_per_token
+from lmlab.summary import update_summary
+from lmlab.train import checkpoint as ckpt_io
+from lmlab.train.hardware import measure_matmul_peak, pick_device
+from lmlab.train.optim import lr_at, make_adamw, param_groups
+from lmlab.train.precision import MODES, Precision
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    """Optimizer steps to train for."""
+    batch_size: int = 12
+    """Sequences per micro-batch."""
+    block_size: int | None = None
+    """Tokens per sequence (None = model.max_seq_len)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated into one optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warmup steps."""
+    decay_steps: int | None = None
+    """Step at which the cosine reaches min_lr (None = steps)."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay on weight matrices (never norms or biases)."""
+    decay_embeddings: bool = True
+    """Also decay the embedding tables."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    precision: str = "auto"
+    """'auto', 'fp32', 'bf16-autocast' (CUDA default) or 'bf16-master' (bf16 weights, fp32 master; CPU default
+    when it has bf16 matrix units)."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int | None = None
+    """CPU threads for torch (None = torch's default)."""
+    seed: int = 1337
+    """Seed for initialisation, data order and dropout."""
+    sampler: str = "random"
+    """'random' windows (nanoGPT style) or 'epoch' (every window once per epoch, shuffled)."""
+    eval_interval: int = 250
+    """Evaluate every this many steps (and at the end); 0 = only at the end."""
+    eval_batches: int = 20
+    """Batches per evaluation (fixed windows, so evaluations are comparable)."""
+    ckpt_interval: int = 500
+    """Write a checkpoint every this many steps (and at the end); 0 = only at the end."""
+    log_interval: int = 10
+    """Write a metrics.jsonl line every this many steps."""
+    peak_tflops: float | None = None
+    """Hardware peak for MFU in TFLOP/s (None = measure a 1024^3 matmul in the compute dtype at start)."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "eval_batches", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise LmlabError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise LmlabError(f"train.lr must be a positive number, got {self.lr}")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise LmlabError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise LmlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise LmlabError(f"train.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.precision not in MODES:
+            raise LmlabError(f"train.precision must be one of {MODES}, got {self.precision!r}")
+        if self.sampler not in ("random", "epoch"):
+            raise LmlabError(f"train.sampler must be 'random' or 'epoch', got {self.sampler!r}")
+        if self.block_size is not None and self.block_size < 1:
+            raise LmlabError(f"train.block_size must be >= 1, got {self.block_size}")
+
+
+@dataclass
+class PretrainConfig:
+    data: str = "runs/data"
+    """Directory of token shards written by `lmlab prepare` (train.bin, val.bin, meta.json)."""
+    tokenizer: str | None = None
+    """tokenizer.json to store with the checkpoint (None = the one recorded in the shards' meta.json)."""
+    out: str = "runs/pretrain"
+    """Run directory: checkpoint/, metrics.jsonl, loss.png, summary.json."""
+    objective: str = "causal"
+    """Training objective: 'causal' (next-token prediction with teacher forcing)."""
+    resume: bool = True
+    """Continue from out/checkpoint if it exists (a finished run is not retrained); false starts afresh."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The architecture (vocab_size is always taken from the tokenizer)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, precision, evaluation and checkpointing."""
+
+    def __post_init__(self) -> None:
+        if self.objective != "causal":
+            raise LmlabError(f"objective must be 'causal' (masked LM comes with its own issue), "
+                             f"got {self.objective!r}")
+
+
+def causal_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits are upcast so the loss is always fp32."""
+    logits = model(x)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, flushed as written; trimmed on resume."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        kept = []
+        if resume_step > 0 and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: drop it and everything after
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in kept))
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class Trainer:
+    """Holds the model, optimizer and data for one run; `fit()` trains it."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg, tc = cfg, cfg.train
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / "checkpoint"
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.device = pick_device(tc.device)
+        self.train_data = TokenData.open(cfg.data, "train")
+        self.val_data = TokenData.open(cfg.data, "val")
+        meta = TokenData.read_meta(cfg.data)
+        copy = Path(cfg.data) / meta.get("tokenizer", {}).get("copy", "tokenizer.json")
+        self.tokenizer = cfg.tokenizer or (str(copy) if copy.is_file() else None)
+        if self.tokenizer and not Path(self.tokenizer).is_file():
+            raise LmlabError(f"tokenizer file not found: {self.tokenizer} (set tokenizer=PATH)")
+        mc = ModelConfig(**{**to_dict(cfg.model), "vocab_size": int(meta["vocab_size"])})
+        self.block = tc.block_size or mc.max_seq_len
+        if self.block > mc.max_seq_len:
+            raise LmlabError(f"train.block_size={self.block} exceeds model.max_seq_len={mc.max_seq_len}")
+        Sampler = RandomWindowSampler if tc.sampler == "random" else EpochSampler
+        self.sampler = Sampler(self.train_data, self.block, tc.batch_size, tc.seed)
+        self.eval_samplers = {
+            "val": RandomWindowSampler(self.val_data, self.block, tc.batch_size, tc.seed + 1),
+            "train": RandomWindowSampler(self.train_data, self.block, tc.batch_size, tc.seed + 2),
+        }
+        self.step, self.state_extra = 0, {}
+        resume_from = self._resume_checkpoint(mc)
+        torch.manual_seed(tc.seed)
+        self.model = Transformer(mc)
+        if resume_from is not None:
+            self.model = ckpt_io.build_model(resume_from)
+        self.model.to(self.device)
+        self.model_cfg = mc
+        self.prec = Precision(self.model, tc.precision, self.device)
+        named = list(zip([n for n, _ in self.model.named_parameters()], self.prec.master))
+        groups = param_groups(named, tc.weight_decay, tc.decay_embeddings)
+        self.opt = make_adamw(groups, tc.lr, (tc.beta1, tc.beta2), tc.eps, self.device)
+        if resume_from is not None:
+            st = resume_from.trainer_state
+            self.opt.load_state_dict(st["optimizer"])
+            self.step = int(st["step"])
+            self.state_extra = {k: st[k] for k in ("tokens", "wall_s", "evals") if k in st}
+            torch.set_rng_state(st["rng_cpu"])
+            if self.device.type == "cuda" and "rng_cuda" in st:
+                torch.cuda.set_rng_state(st["rng_cuda"])
+        self.fwd = torch.compile(self.model) if tc.compile else self.model
+        self.tokens_per_step = tc.batch_size * tc.grad_accum * self.block
+        self.flops_per_token = train_flops_per_token(mc, self.block)
+        self.decay_steps = tc.decay_steps or tc.steps
+
+    def _resume_checkpoint(self, mc: ModelConfig) -> ckpt_io.Checkpoint | None:
+        if not self.cfg.resume or not (self.ckpt_dir / "meta.json").exists():
+            return None
+        ck = ckpt_io.load_checkpoint(self.ckpt_dir, with_trainer_state=True)
+        if ck.config.to_dict() != mc.to_dict():
+            raise LmlabError(f"{self.ckpt_dir} holds a different model config; use a new out directory "
+                             f"or --set resume=false to start afresh")
+        return ck
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on fixed windows of val and train data."""
+        self.model.eval()
+        out = {}
+        with torch.no_grad(), self.prec.autocast():
+            for split, sampler in self.eval_samplers.items():
+                losses = []
+                for i in range(self.cfg.train.eval_batches):
+                    x, y = sampler.batch(i)
+                    losses.append(causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device)).item())
+                out[f"{split}_loss"] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step (with accumulation); returns (loss, grad norm before clipping)."""
+        tc = self.cfg.train
+        lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        total = 0.0
+        for micro in range(tc.grad_accum):
+            x, y = self.sampler.batch(self.step * tc.grad_accum + micro)
+            with self.prec.autocast():
+                loss = causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device)) / tc.grad_accum
+            loss.backward()
+            self.prec.grads_to_master()
+            total += loss.item()
+        grads = [p for p in self.prec.master if p.grad is not None]
+        if tc.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(grads, tc.grad_clip, foreach=True)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads]))
+        self.opt.step()
+        self.prec.zero_grad()
+        self.prec.master_to_model()
+        self.step += 1
+        return total, float(norm)
+
+    def save(self, evals: list[dict[str, Any]], tokens: int, wall: float) -> None:
+        weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
+        weights.update({k: v for k, v in ckpt_io.model_state(self.model).items() if k not in weights})
+        state = {"step": self.step, "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+                 "tokens": tokens, "wall_s": wall, "evals": evals}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        meta = {"step": self.step, "stage": "pretrain", "objective": self.cfg.objective,
+                "train_config": to_dict(self.cfg.train), "data": self.cfg.data}
+        ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta)
+
+    def fit(self) -> dict[str, Any]:
+        """Train to `train.steps`, logging, evaluating and checkpointing; return the summary."""
+        tc = self.cfg.train
+        evals: list[dict[str, Any]] = list(self.state_extra.get("evals", []))
+        tokens = int(self.state_extra.get("tokens", 0))
+        wall_before = float(self.state_extra.get("wall_s", 0.0))
+        log = MetricsLog(self.out / "metrics.jsonl", self.step)
+        peak = (tc.peak_tflops * 1e12 if tc.peak_tflops
+                else measure_matmul_peak(self.prec.compute_dtype, self.device))
+        params = self.model.count_params()
+        bar = None
+        if tc.progress and self.step < tc.steps:
+            from tqdm import tqdm
+            bar = tqdm(total=tc.steps, initial=self.step, desc="pretrain", unit="step",
+                       dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+        start, window_t, window_tokens = time.perf_counter(), time.perf_counter(), 0
+        resumed = self.step
+        try:
+            while self.step < tc.steps:
+                loss, gnorm = self.train_step()
+                if not math.isfinite(loss):
+                    raise LmlabError(f"loss became {loss} at step {self.step}; lower train.lr "
+                                     f"(now {tc.lr}) or check the data")
+                tokens += self.tokens_per_step
+                window_tokens += self.tokens_per_step
+                last = self.step == tc.steps
+                if self.step % tc.log_interval == 0 or last:
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_t, 1e-9)
+                    row = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                           "grad_norm": gnorm, "tokens": tokens, "tokens_per_s": tps,
+                           "mfu": tps * self.flops_per_token / peak, "elapsed_s": wall_before + now - start}
+                    log.write(row)
+                    window_t, window_tokens = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                if (tc.eval_interval and self.step % tc.eval_interval == 0) or last:
+                    t_eval = time.perf_counter()
+                    ev = {"step": self.step, **self.evaluate()}
+                    evals.append(ev)
+                    log.write({**ev, "eval": True})
+                    window_t += time.perf_counter() - t_eval  # keep eval time out of tokens/s
+                if (tc.ckpt_interval and self.step % tc.ckpt_interval == 0) or last:
+                    self.save(evals, tokens, wall_before + time.perf_counter() - start)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            log.close()
+        wall = wall_before + time.perf_counter() - start
+        if not evals:
+            evals.append({"step": self.step, **self.evaluate()})
+        trained = self.step - resumed
+        summary = {
+            "val_loss": evals[-1]["val_loss"], "train_loss": evals[-1]["train_loss"],
+            "steps": self.step, "train_tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+            "params": params["total"], "params_non_embedding": params["non_embedding"],
+            "precision": self.prec.mode, "device": str(self.device),
+            "train_flops": self.flops_per_token * tokens, "peak_flops": peak,
+            "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 else None,
+            "resumed_from_step": resumed if resumed else None, "steps_this_run": trained,
+        }
+        update_summary(self.out / "summary.json", "pretrain", summary)
+        return summary
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train (or resume) and plot the loss curve; returns the `pretrain` summary."""
+    from lmlab.report.plots import plot_loss
+
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    plot_loss(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "loss.png")
+    return summary
