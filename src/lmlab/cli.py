@@ -12,19 +12,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from lmlab import __version__
 from lmlab.config import add_arguments, from_args
 from lmlab.errors import LmlabError
-
-
-@dataclass
-class Verb:
-    help: str
-    config: Callable[[], type]
-    run: Callable[[], Callable[[Any], Any]]
 
 
 def _world():
@@ -57,10 +49,6 @@ def _quickstart():
     return QuickstartConfig, quickstart
 
 
-def _lazy(loader: Callable[[], tuple[type, Callable]]) -> Verb:
-    return Verb("", lambda: loader()[0], lambda: loader()[1])
-
-
 # verb -> (one-line purpose, loader of (config class, function)). Imports are lazy so
 # `lmlab --help` and light verbs do not pay for torch.
 VERBS: dict[str, tuple[str, Callable[[], tuple[type, Callable]]]] = {
@@ -74,14 +62,15 @@ VERBS: dict[str, tuple[str, Callable[[], tuple[type, Callable]]]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmlab", description="A small laboratory for the whole life of a language model.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one sub-parser per verb (their flags are added on demand)."""
+    parser = argparse.ArgumentParser(prog="lmlab",
+                                     description="A small laboratory for the whole life of a language model.")
     parser.add_argument("--version", action="version", version=f"lmlab {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     groups: dict[str, Any] = {}
-    for name, (purpose, loader) in VERBS.items():
+    verbs: dict[str, argparse.ArgumentParser] = {}
+    for name, (purpose, _loader) in VERBS.items():
         words = name.split()
         target = sub
         if len(words) == 2:
@@ -89,36 +78,34 @@ def build_parser() -> argparse.ArgumentParser:
                 group = sub.add_parser(words[0], help=f"{words[0]} commands")
                 groups[words[0]] = group.add_subparsers(dest="subverb", metavar="SUBVERB", required=True)
             target = groups[words[0]]
-        p = target.add_parser(words[-1], help=purpose, description=purpose)
-        p.set_defaults(_verb=name, _loader=loader)
+        p = target.add_parser(words[-1], help=purpose, description=purpose,
+                              usage=f"lmlab {name} [--config YAML] [--set KEY=VALUE ...] [--FIELD VALUE ...]")
         p.add_argument("--json", action="store_true", help="print the result as one JSON line")
-        # Argument lists are built on demand (see main) so `lmlab --help` stays instant.
-        p.set_defaults(_parser=p)
-    return parser
+        verbs[name] = p
+    return parser, verbs
 
 
-def _fill(p: argparse.ArgumentParser, loader: Callable[[], tuple[type, Callable]]) -> type:
-    cls, _ = loader()
-    add_arguments(p, cls)
-    return cls
+def _which_verb(argv: list[str]) -> str | None:
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
+        return f"{argv[0]} {argv[1]}"
+    if argv and argv[0] in VERBS:
+        return argv[0]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass: find the verb without failing on its (not yet added) flags.
-    known, _ = parser.parse_known_args(argv) if argv and argv[0] not in ("-h", "--help") else (None, None)
-    if known is None or getattr(known, "_verb", None) is None:
-        if argv and argv[0] not in ("-h", "--help", "--version") and known is not None:
-            parser.print_help()
-            return 2
-        args = parser.parse_args(argv)
+    parser, verbs = build_parser()
+    verb = _which_verb(argv)
+    if verb is None:
+        parser.parse_args(argv)  # prints help / usage errors and exits
         parser.print_help()
-        return 0 if argv else 2
+        return 2
     try:
-        cls = _fill(known._parser, known._loader)
+        cls, run = VERBS[verb][1]()
+        # Only the chosen verb pays for its imports and its per-field flags.
+        add_arguments(verbs[verb], cls)
         args = parser.parse_args(argv)
-        _, run = known._loader()
         cfg = from_args(cls, args)
         result = run(cfg)
     except LmlabError as e:

@@ -155,16 +155,24 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_set(item: str) -> tuple[str, Any]:
-    """Parse one `--set key=value` (value read as YAML: 3, 1e-3, true, [1,2])."""
+def parse_value(raw: str, tp: Any = None) -> Any:
+    """A command-line value: kept verbatim for string fields, else read as YAML (3, 1e-3, true, [1,2])."""
+    if tp is not None and _strip_optional(tp)[0] is str:
+        return None if raw in ("null", "None") and _strip_optional(tp)[1] else raw
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def parse_set(item: str, cls: type | None = None) -> tuple[str, Any]:
+    """Parse one `--set key=value`; with `cls`, string fields keep their text verbatim."""
     if "=" not in item:
         raise LmlabError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    key = key.strip()
+    types_ = {name: tp for name, tp, _, _ in leaf_fields(cls)} if cls is not None else {}
+    return key, parse_value(raw, types_.get(key))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -188,7 +196,7 @@ def load(cls: type, path: str | Path | None = None, sets: list[str] | None = Non
     data: dict[str, Any] = read_yaml(path) if path else {}
     where = str(path) if path else "command line"
     for item in sets or []:
-        key, value = parse_set(item)
+        key, value = parse_set(item, cls)
         _set_dotted(data, key, value)
     for key, value in (flags or {}).items():
         _set_dotted(data, key, value)
@@ -238,12 +246,9 @@ def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> 
 
 def from_args(cls: type, args: Any) -> Any:
     """The config an argparse namespace (built by `add_arguments`) describes."""
+    types_ = {name: tp for name, tp, _, _ in leaf_fields(cls)}
     flags = {}
     for k, v in vars(args).items():
         if k.startswith("cfg:") and v is not _UNSET:
-            try:
-                v = yaml.safe_load(v)
-            except yaml.YAMLError:
-                pass
-            flags[k[4:]] = v
+            flags[k[4:]] = parse_value(v, types_.get(k[4:]))
     return load(cls, args.config, args.set, flags)

@@ -106,8 +106,10 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     report = write_report(out, probe["samples"])
     total = time.perf_counter() - t_all
     print(f"== done in {total:.0f} s: {report}")
+    summary = read_summary(out / "summary.json")
     return {"out": str(out), "report": str(report), "wall_s": round(total, 1),
-            "summary": read_summary(out / "summary.json")}
+            "val_loss": summary["pretrain"]["val_loss"],
+            "qa_test_accuracy": summary["probe"]["knowledge"]["test"]["accuracy"]}
 
 
 def _probe(out: Path, cfg: QuickstartConfig) -> dict[str, Any]:

@@ -1,0 +1,157 @@
+"""Pretraining speed and quality against nanoGPT's CPU recipe on tinyshakespeare (char level).
+
+Runs `lmlab pretrain --config configs/shakespeare_char.yaml` (nanoGPT's README
+CPU configuration) as a child process and, when a nanoGPT checkout is given
+(`--nanogpt PATH` or NANOGPT_DIR), runs nanoGPT's unmodified `train.py` with
+the README's CPU command beside it on the same data, then compares wall time,
+validation loss, tokens/s, ms/iteration, peak RSS and MFU against fp32 and
+bf16 matmul peaks measured here. Without nanoGPT, the reference is the figure
+recorded on this kind of machine in shared/DESIGN.md (78 s, val loss 1.886).
+Ends with one JSON line of figures; `ratio` = nanoGPT wall / lmlab wall.
+
+    python benchmarks/pretrain_shakespeare_char.py [--nanogpt ~/src/nanoGPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED_NANOGPT = {"wall_s": 78.0, "val_loss": 1.886, "ms_per_iter": 33.5, "peak_rss_mib": 367.0,
+                    "source": "recorded in shared/DESIGN.md (same kind of 2-core machine)"}
+NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+
+
+def run_child(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float, int]:
+    """Run a command; return (wall seconds, peak RSS MiB of that child, exit code)."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def matmul_peaks() -> dict[str, float]:
+    from lmlab.train.hardware import measure_matmul_peak
+
+    cpu = torch.device("cpu")
+    return {"fp32": measure_matmul_peak(torch.float32, cpu, n=2048, seconds=1.0),
+            "bf16": measure_matmul_peak(torch.bfloat16, cpu, n=2048, seconds=1.0)}
+
+
+def prepare_lmlab(text: Path, work: Path) -> Path:
+    from lmlab.data.shards import PrepareConfig, prepare
+    from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
+
+    train_tokenizer(TokenizerConfig(input=str(text), out=str(work / "tokenizer.json"), kind="char"))
+    prepare(PrepareConfig(input=str(text), tokenizer=str(work / "tokenizer.json"), out=str(work / "data"),
+                          val_fraction=0.1, split="tail"))
+    return work / "data"
+
+
+def run_lmlab(data: Path, work: Path, iters: int, precision: str) -> dict:
+    out = work / "lmlab_run"
+    cmd = [sys.executable, "-m", "lmlab.cli", "pretrain", "--config", str(ROOT / "configs/shakespeare_char.yaml"),
+           "--set", f"data={data}", "--set", f"out={out}", "--set", f"train.steps={iters}",
+           "--set", f"train.decay_steps={iters}", "--set", f"train.precision={precision}",
+           "--set", "train.progress=false", "--set", "resume=false"]
+    wall, rss, rc = run_child(cmd, ROOT, work / "lmlab.log")
+    if rc != 0:
+        sys.exit(f"lmlab failed (exit {rc}); see {work / 'lmlab.log'}:\n" + (work / "lmlab.log").read_text()[-2000:])
+    summary = json.loads((out / "summary.json").read_text())["pretrain"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tok_per_step = 12 * 64
+    ms = [1000 * tok_per_step / r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    return {"wall_s": wall, "val_loss": summary["val_loss"], "train_loss": summary["train_loss"],
+            "ms_per_iter": statistics.median(ms), "peak_rss_mib": rss, "precision": summary["precision"],
+            "train_loop_s": summary["wall_s"], "flops_per_token": summary["train_flops"] / summary["train_tokens"]}
+
+
+def run_nanogpt(src: Path, text: Path, work: Path) -> dict:
+    """nanoGPT's train.py, unmodified, in a scratch copy; its data files are written the way its
+    data/shakespeare_char/prepare.py writes them (that script would download the text)."""
+    repo = work / "nanoGPT"
+    shutil.copytree(src, repo, ignore=shutil.ignore_patterns(".git", "out-*"))
+    data = text.read_text(encoding="utf-8")
+    chars = sorted(set(data))
+    stoi = {c: i for i, c in enumerate(chars)}
+    n = len(data)
+    d = repo / "data" / "shakespeare_char"
+    d.mkdir(parents=True, exist_ok=True)
+    np.array([stoi[c] for c in data[: int(n * 0.9)]], dtype=np.uint16).tofile(d / "train.bin")
+    np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16).tofile(d / "val.bin")
+    with open(d / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    wall, rss, rc = run_child([sys.executable, "train.py", *NANOGPT_ARGS], repo, work / "nanogpt.log")
+    log = (work / "nanogpt.log").read_text()
+    if rc != 0:
+        sys.exit(f"nanoGPT failed (exit {rc}):\n{log[-2000:]}")
+    evals = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", log)
+    times = [float(t) for t in re.findall(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", log)]
+    return {"wall_s": wall, "val_loss": float(evals[-1][2]), "ms_per_iter": statistics.median(times[1:]),
+            "peak_rss_mib": rss, "source": f"measured in this run ({src})"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyshakespeare.txt"))
+    ap.add_argument("--nanogpt", default=os.environ.get("NANOGPT_DIR"), help="path to a nanoGPT checkout")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--precision", default="auto", help="lmlab train.precision (auto, fp32, bf16-master)")
+    ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
+    args = ap.parse_args()
+    text = Path(args.data)
+    if not text.is_file():
+        sys.exit(f"tinyshakespeare not found at {text}; pass --data PATH")
+    work = Path(args.work or tempfile.mkdtemp(prefix="lmlab-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    peaks = matmul_peaks()
+    data = prepare_lmlab(text, work)
+    nano = run_nanogpt(Path(args.nanogpt), text, work) if args.nanogpt else dict(RECORDED_NANOGPT)
+    lm = run_lmlab(data, work, args.iters, args.precision)
+    tps = 12 * 64 / (lm["ms_per_iter"] / 1000)
+    fig = {
+        "benchmark": "pretrain_shakespeare_char", "iters": args.iters, "threads": torch.get_num_threads(),
+        "val_loss": round(lm["val_loss"], 4), "wall_s": round(lm["wall_s"], 2),
+        "nanogpt_val_loss": nano["val_loss"], "nanogpt_wall_s": round(nano["wall_s"], 2),
+        "nanogpt_source": nano["source"], "ratio": round(nano["wall_s"] / lm["wall_s"], 3),
+        "ms_per_iter": round(lm["ms_per_iter"], 2), "nanogpt_ms_per_iter": round(nano["ms_per_iter"], 2),
+        "tokens_per_s": round(tps), "peak_rss_mib": round(lm["peak_rss_mib"], 1),
+        "nanogpt_peak_rss_mib": round(nano["peak_rss_mib"], 1), "precision": lm["precision"],
+        "peak_fp32_gflops": round(peaks["fp32"] / 1e9, 1), "peak_bf16_gflops": round(peaks["bf16"] / 1e9, 1),
+        "mfu_vs_fp32_peak": round(tps * lm["flops_per_token"] / peaks["fp32"], 4),
+        "mfu_vs_bf16_peak": round(tps * lm["flops_per_token"] / peaks["bf16"], 4),
+        "target": {"val_loss_max": 1.89, "ratio_min": 2.0},
+    }
+    print(f"lmlab:   val loss {fig['val_loss']:.4f}  wall {fig['wall_s']:.1f} s  {fig['ms_per_iter']:.1f} ms/iter  "
+          f"{fig['tokens_per_s']:,} tok/s  peak RSS {fig['peak_rss_mib']:.0f} MiB  ({fig['precision']})")
+    print(f"nanoGPT: val loss {fig['nanogpt_val_loss']:.4f}  wall {fig['nanogpt_wall_s']:.1f} s  "
+          f"{fig['nanogpt_ms_per_iter']:.1f} ms/iter  peak RSS {fig['nanogpt_peak_rss_mib']:.0f} MiB  "
+          f"[{fig['nanogpt_source']}]")
+    print(f"ratio (nanoGPT wall / lmlab wall): {fig['ratio']:.2f}x; MFU {fig['mfu_vs_fp32_peak']:.1%} of fp32 peak "
+          f"({fig['peak_fp32_gflops']:.0f} GFLOP/s), {fig['mfu_vs_bf16_peak']:.1%} of bf16 peak "
+          f"({fig['peak_bf16_gflops']:.0f} GFLOP/s)")
+    print(json.dumps(fig))
+
+
+if __name__ == "__main__":
+    main()
