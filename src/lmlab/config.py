@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -100,15 +101,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise LmlabError(f"config key '{key}' in {where} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}")
-        try:
-            f = float(value)
-        except ValueError:
-            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}") from None
-        if f != int(f):
-            raise LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}")
-        return int(f)
+        return _to_int(value, key, where)
     if tp is float:
         if isinstance(value, bool):
             raise LmlabError(f"config key '{key}' in {where} must be a number, got {value!r}")
@@ -121,6 +114,27 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise LmlabError(f"config key '{key}' in {where} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _to_int(value: Any, key: str, where: str) -> int:
+    """An exact integer: ints as they are, integral floats (3.0, 1e3) and numeric strings converted."""
+    bad = LmlabError(f"config key '{key}' in {where} must be an integer, got {value!r}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad from None
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return int(value)
+    raise bad
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: str = "") -> Any:
@@ -160,9 +174,15 @@ def parse_value(raw: str, tp: Any = None) -> Any:
     if tp is not None and _strip_optional(tp)[0] is str:
         return None if raw in ("null", "None") and _strip_optional(tp)[1] else raw
     try:
-        return yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         return raw
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string; a user means the number
+            return float(value) if any(c.isdigit() for c in value) else value
+        except ValueError:
+            return value
+    return value
 
 
 def parse_set(item: str, cls: type | None = None) -> tuple[str, Any]:
@@ -240,8 +260,8 @@ def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> 
         spellings = [f"--{name}"]
         if "_" in name:
             spellings.append(f"--{name.replace('_', '-')}")
-        parser.add_argument(*spellings, dest=f"cfg:{name}", default=_UNSET, metavar="V",
-                            help=f"{doc} (default: {default!r})")
+        text = f"{doc} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
+        parser.add_argument(*spellings, dest=f"cfg:{name}", default=_UNSET, metavar="V", help=text)
 
 
 def from_args(cls: type, args: Any) -> Any:

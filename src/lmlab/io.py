@@ -56,15 +56,26 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def recover_dir(path: str | Path) -> None:
+    """Finish an `atomic_dir` swap that a crash interrupted between its two renames."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `path` as a whole.
 
-    The old directory (if any) is moved aside first and removed only after the
-    new one is in place, so a crash leaves either the old or the new version.
+    The old directory (if any) is renamed aside, the new one renamed into place,
+    and only then is the old one deleted. A crash between the two renames leaves
+    the old version at `.<name>.old`, which `recover_dir` (called here and by
+    readers such as checkpoint loading) puts back; a failed rename is undone at once.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -79,7 +90,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             if old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

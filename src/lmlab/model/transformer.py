@@ -66,7 +66,13 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        qkv = self.qkv(x)
+        dtype = qkv.dtype
+        if qkv.device.type == "cpu" and dtype != torch.float32:
+            # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
+            # at small shapes, and attention is a small share of the FLOPs: run it in fp32.
+            qkv = qkv.float()
+        q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
@@ -76,15 +82,15 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         p = self.cfg.dropout if self.training else 0.0
-        causal = self.cfg.causal and attn_mask is None
-        dtype = q.dtype
-        if q.device.type == "cpu" and dtype != torch.float32:
-            # PyTorch's CPU flash-attention backward is several times slower in bf16 than fp32
-            # at small shapes; attention is a small share of the FLOPs, so run it in fp32.
-            q, k, v = q.float(), k.float(), v.float()
+        causal = self.cfg.causal
+        if attn_mask is not None and causal:
+            # A boolean mask (True = may attend, e.g. padding) is combined with, never replaces,
+            # the causal mask.
+            attn_mask = attn_mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal)
-        y = y.to(dtype)
-        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd).to(dtype)
+        return self.proj(y)
 
 
 class MLP(nn.Module):

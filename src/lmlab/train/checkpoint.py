@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.errors import LmlabError
-from lmlab.io import atomic_dir
+from lmlab.io import atomic_dir, recover_dir
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 
@@ -77,6 +77,7 @@ class Checkpoint:
 def verify(path: str | Path) -> dict[str, Any]:
     """Check that every file listed in meta.json is present, complete and unchanged."""
     path = Path(path)
+    recover_dir(path)
     if not path.is_dir():
         raise LmlabError(f"checkpoint not found: {path} (expected a directory with model.safetensors)")
     meta_file = path / "meta.json"
@@ -125,7 +126,11 @@ def load_checkpoint(path: str | Path, with_trainer_state: bool = False) -> Check
 def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Transformer:
     """A `Transformer` with the checkpoint's weights (strict, except a tied head)."""
     model = Transformer(ckpt.config)
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise LmlabError(f"checkpoint {ckpt.path}: weights do not fit config.json ({str(e).splitlines()[-1]})") \
+            from None
     if ckpt.config.tie_embeddings:
         missing = [m for m in missing if m != "head.weight"]
     if missing or unexpected:

@@ -53,7 +53,8 @@ class Precision:
         if self.mode == "bf16-master":
             # Masters are fp32 copies; the model itself is cast to bf16 once.
             self.master = [p.detach().clone().float() for p in self.model_params]
-            model.to(torch.bfloat16)
+            for p in model.parameters():  # parameters only: buffers (e.g. RoPE tables) stay fp32
+                p.data = p.data.to(torch.bfloat16)
             self.model_params = [p for p in model.parameters() if p.requires_grad]
             for m in self.master:
                 m.grad = torch.zeros_like(m)
@@ -69,6 +70,7 @@ class Precision:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @torch.no_grad()
     def grads_to_master(self) -> None:
         """After each backward: add the model's (bf16) gradients into the fp32 masters.
 
@@ -76,10 +78,11 @@ class Precision:
         """
         if self.mode != "bf16-master":
             return
-        for m, p in zip(self.master, self.model_params):
-            if p.grad is not None:
-                m.grad.add_(p.grad)
-                p.grad = None
+        pairs = [(m.grad, p.grad) for m, p in zip(self.master, self.model_params) if p.grad is not None]
+        if pairs:
+            torch._foreach_add_([m for m, _ in pairs], [p for _, p in pairs])
+        for p in self.model_params:
+            p.grad = None
 
     @torch.no_grad()
     def master_to_model(self) -> None:
@@ -96,5 +99,4 @@ class Precision:
         for p in self.model_params:
             p.grad = None
         if self.mode == "bf16-master":
-            for m in self.master:
-                m.grad.zero_()
+            torch._foreach_zero_([m.grad for m in self.master])
