@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 quickstart: setup
-	$(BIN)/lmlab quickstart
+	$(BIN)/lmlab quickstart --config configs/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest

@@ -38,15 +38,32 @@ NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
                 "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 
 
+def _vm_hwm_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def run_child(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float, int]:
-    """Run a command; return (wall seconds, peak RSS MiB of that child, exit code)."""
+    """Run a command; return (wall seconds, peak RSS MiB of that child, exit code).
+
+    Peak RSS is the child's own VmHWM, polled from /proc while it runs: the rusage
+    that wait4() reports would include the RSS this (torch-importing) parent had
+    when it forked.
+    """
     start = time.perf_counter()
+    peak = 0.0
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_mib(proc.pid) or 0.0)
+            time.sleep(0.02)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    return wall, peak, proc.returncode
 
 
 def matmul_peaks() -> dict[str, float]:

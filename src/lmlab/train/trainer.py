@@ -28,7 +28,7 @@ from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
-from lmlab.train.hardware import measure_matmul_peak, pick_device
+from lmlab.train.hardware import measure_matmul_peak, pick_device, tune_cpu_allocator
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
 
@@ -175,6 +175,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = pick_device(tc.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.train_data = TokenData.open(cfg.data, "train")
         self.val_data = TokenData.open(cfg.data, "val")
         meta = TokenData.read_meta(cfg.data)

@@ -1,0 +1,44 @@
+"""The quickstart pipeline end to end (tiny settings), and the shipped recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmlab.config import load, to_dict
+from lmlab.quickstart import QuickstartConfig, quickstart
+from lmlab.train.trainer import PretrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_quickstart_recipe_equals_defaults():
+    assert to_dict(load(QuickstartConfig, CONFIGS / "quickstart.yaml")) == to_dict(QuickstartConfig())
+
+
+@pytest.mark.parametrize("name", ["shakespeare_char.yaml", "pretrain_world.yaml", "llama_tiny_world.yaml"])
+def test_pretrain_recipes_load(name):
+    cfg = load(PretrainConfig, CONFIGS / name)
+    assert cfg.model.n_layers >= 1 and cfg.train.steps >= 1
+
+
+def test_quickstart_end_to_end(tmp_path):
+    sets = ["world.people=24", "world.unknown=4", "world.arithmetic=20", "world.arithmetic_test=5",
+            "tokenizer.vocab_size=300", "pretrain.train.steps=30", "pretrain.train.batch_size=4",
+            "pretrain.train.eval_interval=15", "pretrain.train.eval_batches=2", "pretrain.train.progress=false",
+            "pretrain.model.d_model=32", "pretrain.model.n_layers=1", "pretrain.model.n_heads=2",
+            "probe_questions=3", "samples=2"]
+    cfg = load(QuickstartConfig, None, sets + [f"out={tmp_path / 'qs'}"])
+    result = quickstart(cfg)
+    out = tmp_path / "qs"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"world", "tokenizer", "prepare", "pretrain", "probe"} <= set(summary)
+    assert summary["pretrain"]["steps"] == 30 and summary["pretrain"]["val_loss"] < 6
+    assert summary["probe"]["knowledge"]["test"]["n"] == 3
+    report = (out / "report.md").read_text()
+    for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Greedy samples"):
+        assert heading in report
+    assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
+    assert result["report"] == str(out / "report.md")
