@@ -50,16 +50,37 @@ class Precision:
         self.device = device
         self.model = model
         self.model_params = [p for p in model.parameters() if p.requires_grad]
+        self.flat_grad: torch.Tensor | None = None
         if self.mode == "bf16-master":
-            # Masters are fp32 copies; the model itself is cast to bf16 once.
-            self.master = [p.detach().clone().float() for p in self.model_params]
-            for p in model.parameters():  # parameters only: buffers (e.g. RoPE tables) stay fp32
-                p.data = p.data.to(torch.bfloat16)
-            self.model_params = [p for p in model.parameters() if p.requires_grad]
-            for m in self.master:
-                m.grad = torch.zeros_like(m)
+            self._flatten_bf16_master()
         else:
             self.master = self.model_params
+
+    def _flatten_bf16_master(self) -> None:
+        """fp32 masters, their gradients and the bf16 weights each live in one flat buffer.
+
+        Every parameter is a view into its buffer, so the per-step bookkeeping
+        (zeroing, the global gradient norm, clipping, refreshing the bf16 copy) is
+        one kernel each instead of one per tensor: at small shapes those
+        per-tensor launches cost as much as the arithmetic.
+        """
+        n = sum(p.numel() for p in self.model_params)
+        dev = self.model_params[0].device
+        self.flat_master = torch.empty(n, dtype=torch.float32, device=dev)
+        self.flat_grad = torch.zeros(n, dtype=torch.float32, device=dev)
+        self.flat_model = torch.empty(n, dtype=torch.bfloat16, device=dev)
+        self.master = []
+        offset = 0
+        for p in self.model_params:
+            k = p.numel()
+            m = self.flat_master[offset:offset + k].view_as(p)
+            m.copy_(p.detach())
+            m.grad = self.flat_grad[offset:offset + k].view_as(p)
+            self.master.append(m)
+            bf = self.flat_model[offset:offset + k].view_as(p)
+            bf.copy_(p.detach())
+            p.data = bf  # the parameter now lives in the flat bf16 buffer
+            offset += k
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -88,7 +109,20 @@ class Precision:
     def master_to_model(self) -> None:
         """After the optimizer step: refresh the bf16 weights from the fp32 masters."""
         if self.mode == "bf16-master":
-            torch._foreach_copy_(self.model_params, self.master)
+            self.flat_model.copy_(self.flat_master)
+
+    @torch.no_grad()
+    def clip_grad_norm(self, max_norm: float) -> float:
+        """Global gradient norm (before clipping); scales gradients down to `max_norm` if > 0."""
+        if self.flat_grad is None:
+            grads = [p for p in self.master if p.grad is not None]
+            if max_norm > 0:
+                return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True))
+            return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads])))
+        norm = float(torch.linalg.vector_norm(self.flat_grad))
+        if max_norm > 0 and norm > max_norm:
+            self.flat_grad.mul_(max_norm / (norm + 1e-6))
+        return norm
 
     def named_master(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, fp32 weight) pairs: what a checkpoint should store."""
@@ -98,5 +132,5 @@ class Precision:
     def zero_grad(self) -> None:
         for p in self.model_params:
             p.grad = None
-        if self.mode == "bf16-master":
-            torch._foreach_zero_([m.grad for m in self.master])
+        if self.flat_grad is not None:
+            self.flat_grad.zero_()

@@ -229,16 +229,23 @@ class Trainer:
         return ck
 
     def evaluate(self) -> dict[str, float]:
-        """Mean loss on fixed windows of val and train data."""
+        """Mean loss on fixed windows of val and train data.
+
+        The eval batches are stacked into larger forward passes (same windows, same
+        mean), which is several times faster on CPU than one small batch at a time.
+        """
         self.model.eval()
         out = {}
+        n, group = self.cfg.train.eval_batches, 8
         with torch.no_grad(), self.prec.autocast():
             for split, sampler in self.eval_samplers.items():
-                losses = []
-                for i in range(self.cfg.train.eval_batches):
-                    x, y = sampler.batch(i)
-                    losses.append(causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device)).item())
-                out[f"{split}_loss"] = sum(losses) / len(losses)
+                total = 0.0
+                for start in range(0, n, group):
+                    batches = [sampler.batch(i) for i in range(start, min(start + group, n))]
+                    x = torch.cat([b[0] for b in batches]).to(self.device)
+                    y = torch.cat([b[1] for b in batches]).to(self.device)
+                    total += causal_lm_loss(self.fwd, x, y).item() * len(batches)
+                out[f"{split}_loss"] = total / n
         self.model.train()
         return out
 
@@ -256,16 +263,12 @@ class Trainer:
             loss.backward()
             self.prec.grads_to_master()
             total += loss.item()
-        grads = [p for p in self.prec.master if p.grad is not None]
-        if tc.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(grads, tc.grad_clip, foreach=True)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.grad) for g in grads]))
+        norm = self.prec.clip_grad_norm(tc.grad_clip)
         self.opt.step()
         self.prec.zero_grad()
         self.prec.master_to_model()
         self.step += 1
-        return total, float(norm)
+        return total, norm
 
     def save(self, evals: list[dict[str, Any]], tokens: int, wall: float) -> None:
         weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
