@@ -152,3 +152,12 @@ def test_world_verb_writes_files(tmp_path, capsys):
                         "--arithmetic", "5", "--arithmetic_test", "2", "--json"], capsys)
     assert code == 0
     assert (tmp_path / "w" / "pretrain.jsonl").is_file() and (tmp_path / "w" / "facts.json").is_file()
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_every_config_field_has_help_text(verb):
+    from lmlab.config import leaf_fields
+
+    cls, _ = VERBS[verb][1]()
+    missing = [name for name, _, _, doc in leaf_fields(cls) if not doc.strip()]
+    assert not missing, f"{verb}: fields without a docstring: {missing}"
