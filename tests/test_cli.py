@@ -161,3 +161,12 @@ def test_every_config_field_has_help_text(verb):
     cls, _ = VERBS[verb][1]()
     missing = [name for name, _, _, doc in leaf_fields(cls) if not doc.strip()]
     assert not missing, f"{verb}: fields without a docstring: {missing}"
+
+
+def test_sampling_with_temperature_is_seeded(trained_run, capsys):
+    base = ["sample", "--checkpoint", str(trained_run / "checkpoint"), "--prompt", "Question:",
+            "--max_new_tokens", "16", "--temperature", "1.0", "--json"]
+    a = run(base + ["--seed", "1"], capsys)[1]
+    b = run(base + ["--seed", "1"], capsys)[1]
+    c = run(base + ["--seed", "2"], capsys)[1]
+    assert a == b and a != c

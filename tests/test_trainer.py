@@ -126,3 +126,27 @@ def test_bf16_master_trains_close_to_fp32(tiny_data, tmp_path):
     b = pretrain(tiny_cfg(tiny_data, tmp_path / "bf16", steps=60, precision="bf16-master"))
     assert b["precision"] == "bf16-master"
     assert abs(a["val_loss"] - b["val_loss"]) < 0.1
+
+
+@pytest.mark.parametrize("precision", ["bf16-autocast", "bf16-master"])
+def test_other_precisions_train(tiny_data, tmp_path, precision):
+    s = pretrain(tiny_cfg(tiny_data, tmp_path / "run", steps=40, precision=precision))
+    assert s["precision"] == precision and s["val_loss"] < 5.0
+
+
+def test_llama_style_model_trains_and_resumes(tiny_data, tmp_path):
+    """RoPE + RMSNorm + SwiGLU + grouped-query attention + untied head through the same loop."""
+    def cfg(steps):
+        c = tiny_cfg(tiny_data, tmp_path / "run", steps=steps)
+        c.model = type(c.model)(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, norm="rmsnorm",
+                                positions="rope", mlp="swiglu", tie_embeddings=False)
+        return c
+
+    first = pretrain(cfg(20))
+    second = pretrain(cfg(40))  # resumes from step 20
+    assert first["val_loss"] < 5.5 and second["resumed_from_step"] == 20 and second["val_loss"] < first["val_loss"]
+
+
+def test_grad_accumulation_counts_tokens(tiny_data, tmp_path):
+    s = pretrain(tiny_cfg(tiny_data, tmp_path / "run", steps=10, grad_accum=3))
+    assert s["train_tokens"] == 10 * 3 * 4 * 32

@@ -321,7 +321,7 @@ class Trainer:
                     t_eval = time.perf_counter()
                     ev = {"step": self.step, **self.evaluate()}
                     evals.append(ev)
-                    log.write({**ev, "eval": True})
+                    log.write({**ev, "eval": True, "elapsed_s": wall_before + time.perf_counter() - start})
                     window_t += time.perf_counter() - t_eval  # keep eval time out of tokens/s
                 if (tc.ckpt_interval and self.step % tc.ckpt_interval == 0) or last:
                     self.save(evals, tokens, wall_before + time.perf_counter() - start)
