@@ -20,7 +20,6 @@ data state a checkpoint must hold is the step number.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.io import atomic_path, write_bytes, write_json
+from lmlab.io import atomic_path, sha256_file, write_bytes, write_json
 
 SPLITS = ("train", "val")
 META = "meta.json"
@@ -68,14 +67,6 @@ class PrepareConfig:
 def dtype_for(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id of a `vocab_size` vocabulary."""
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _tokenize(tok: Any, docs: list[str], dtype: np.dtype, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +148,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         "n_chars": sum(len(d) for d in docs),
         "tokenizer": {
             "path": str(tok_path),
-            "sha256": _sha256(tok_path),
+            "sha256": sha256_file(tok_path),
             "kind": tok.kind,
             "copy": "tokenizer.json",
         },

@@ -9,7 +9,6 @@ reported by name instead of surfacing as a confusing tensor error).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -21,19 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.errors import LmlabError
-from lmlab.io import atomic_dir, recover_dir
+from lmlab.io import atomic_dir, recover_dir, sha256_file
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 
 FORMAT = "lmlab-checkpoint-1"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -57,7 +48,7 @@ def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], model_cf
             shutil.copyfile(tokenizer, tmp / "tokenizer.json")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
         info = {"format": FORMAT, **(meta or {}), "files": files}
         (tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
     return path
@@ -94,7 +85,7 @@ def verify(path: str | Path) -> dict[str, Any]:
         if f.stat().st_size != info["bytes"]:
             raise LmlabError(f"checkpoint file {f} is truncated or altered: {f.stat().st_size} bytes, "
                              f"expected {info['bytes']}")
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise LmlabError(f"checkpoint file {f} is corrupted (sha256 mismatch)")
     return meta
 
