@@ -119,7 +119,7 @@ def test_meta_lists_every_file_with_size_and_hash(tmp_path):
     assert set(meta["files"]) == {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt"}
     for name, info in meta["files"].items():
         assert info["bytes"] == (path / name).stat().st_size
-        assert info["sha256"] == ck._sha256(path / name)
+        assert info["sha256"] == lio.sha256_file(path / name)
     loaded = ck.load_checkpoint(path)
     assert loaded.tokenizer_path == path / "tokenizer.json"
     assert loaded.tokenizer_path.read_text() == tok.read_text()
@@ -204,7 +204,7 @@ def test_deleted_listed_file_is_reported(tmp_path):
 def rewrite_meta(path: Path) -> None:
     """Make meta.json agree with whatever is on disk now (to get past the hash check)."""
     meta = json.loads((path / "meta.json").read_text())
-    meta["files"] = {n: {"bytes": (path / n).stat().st_size, "sha256": ck._sha256(path / n)}
+    meta["files"] = {n: {"bytes": (path / n).stat().st_size, "sha256": lio.sha256_file(path / n)}
                      for n in meta["files"]}
     (path / "meta.json").write_text(json.dumps(meta))
 
