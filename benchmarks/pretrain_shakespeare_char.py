@@ -85,15 +85,16 @@ def prepare_lmlab(text: Path, work: Path) -> Path:
     return work / "data"
 
 
-def run_lmlab(data: Path, work: Path, iters: int, precision: str) -> dict:
-    out = work / "lmlab_run"
+def run_lmlab(data: Path, work: Path, iters: int, precision: str, rep: int = 0) -> dict:
+    out = work / f"lmlab_run{rep}"
     cmd = [sys.executable, "-m", "lmlab.cli", "pretrain", "--config", str(ROOT / "configs/shakespeare_char.yaml"),
            "--set", f"data={data}", "--set", f"out={out}", "--set", f"train.steps={iters}",
            "--set", f"train.decay_steps={iters}", "--set", f"train.precision={precision}",
            "--set", "train.progress=false", "--set", "resume=false"]
-    wall, rss, rc = run_child(cmd, ROOT, work / "lmlab.log")
+    log = work / f"lmlab{rep}.log"
+    wall, rss, rc = run_child(cmd, ROOT, log)
     if rc != 0:
-        sys.exit(f"lmlab failed (exit {rc}); see {work / 'lmlab.log'}:\n" + (work / "lmlab.log").read_text()[-2000:])
+        sys.exit(f"lmlab failed (exit {rc}); see {log}:\n" + log.read_text()[-2000:])
     summary = json.loads((out / "summary.json").read_text())["pretrain"]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     tok_per_step = 12 * 64
@@ -108,10 +109,10 @@ def run_lmlab(data: Path, work: Path, iters: int, precision: str) -> dict:
             "train_loop_s": summary["wall_s"], "flops_per_token": summary["train_flops"] / summary["train_tokens"]}
 
 
-def run_nanogpt(src: Path, text: Path, work: Path) -> dict:
+def run_nanogpt(src: Path, text: Path, work: Path, rep: int = 0) -> dict:
     """nanoGPT's train.py, unmodified, in a scratch copy; its data files are written the way its
     data/shakespeare_char/prepare.py writes them (that script would download the text)."""
-    repo = work / "nanoGPT"
+    repo = work / f"nanoGPT{rep}"
     shutil.copytree(src, repo, ignore=shutil.ignore_patterns(".git", "out-*"))
     data = text.read_text(encoding="utf-8")
     chars = sorted(set(data))
@@ -123,8 +124,8 @@ def run_nanogpt(src: Path, text: Path, work: Path) -> dict:
     np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16).tofile(d / "val.bin")
     with open(d / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
-    wall, rss, rc = run_child([sys.executable, "train.py", *NANOGPT_ARGS], repo, work / "nanogpt.log")
-    log = (work / "nanogpt.log").read_text()
+    wall, rss, rc = run_child([sys.executable, "train.py", *NANOGPT_ARGS], repo, work / f"nanogpt{rep}.log")
+    log = (work / f"nanogpt{rep}.log").read_text()
     if rc != 0:
         sys.exit(f"nanoGPT failed (exit {rc}):\n{log[-2000:]}")
     evals = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", log)
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--nanogpt", default=os.environ.get("NANOGPT_DIR"), help="path to a nanoGPT checkout")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--precision", default="auto", help="lmlab train.precision (auto, fp32, bf16-master)")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating runs of each; medians are reported")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = ap.parse_args()
     text = Path(args.data)
@@ -160,11 +162,20 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     peaks = matmul_peaks()
     data = prepare_lmlab(text, work)
-    nano = run_nanogpt(Path(args.nanogpt), text, work) if args.nanogpt else dict(RECORDED_NANOGPT)
-    lm = run_lmlab(data, work, args.iters, args.precision)
+    # Alternate the two programs so that slow and fast spells of a shared machine hit both; report
+    # the median run of each (by wall time).
+    nanos, lms = [], []
+    for rep in range(args.repeats):
+        nanos.append(run_nanogpt(Path(args.nanogpt), text, work, rep) if args.nanogpt else dict(RECORDED_NANOGPT))
+        lms.append(run_lmlab(data, work, args.iters, args.precision, rep))
+    nano = sorted(nanos, key=lambda r: r["wall_s"])[len(nanos) // 2]
+    lm = sorted(lms, key=lambda r: r["wall_s"])[len(lms) // 2]
     tps = 12 * 64 / (lm["ms_per_iter"] / 1000)
     fig = {
-        "benchmark": "pretrain_shakespeare_char", "iters": args.iters, "threads": torch.get_num_threads(),
+        "benchmark": "pretrain_shakespeare_char", "iters": args.iters, "repeats": args.repeats,
+        "lmlab_walls_s": [round(r["wall_s"], 2) for r in lms],
+        "nanogpt_walls_s": [round(r["wall_s"], 2) for r in nanos],
+        "threads": torch.get_num_threads(),
         "val_loss": round(lm["val_loss"], 4), "wall_s": round(lm["wall_s"], 2),
         "nanogpt_val_loss": nano["val_loss"], "nanogpt_wall_s": round(nano["wall_s"], 2),
         "nanogpt_source": nano["source"], "ratio": round(nano["wall_s"] / lm["wall_s"], 3),
