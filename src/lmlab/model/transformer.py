@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmlab.model.config import ModelConfig
+from lmlab.model.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -64,7 +65,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x)
         dtype = qkv.dtype
@@ -78,11 +79,15 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:  # decoding: attend over everything cached; the cache's mask is already causal
+            cache, layer = kv
+            k, v = cache.write(layer, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         p = self.cfg.dropout if self.training else 0.0
-        causal = self.cfg.causal
+        causal = self.cfg.causal and kv is None
         if attn_mask is not None and causal:
             # A boolean mask (True = may attend, e.g. padding) is combined with, never replaces,
             # the causal mask.
@@ -120,8 +125,8 @@ class Block(nn.Module):
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, attn_mask):
-        x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask))
+    def forward(self, x, rope, attn_mask, kv=None):
+        x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, kv))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -158,19 +163,27 @@ class Transformer(nn.Module):
                 nn.init.ones_(p)
 
     def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, cache: KVCache | None = None) -> torch.Tensor:
+        """With `cache`, `idx` holds each row's next tokens: they are placed after what the cache
+        holds for that row and attend to it (call `cache.advance` afterwards)."""
         B, T = idx.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         x = self.tok_emb(idx)
+        if cache is not None:
+            positions, attn_mask = cache.begin(T)
+            if int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
+        elif T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[:T]
+            x = x + (self.pos_emb(positions) if cache is not None else self.pos_emb.weight[:T])
+        elif cache is not None:
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope, attn_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, attn_mask, (cache, i) if cache is not None else None)
         x = self.norm_f(x)
         return x if return_hidden else self.head(x)
 
