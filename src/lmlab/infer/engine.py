@@ -1,0 +1,293 @@
+"""The inference engine: batched prefill + KV-cache decoding with every sampling control.
+
+One prefill per distinct prompt (right-padded into one batch), then the cache
+rows are repeated for the `n` samples of each prompt, and every step decodes
+one token for all live rows. Each row samples with its own generator, so a
+request's samples do not depend on what else is in the batch. Stop strings are
+matched on the decoded text, so they are found across token boundaries, and
+streaming holds back any text that could still turn into a stop string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.infer.sampling import SamplingParams, logprobs_of, process_logits, sample_from, top_logprobs
+from lmlab.model.kv_cache import KVCache
+from lmlab.model.transformer import Transformer
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    """'stop' (a stop string or stop token) or 'length' (max_new_tokens or the context was reached)."""
+    logprobs: list[float] | None = None
+    """Log-probability of each sampled token under the model's raw distribution."""
+    processed_logprobs: list[float] | None = None
+    """... and under the distribution actually sampled from (after penalties, temperature, top-k/p, min-p)."""
+    top_logprobs: list[dict[int, float]] | None = None
+    """Per step, the most likely tokens under the raw distribution and their log-probabilities."""
+
+
+@dataclass
+class RequestOutput:
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Delta:
+    """A streamed piece of one completion: new text (possibly empty) and the token that produced it."""
+
+    prompt_index: int
+    index: int
+    token_id: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Row:
+    prompt: int
+    index: int
+    params: SamplingParams
+    limit: int
+    generator: torch.Generator | None
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish: str | None = None
+    logprobs: list[float] = field(default_factory=list)
+    processed: list[float] = field(default_factory=list)
+    tops: list[dict[int, float]] = field(default_factory=list)
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class Engine:
+    """Generation and scoring for one model and its tokenizer."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.tok = tokenizer
+        self.device = torch.device(device)
+        self.cfg = model.cfg
+        self.start_id = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Engine:
+        from lmlab.train.checkpoint import build_model, load_checkpoint
+
+        ck = load_checkpoint(path)
+        if ck.tokenizer_path is None:
+            raise LmlabError(f"checkpoint {path} has no tokenizer.json")
+        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, dtype)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a prompt; an empty prompt starts a fresh document (the end-of-document token)."""
+        ids = self.tok.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            if self.start_id is None:
+                raise LmlabError("empty prompt, and the tokenizer has no bos/eos token to start from")
+            ids = [self.start_id]
+        if len(ids) > self.cfg.max_seq_len:
+            raise LmlabError(f"prompt of {len(ids)} tokens is longer than the model's context "
+                             f"({self.cfg.max_seq_len} tokens)")
+        return ids
+
+    @torch.no_grad()
+    def _prefill(self, prompts: list[list[int]], cache: KVCache) -> torch.Tensor:
+        """Run all prompts through the model at once; return each one's last logits (P, V) in fp32."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        x = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            x[i, : len(p)] = torch.tensor(p, device=self.device)
+        hidden = self.model(x, cache=cache, return_hidden=True)
+        cache.advance(lengths)
+        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
+        return self.model.head(last).float()
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str | Sequence[int]] | str,
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """Complete every prompt (`params.n` samples each); see `stream` for the incremental form."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        outputs: list[RequestOutput] | None = None
+        for item in self._run(prompts, params):
+            if isinstance(item, list):
+                outputs = item
+        assert outputs is not None
+        return outputs
+
+    def stream(self, prompts: Sequence[str | Sequence[int]] | str,
+               params: SamplingParams | Sequence[SamplingParams] | None = None) -> Iterator[Delta]:
+        """Yield a `Delta` per generated token (text held back while it could begin a stop string)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for item in self._run(prompts, params):
+            if isinstance(item, Delta):
+                yield item
+
+    def _rows(self, prompt_ids: list[list[int]], plist: list[SamplingParams]) -> list[_Row]:
+        rows = []
+        for p, (ids, sp) in enumerate(zip(prompt_ids, plist)):
+            limit = min(sp.max_new_tokens, self.cfg.max_seq_len - len(ids))
+            for j in range(sp.n):
+                g = None
+                if sp.temperature > 0:
+                    g = torch.Generator(device="cpu")
+                    if sp.seed is None:
+                        g.seed()
+                    else:
+                        g.manual_seed(sp.seed * 1_000_003 + j)
+                rows.append(_Row(p, j, sp, limit, g))
+        return rows
+
+    @torch.no_grad()
+    def _run(self, prompts, params) -> Iterator[Delta | list[RequestOutput]]:
+        plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise LmlabError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
+        prompt_ids = [self.encode(p) for p in prompts]
+        rows = self._rows(prompt_ids, plist)
+        V = self.cfg.vocab_size
+        cache = KVCache.for_model(self.cfg, len(prompt_ids), dtype=next(self.model.parameters()).dtype,
+                                  device=self.device)
+        last = self._prefill(prompt_ids, cache)
+        order = torch.tensor([r.prompt for r in rows], device=self.device)
+        cache.select(order)
+        last = last[order]
+        counts = torch.zeros(len(rows), V, dtype=torch.long, device=self.device)
+        seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
+        for i, r in enumerate(rows):
+            seen[i, prompt_ids[r.prompt]] = True
+        live = [i for i, r in enumerate(rows) if r.limit > 0]
+        for r in rows:
+            if r.limit <= 0:
+                r.finish = "length"
+        while live:
+            sub = torch.tensor(live, device=self.device)
+            lg = last
+            processed = process_logits(lg.clone(), [rows[i].params for i in live], counts[sub], seen[sub])
+            nxt = sample_from(processed, [rows[i].generator for i in live], [rows[i].params.greedy for i in live])
+            want_lp = [rows[i].params.wants_logprobs for i in live]
+            raw_lp = logprobs_of(lg, nxt) if any(want_lp) else None
+            proc_lp = logprobs_of(processed, nxt) if any(want_lp) else None
+            for k, i in enumerate(live):
+                r, t = rows[i], int(nxt[k])
+                counts[i, t] += 1
+                seen[i, t] = True
+                yield from self._accept(r, t, raw_lp, proc_lp, lg, k)
+            still = [i for i in live if rows[i].finish is None]
+            if not still:
+                break
+            if len(still) != len(live):  # drop finished rows from the cache and the batch
+                keep = torch.tensor([live.index(i) for i in still], device=self.device)
+                cache.select(keep)
+                nxt = nxt[keep]
+            live = still
+            last = self.model(nxt[:, None], cache=cache)[:, 0].float()
+            cache.advance(1)
+        yield self._outputs(prompt_ids, rows)
+
+    def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int) -> Iterator[Delta]:
+        sp = r.params
+        r.ids.append(t)
+        if raw_lp is not None and sp.wants_logprobs:
+            r.logprobs.append(float(raw_lp[k]))
+            r.processed.append(float(proc_lp[k]))
+            if sp.top_logprobs:
+                vals, idx = top_logprobs(logits[k: k + 1], sp.top_logprobs)
+                r.tops.append({int(a): float(b) for a, b in zip(idx[0], vals[0])})
+        if t in sp.stop_token_ids or (t == self.tok.eos_id and not sp.ignore_eos):
+            r.ids.pop()
+            r.finish = "stop"
+        else:
+            before = len(r.text)
+            r.text = self.tok.decode(r.ids)
+            for s in sp.stop:
+                at = r.text.find(s, max(0, before - len(s) + 1))
+                if at >= 0:
+                    r.text, r.finish = r.text[:at], "stop"
+                    break
+            if r.finish is None and len(r.ids) >= r.limit:
+                r.finish = "length"
+        safe = len(r.text)
+        if r.finish is None:
+            safe -= _held_back(r.text, sp.stop)
+            while safe > r.emitted and r.text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
+                safe -= 1
+        text = r.text[r.emitted: max(safe, r.emitted)]
+        r.emitted = max(safe, r.emitted)
+        yield Delta(r.prompt, r.index, t, text, r.finish)
+
+    def _outputs(self, prompt_ids: list[list[int]], rows: list[_Row]) -> list[RequestOutput]:
+        outs = []
+        for p, ids in enumerate(prompt_ids):
+            mine = [r for r in rows if r.prompt == p]
+            comps = [Completion(r.index, r.text, r.ids, r.finish or "length",
+                                r.logprobs if r.params.wants_logprobs else None,
+                                r.processed if r.params.wants_logprobs else None,
+                                r.tops if r.params.top_logprobs else None) for r in mine]
+            gen = sum(len(r.ids) for r in mine)
+            outs.append(RequestOutput(ids, comps, {"prompt_tokens": len(ids), "completion_tokens": gen,
+                                                   "total_tokens": len(ids) + gen}))
+        return outs
+
+    # -- scoring -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str | Sequence[int]], continuations: Sequence[str | Sequence[int]]
+              ) -> list[dict[str, Any]]:
+        """Log-likelihood of each continuation given its prompt: per token and summed.
+
+        The continuation is tokenised on its own (so its tokens are exactly the ones scored);
+        best-of-N, DPO and the evaluations build on this.
+        """
+        if len(prompts) != len(continuations):
+            raise LmlabError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = []
+        for p, c in zip(prompts, continuations):
+            pi = self.encode(p)
+            ci = self.tok.encode(c) if isinstance(c, str) else [int(t) for t in c]
+            if len(pi) + len(ci) > self.cfg.max_seq_len:
+                raise LmlabError(f"prompt + continuation = {len(pi) + len(ci)} tokens exceeds the context "
+                                 f"({self.cfg.max_seq_len})")
+            pairs.append((pi, ci))
+        T = max(len(a) + len(b) for a, b in pairs)
+        x = torch.zeros(len(pairs), T, dtype=torch.long, device=self.device)
+        for i, (a, b) in enumerate(pairs):
+            x[i, : len(a) + len(b)] = torch.tensor(a + b, device=self.device)
+        logp = torch.log_softmax(self.model(x).float(), dim=-1)
+        out = []
+        for i, (a, b) in enumerate(pairs):
+            pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=self.device)
+            tok_lp = logp[i, pos, torch.tensor(b, dtype=torch.long, device=self.device)].tolist() if b else []
+            out.append({"token_ids": b, "token_logprobs": tok_lp, "total": float(sum(tok_lp)),
+                        "mean": float(sum(tok_lp) / len(tok_lp)) if tok_lp else 0.0})
+        return out
+
