@@ -44,6 +44,21 @@ def _sample():
     return SampleConfig, run_sample
 
 
+def _generate():
+    from lmlab.infer.cli_verbs import GenerateConfig, run_generate
+    return GenerateConfig, run_generate
+
+
+def _chat():
+    from lmlab.infer.cli_verbs import ChatConfig, run_chat
+    return ChatConfig, run_chat
+
+
+def _explain():
+    from lmlab.infer.explain import ExplainConfig, run_explain
+    return ExplainConfig, run_explain
+
+
 def _quickstart():
     from lmlab.quickstart import QuickstartConfig, quickstart
     return QuickstartConfig, quickstart
@@ -58,7 +73,11 @@ VERBS: dict[str, tuple[str, Callable[[], tuple[type, Callable]]]] = {
     "tokenizer train": ("train a byte-level BPE or character tokenizer, save tokenizer.json", _tokenizer),
     "prepare": ("tokenize text into uint16/uint32 token shards with a train/val split", _prepare),
     "pretrain": ("train a causal LM from scratch on prepared shards (resumable)", _pretrain),
-    "sample": ("greedy or temperature samples from a checkpoint", _sample),
+    "sample": ("greedy or temperature samples from a checkpoint (the plain loop)", _sample),
+    "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON", _generate),
+    "chat": ("chat in the terminal with a checkpoint, replies streamed", _chat),
+    "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
+                         _explain),
 }
 
 
@@ -120,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         elif isinstance(result, dict) and "samples" in result:
             for i, s in enumerate(result["samples"]):
                 print(f"--- sample {i} ---\n{s}")
+        elif isinstance(result, dict) and "results" in result:
+            for r in result["results"]:
+                for c in r["completions"]:
+                    print(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}")
+        elif isinstance(result, dict) and "candidates" in result:
+            pass  # already printed as a table
         else:
             print(json.dumps(result, indent=2, default=str))
     return 0
