@@ -34,11 +34,12 @@ def test_quickstart_end_to_end(tmp_path):
     result = quickstart(cfg)
     out = tmp_path / "qs"
     summary = json.loads((out / "summary.json").read_text())
-    assert {"world", "tokenizer", "prepare", "pretrain", "probe"} <= set(summary)
+    assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling"} <= set(summary)
+    assert (out / "sampling.png").is_file() and len(summary["sampling"]["samples"]["T=0.7"]) == 3
     assert summary["pretrain"]["steps"] == 30 and summary["pretrain"]["val_loss"] < 6
     assert summary["probe"]["knowledge"]["test"]["n"] == 3
     report = (out / "report.md").read_text()
-    for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Greedy samples"):
+    for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Sampling", "## Greedy samples"):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")

@@ -101,6 +101,12 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         print(f"   QA-{key} accuracy {probe['knowledge'][key]['accuracy']:.1%}")
     print(f"   unknown people: fabricated an answer {probe['knowledge']['unknown']['fabrication_rate']:.0%}")
 
+    t = _stage("sampling")
+    samp = _sampling(out)
+    update_summary(out / "summary.json", "sampling", {**samp, "wall_s": round(time.perf_counter() - t, 2)})
+    print(f"   next-token entropy {samp['explain']['entropy_nats']}; top-p 0.9 nucleus "
+          f"{samp['explain']['nucleus_size']} tokens; chart sampling.png")
+
     from lmlab.report.quickstart_report import write_report
 
     report = write_report(out, probe["samples"])
@@ -132,3 +138,29 @@ def _probe(out: Path, cfg: QuickstartConfig) -> dict[str, Any]:
     with torch.no_grad():
         knowledge = probe(model, tok, world, per_group=cfg.probe_questions)
     return {"samples": samples, "knowledge": knowledge}
+
+
+def _sampling(out: Path) -> dict[str, Any]:
+    """The sampling chapter on the trained model: one next-token explanation, samples at two temperatures."""
+    import torch
+
+    from lmlab.data.world import format_qa, load_world
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.explain import ExplainConfig, explain_logits, plot
+    from lmlab.infer.sampling import SamplingParams
+
+    engine = Engine.from_checkpoint(out / "checkpoint")
+    world = load_world(out / "world")
+    item = next(q for q in world["qa_test"] if q["attribute"] == "birth_city")
+    prompt = format_qa(item["question"])
+    with torch.no_grad():
+        logits = engine.model(torch.tensor([engine.encode(prompt)]))[0, -1]
+    cfg = ExplainConfig(prompt=prompt, out=str(out / "sampling.png"))
+    result = explain_logits(logits, engine.tok.decode, cfg)
+    plot(result, prompt, cfg.out)
+    name = world["people"][0]["name"]
+    samples = {}
+    for temp in (0.7, 1.5):
+        outs = engine.generate([name], SamplingParams(temperature=temp, n=3, seed=0, max_new_tokens=40))
+        samples[f"T={temp:g}"] = [name + c.text for c in outs[0].completions]
+    return {"prompt": prompt, "truth": item["answer"], "explain": result, "samples": samples}

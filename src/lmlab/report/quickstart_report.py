@@ -98,6 +98,29 @@ def write_report(out: Path, samples: list[str]) -> Path:
             for ex in know["examples"]:
                 lines.append(f"| {ex['group']} | {ex['question']} | {ex['truth']} | {ex['model']} |")
             lines.append("")
+    sm = s.get("sampling", {})
+    if sm:
+        ex = sm["explain"]
+        names = [k for k in ex["candidates"][0] if k not in ("token_id", "token")]
+        lines += [
+            "## Sampling",
+            "",
+            f"The next token after `{sm['prompt']!r}` (true answer: {sm['truth']}), under several settings; "
+            f"top-p 0.9 keeps {ex['nucleus_size']} of {ex['vocab_size']} tokens. Entropy (nats): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ex["entropy_nats"].items()) + ".",
+            "",
+            "![next-token distribution](sampling.png)",
+            "",
+            "| token | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for c in ex["candidates"]:
+            lines.append(f"| `{c['token']!r}` | " + " | ".join(f"{c[n]:.3f}" for n in names) + " |")
+        lines.append("")
+        for temp, texts in sm["samples"].items():
+            lines += [f"Samples at {temp}:", ""]
+            for t in texts:
+                lines += ["```", t.strip(), "```", ""]
     lines += ["## Greedy samples", ""]
     for smp in samples:
         lines += ["```", smp.strip(), "```", ""]
