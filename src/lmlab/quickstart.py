@@ -104,7 +104,8 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     t = _stage("sampling")
     samp = _sampling(out)
     update_summary(out / "summary.json", "sampling", {**samp, "wall_s": round(time.perf_counter() - t, 2)})
-    print(f"   next-token entropy {samp['explain']['entropy_nats']}; top-p 0.9 nucleus "
+    ent = ", ".join(f"{k} {v:.2f}" for k, v in samp["explain"]["entropy_nats"].items())
+    print(f"   next-token entropy (nats) {ent}; top-p 0.9 nucleus "
           f"{samp['explain']['nucleus_size']} tokens; chart sampling.png")
 
     from lmlab.report.quickstart_report import write_report
