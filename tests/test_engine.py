@@ -150,3 +150,18 @@ def test_score_matches_recomputation_and_batching(engine):
         ref = [float(logp[len(ids) - 1 + i, t]) for i, t in enumerate(cids)]
         assert s["token_logprobs"] == pytest.approx(ref, abs=1e-4)
         assert s["total"] == pytest.approx(sum(ref), abs=1e-4)
+
+
+def test_incremental_detokenisation_handles_split_characters(engine):
+    from lmlab.infer.engine import _Row
+
+    text = "héllo 中文 🎉 done"
+    ids = engine.tok.encode(text)
+    assert len(ids) > len(text.encode("utf-8")) // 2  # byte-level: multi-byte characters span tokens
+    row = _Row(0, 0, SamplingParams(), 100, None)
+    seen = []
+    for t in ids:
+        row.ids.append(t)
+        seen.append(engine._incremental_text(row))
+    assert seen[-1] == text
+    assert all(text.startswith(s.rstrip("\ufffd")) for s in seen)

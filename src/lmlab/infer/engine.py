@@ -69,10 +69,20 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
+    settled_ids: int = 0
+    settled_text: str = ""
     finish: str | None = None
     logprobs: list[float] = field(default_factory=list)
     processed: list[float] = field(default_factory=list)
     tops: list[dict[int, float]] = field(default_factory=list)
+
+
+def _is_plain_greedy(p: SamplingParams) -> bool:
+    return p.temperature == 0 and not _has_penalty(p)
+
+
+def _has_penalty(p: SamplingParams) -> bool:
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -149,7 +159,7 @@ class Engine:
         """Yield a `Delta` per generated token (text held back while it could begin a stop string)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        for item in self._run(prompts, params):
+        for item in self._run(prompts, params, streaming=True):
             if isinstance(item, Delta):
                 yield item
 
@@ -169,7 +179,7 @@ class Engine:
         return rows
 
     @torch.no_grad()
-    def _run(self, prompts, params) -> Iterator[Delta | list[RequestOutput]]:
+    def _run(self, prompts, params, streaming: bool = False) -> Iterator[Delta | list[RequestOutput]]:
         plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise LmlabError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
@@ -190,19 +200,28 @@ class Engine:
         for r in rows:
             if r.limit <= 0:
                 r.finish = "length"
+        # Plain greedy rows need no processing at all: the argmax of the raw logits is the token.
+        plain = all(_is_plain_greedy(r.params) for r in rows)
+        tracked = not plain and any(_has_penalty(r.params) for r in rows)
         while live:
-            sub = torch.tensor(live, device=self.device)
             lg = last
-            processed = process_logits(lg.clone(), [rows[i].params for i in live], counts[sub], seen[sub])
-            nxt = sample_from(processed, [rows[i].generator for i in live], [rows[i].params.greedy for i in live])
-            want_lp = [rows[i].params.wants_logprobs for i in live]
-            raw_lp = logprobs_of(lg, nxt) if any(want_lp) else None
-            proc_lp = logprobs_of(processed, nxt) if any(want_lp) else None
-            for k, i in enumerate(live):
-                r, t = rows[i], int(nxt[k])
-                counts[i, t] += 1
-                seen[i, t] = True
-                yield from self._accept(r, t, raw_lp, proc_lp, lg, k)
+            if plain:
+                processed, nxt = None, lg.argmax(-1)
+            else:
+                sub = torch.tensor(live, device=self.device)
+                processed = process_logits(lg.clone(), [rows[i].params for i in live],
+                                           counts[sub] if tracked else None, seen[sub] if tracked else None)
+                nxt = sample_from(processed, [rows[i].generator for i in live],
+                                  [rows[i].params.greedy for i in live])
+            want_lp = any(rows[i].params.wants_logprobs for i in live)
+            raw_lp = logprobs_of(lg, nxt) if want_lp else None
+            proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
+                       ) if want_lp else None
+            for k, (i, t) in enumerate(zip(live, nxt.tolist())):
+                if tracked:
+                    counts[i, t] += 1
+                    seen[i, t] = True
+                yield from self._accept(rows[i], t, raw_lp, proc_lp, lg, k, streaming)
             still = [i for i in live if rows[i].finish is None]
             if not still:
                 break
@@ -215,7 +234,8 @@ class Engine:
             cache.advance(1)
         yield self._outputs(prompt_ids, rows)
 
-    def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int) -> Iterator[Delta]:
+    def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int,
+                streaming: bool) -> Iterator[Delta]:
         sp = r.params
         r.ids.append(t)
         if raw_lp is not None and sp.wants_logprobs:
@@ -227,16 +247,20 @@ class Engine:
         if t in sp.stop_token_ids or (t == self.tok.eos_id and not sp.ignore_eos):
             r.ids.pop()
             r.finish = "stop"
-        else:
+        elif streaming or sp.stop:  # text is needed now; otherwise it is decoded once at the end
             before = len(r.text)
-            r.text = self.tok.decode(r.ids)
+            r.text = self._incremental_text(r)
             for s in sp.stop:
                 at = r.text.find(s, max(0, before - len(s) + 1))
                 if at >= 0:
                     r.text, r.finish = r.text[:at], "stop"
                     break
-            if r.finish is None and len(r.ids) >= r.limit:
-                r.finish = "length"
+        if r.finish is None and len(r.ids) >= r.limit:
+            r.finish = "length"
+        if not (streaming or sp.stop):
+            if r.finish is not None:
+                r.text = self.tok.decode(r.ids)
+            return
         safe = len(r.text)
         if r.finish is None:
             safe -= _held_back(r.text, sp.stop)
@@ -245,6 +269,18 @@ class Engine:
         text = r.text[r.emitted: max(safe, r.emitted)]
         r.emitted = max(safe, r.emitted)
         yield Delta(r.prompt, r.index, t, text, r.finish)
+
+    def _incremental_text(self, r: _Row) -> str:
+        """The row's text so far, decoding only the tokens after the last complete character.
+
+        Decoding the whole sequence every step would make each token cost more as the text grows.
+        """
+        tail = self.tok.decode(r.ids[r.settled_ids:])
+        if not tail.endswith("\ufffd"):  # the tail ends on a complete character: settle it
+            r.settled_text += tail
+            r.settled_ids = len(r.ids)
+            return r.settled_text
+        return r.settled_text + tail
 
     def _outputs(self, prompt_ids: list[list[int]], rows: list[_Row]) -> list[RequestOutput]:
         outs = []
