@@ -109,6 +109,19 @@ def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8):
     return row
 
 
+def output_change(ref, other, n_prompts: int = 8, length: int = 32) -> dict:
+    """How much reduced-precision weights change the next-token distribution, on random prompts."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, ref.cfg.vocab_size, (n_prompts, length), generator=g)
+    with torch.no_grad():
+        a = torch.log_softmax(ref.model(x).float(), -1)
+        b = torch.log_softmax(other.model(x).float(), -1)
+    kl = (a.exp() * (a - b)).sum(-1)
+    return {"output_change": {"top1_agreement": round(float((a.argmax(-1) == b.argmax(-1)).float().mean()), 4),
+                              "mean_kl_nats": round(float(kl.mean()), 6),
+                              "max_abs_logprob_diff": round(float((a - b).abs().max()), 4)}}
+
+
 def decode_latency(engine, new: int = 200) -> dict:
     """Milliseconds per token over the first and the last 50 tokens of one long greedy generation."""
     from lmlab.infer.sampling import SamplingParams
@@ -143,10 +156,15 @@ def main() -> None:
         hf, model = build(12, 768, 12, 50257, 1024)
         engine = Engine(model, _Tok())
         rows.append(case("c) GPT-2 124M, batch 1, greedy", hf, engine, 1, 100, False, max(1, args.repeats - 1)))
-        bf = Engine(model, _Tok(), dtype=torch.bfloat16)
-        row = case("c') GPT-2 124M bf16 (lmlab)", hf, bf, 1, 100, False, max(1, args.repeats - 1))
-        row["note"] = "HF in fp32; greedy_tokens_equal compares lmlab bf16 with HF fp32"
-        rows.append(row)
+        for weights in ("bf16", "int8"):
+            import copy
+
+            eng = Engine(copy.deepcopy(model), _Tok(), weights=weights)
+            row = case(f"c') GPT-2 124M {weights} (lmlab)", hf, eng, 1, 100, False, max(1, args.repeats - 1))
+            row["note"] = f"HF in fp32; greedy_tokens_equal compares lmlab {weights} weights with HF fp32"
+            row.update(output_change(engine, eng))
+            print(f"    output change vs fp32: {row['output_change']}")
+            rows.append(row)
     print(json.dumps({"benchmark": "generate_vs_hf", "transformers": transformers.__version__,
                       "torch": torch.__version__, "threads": torch.get_num_threads(), "cases": rows,
                       "decode_latency": latency}))

@@ -22,6 +22,8 @@ class GenerateConfig(SamplingParams):
     """A .txt file (one prompt per line) or .jsonl file (a "prompt" field per line)."""
     device: str = "cpu"
     """Device to run on."""
+    weights: str = "fp32"
+    """Weights for inference: 'fp32', 'bf16', or 'int8' (weight-only, 4x less memory traffic per token)."""
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:
@@ -52,7 +54,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Complete each prompt; returns one record per prompt (text, tokens, logprobs, finish reason, usage)."""
     from lmlab.infer.engine import Engine
 
-    engine = Engine.from_checkpoint(cfg.checkpoint, cfg.device)
+    engine = Engine.from_checkpoint(cfg.checkpoint, cfg.device, weights=cfg.weights)
     params = SamplingParams(**{k: getattr(cfg, k) for k in SamplingParams.__dataclass_fields__})
     prompts = read_prompts(cfg)
     results = []

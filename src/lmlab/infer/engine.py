@@ -100,21 +100,31 @@ class Engine:
     """Generation and scoring for one model and its tokenizer."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, weights: str = "fp32") -> None:
+        """`weights`: 'fp32', 'bf16', or 'int8' (weight-only int8 linears, bf16 activations in the matmuls)."""
+        if weights not in ("fp32", "bf16", "int8"):
+            raise LmlabError(f"weights must be 'fp32', 'bf16' or 'int8', got {weights!r}")
+        if weights == "bf16":
+            dtype = torch.bfloat16
         self.model = model.to(device=device, dtype=dtype).eval()
+        if weights == "int8":
+            from lmlab.infer.quant import quantize_int8
+
+            quantize_int8(self.model)
         self.tok = tokenizer
         self.device = torch.device(device)
         self.cfg = model.cfg
         self.start_id = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Engine:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                        weights: str = "fp32") -> Engine:
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(path)
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
-        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, dtype)
+        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, dtype, weights)
 
     # -- prompts -------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
