@@ -23,6 +23,7 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
         self._positions: torch.Tensor | None = None
+        self._same_start: int | None = None
         self._span = 0
 
     @classmethod
@@ -44,14 +45,21 @@ class KVCache:
         keys = torch.arange(self._span, device=self.lengths.device)
         mask = keys[None, None, :] <= positions[:, :, None]
         self._positions = positions
+        lo = int(self.lengths.min())
+        self._same_start = lo if lo + n_new == self._span else None
         return positions, mask[:, None]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values (B, H, n_new, D); return all keys/values up to the span."""
         B, H, n, D = k.shape
-        idx = self._positions[:, None, :, None].expand(B, H, n, D)
-        self.k[layer].scatter_(2, idx, k.to(self.k.dtype))
-        self.v[layer].scatter_(2, idx, v.to(self.v.dtype))
+        if self._same_start is not None:  # every row starts at the same position: a plain slice copy
+            s = self._same_start
+            self.k[layer, :, :, s: s + n] = k
+            self.v[layer, :, :, s: s + n] = v
+        else:
+            idx = self._positions[:, None, :, None].expand(B, H, n, D)
+            self.k[layer].scatter_(2, idx, k.to(self.k.dtype))
+            self.v[layer].scatter_(2, idx, v.to(self.v.dtype))
         return self.k[layer, :, :, : self._span], self.v[layer, :, :, : self._span]
 
     def advance(self, n_valid: torch.Tensor | int) -> None:

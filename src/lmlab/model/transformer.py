@@ -82,7 +82,8 @@ class Attention(nn.Module):
         if kv is not None:  # decoding: attend over everything cached; the cache's mask is already causal
             cache, layer = kv
             k, v = cache.write(layer, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            if k.dtype != q.dtype:
+                k, v = k.to(q.dtype), v.to(q.dtype)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -126,6 +127,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, kv=None):
+        if self.drop.p == 0:  # skip the no-op dropout calls: they cost real time when decoding token by token
+            x = x + self.attn(self.norm1(x), rope, attn_mask, kv)
+            return x + self.mlp(self.norm2(x))
         x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, kv))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -181,7 +185,8 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
-        x = self.drop(x)
+        if self.drop.p:
+            x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, attn_mask, (cache, i) if cache is not None else None)
         x = self.norm_f(x)
