@@ -43,3 +43,11 @@ def test_quickstart_end_to_end(tmp_path):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")
+
+    # Rerun: nothing changed, so nothing is retrained; then a changed world retrains from scratch.
+    again = quickstart(cfg)
+    assert json.loads((out / "summary.json").read_text())["pretrain"]["steps_this_run"] == 0
+    assert again["val_loss"] == result["val_loss"]
+    changed = load(QuickstartConfig, None, sets + [f"out={out}", "world.seed=1"])
+    quickstart(changed)
+    assert json.loads((out / "summary.json").read_text())["pretrain"]["steps_this_run"] == 30

@@ -150,3 +150,15 @@ def test_llama_style_model_trains_and_resumes(tiny_data, tmp_path):
 def test_grad_accumulation_counts_tokens(tiny_data, tmp_path):
     s = pretrain(tiny_cfg(tiny_data, tmp_path / "run", steps=10, grad_accum=3))
     assert s["train_tokens"] == 10 * 3 * 4 * 32
+
+
+def test_resume_refuses_other_data(tiny_data, tmp_path):
+    from lmlab.data.shards import PrepareConfig, prepare
+
+    out = tmp_path / "run"
+    pretrain(tiny_cfg(tiny_data, out, steps=10))
+    other = tmp_path / "data2"
+    prepare(PrepareConfig(input=str(tiny_data.parent / "world" / "pretrain.jsonl"),
+                          tokenizer=str(tiny_data / "tokenizer.json"), out=str(other), val_fraction=0.3))
+    with pytest.raises(LmlabError, match="different data"):
+        pretrain(tiny_cfg(other, out, steps=20))

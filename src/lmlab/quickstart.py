@@ -87,6 +87,9 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
     t = _stage("pretrain")
     prcfg = replace(cfg.pretrain, data=pcfg.out, tokenizer=tcfg.out, out=str(out))
+    if prcfg.resume and _inputs_changed(out / "checkpoint", pcfg.out, prcfg):
+        print("   the world, tokenizer or model changed since the last run: training from scratch")
+        prcfg = replace(prcfg, resume=False)
     psum = pretrain(prcfg)
     print(f"   val loss {psum['val_loss']:.3f} after {psum['train_tokens']:,} tokens "
           f"({psum['tokens_per_s']:,.0f} tokens/s, {psum['precision']})")
@@ -165,3 +168,22 @@ def _sampling(out: Path) -> dict[str, Any]:
         outs = engine.generate([name], SamplingParams(temperature=temp, n=3, seed=0, max_new_tokens=40))
         samples[f"T={temp:g}"] = [name + c.text for c in outs[0].completions]
     return {"prompt": prompt, "truth": item["answer"], "explain": result, "samples": samples}
+
+
+def _inputs_changed(ckpt: Path, data: str, cfg: PretrainConfig) -> bool:
+    """Whether an existing checkpoint was trained on other data, another tokenizer or another model."""
+    import json
+
+    from lmlab.config import to_dict
+    from lmlab.data.shards import TokenData
+    from lmlab.train.trainer import data_fingerprint
+
+    if not (ckpt / "meta.json").is_file():
+        return False
+    try:
+        saved = json.loads((ckpt / "meta.json").read_text()).get("data_fingerprint")
+        model = json.loads((ckpt / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    wanted = {**to_dict(cfg.model), "vocab_size": TokenData.read_meta(data)["vocab_size"]}
+    return (saved is not None and saved != data_fingerprint(data)) or model != wanted

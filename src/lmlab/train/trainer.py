@@ -134,6 +134,16 @@ class PretrainConfig:
                              f"got {self.objective!r}")
 
 
+def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
+    """What a checkpoint was trained on: the tokenizer's hash and the size of each split.
+
+    Resuming on other data would silently mix two runs, so a mismatch is an error.
+    """
+    meta = TokenData.read_meta(data_dir)
+    return {"tokenizer_sha256": meta.get("tokenizer", {}).get("sha256"), "vocab_size": meta.get("vocab_size"),
+            "tokens": {k: v.get("n_tokens") for k, v in sorted(meta.get("splits", {}).items())}}
+
+
 def causal_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits are upcast so the loss is always fp32."""
     logits = model(x)
@@ -223,6 +233,10 @@ class Trainer:
         if not self.cfg.resume or not (self.ckpt_dir / "meta.json").exists():
             return None
         ck = ckpt_io.load_checkpoint(self.ckpt_dir, with_trainer_state=True)
+        saved = ck.meta.get("data_fingerprint")
+        if saved is not None and saved != data_fingerprint(self.cfg.data):
+            raise LmlabError(f"{self.ckpt_dir} was trained on different data or a different tokenizer than "
+                             f"{self.cfg.data}; use a new out directory or --set resume=false to start afresh")
         if ck.config.to_dict() != mc.to_dict():
             raise LmlabError(f"{self.ckpt_dir} holds a different model config; use a new out directory "
                              f"or --set resume=false to start afresh")
@@ -278,7 +292,8 @@ class Trainer:
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
         meta = {"step": self.step, "stage": "pretrain", "objective": self.cfg.objective,
-                "train_config": to_dict(self.cfg.train), "data": self.cfg.data}
+                "train_config": to_dict(self.cfg.train), "data": self.cfg.data,
+                "data_fingerprint": data_fingerprint(self.cfg.data)}
         ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta)
 
     def fit(self) -> dict[str, Any]:
