@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
 from lmlab.infer.sampling import SamplingParams, analytic_distribution, entropy, nucleus_size
-from lmlab.io import atomic_path
 
 
 @dataclass
@@ -71,11 +71,7 @@ def explain_logits(logits: torch.Tensor, decode, cfg: ExplainConfig) -> dict[str
 
 
 def plot(result: dict[str, Any], prompt: str, out: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cands = result["candidates"]
     names = [k for k in cands[0] if k not in ("token_id", "token")]
     fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(cands)), 4), dpi=110)
@@ -89,12 +85,7 @@ def plot(result: dict[str, Any], prompt: str, out: str | Path) -> Path:
     ax.set_title(f"next token after {short!r} (nucleus at top-p: {result['nucleus_size']} tokens)")
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def run_explain(cfg: ExplainConfig) -> dict[str, Any]:

@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmlab.io import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from lmlab.figures import pyplot, save_png
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -32,7 +23,7 @@ def plot_loss(metrics: str | Path, out: str | Path, title: str = "pretraining lo
     rows = read_metrics(metrics)
     train = [r for r in rows if "loss" in r and not r.get("eval")]
     evals = [r for r in rows if r.get("eval")]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, alpha=0.7, label="train (batch)")
@@ -44,9 +35,4 @@ def plot_loss(metrics: str | Path, out: str | Path, title: str = "pretraining lo
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
