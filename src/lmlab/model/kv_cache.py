@@ -35,19 +35,24 @@ class KVCache:
     def batch(self) -> int:
         return self.k.shape[1]
 
-    def begin(self, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (B, n_new) of the incoming tokens and the boolean attention mask (B, 1, n_new, K)."""
+    def begin(self, n_new: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions (B, n_new) of the incoming tokens and the boolean attention mask (B, 1, n_new, K).
+
+        The mask is None when no mask is needed: all rows aligned and either one new token per row
+        (it may see every cached key) or a prefill into an empty cache (plain causal attention).
+        """
         steps = torch.arange(n_new, device=self.lengths.device)
         positions = self.lengths[:, None] + steps[None, :]
         self._span = int(self.lengths.max()) + n_new
         if self._span > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self._span} needed")
-        keys = torch.arange(self._span, device=self.lengths.device)
-        mask = keys[None, None, :] <= positions[:, :, None]
         self._positions = positions
         lo = int(self.lengths.min())
         self._same_start = lo if lo + n_new == self._span else None
-        return positions, mask[:, None]
+        if self._same_start is not None and (n_new == 1 or lo == 0):
+            return positions, None
+        keys = torch.arange(self._span, device=self.lengths.device)
+        return positions, (keys[None, None, :] <= positions[:, :, None])[:, None]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys/values (B, H, n_new, D); return all keys/values up to the span."""

@@ -88,7 +88,8 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         p = self.cfg.dropout if self.training else 0.0
-        causal = self.cfg.causal and kv is None
+        # With a cache, a missing mask means "aligned rows": causal for a prefill, open for one new token.
+        causal = self.cfg.causal and (kv is None or (attn_mask is None and T > 1))
         if attn_mask is not None and causal:
             # A boolean mask (True = may attend, e.g. padding) is combined with, never replaces,
             # the causal mask.
