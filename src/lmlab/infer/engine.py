@@ -212,6 +212,14 @@ class Engine:
                 r.finish = "length"
         # Plain greedy rows need no processing at all: the argmax of the raw logits is the token.
         plain = all(_is_plain_greedy(r.params) for r in rows)
+        # Every sampled row draws its whole completion's uniforms from its own generator up front: one
+        # call per row instead of one per row per token, and still independent of the rest of the batch.
+        longest = max((r.limit for r in rows), default=0)
+        uniforms = torch.zeros(len(rows), max(longest, 1), dtype=torch.float64)
+        for i, r in enumerate(rows):
+            if r.generator is not None and r.limit > 0:
+                uniforms[i, : r.limit] = torch.rand(r.limit, generator=r.generator, dtype=torch.float64)
+        step = 0
         tracked = not plain and any(_has_penalty(r.params) for r in rows)
         while live:
             lg = last
@@ -222,7 +230,7 @@ class Engine:
                 processed = process_logits(lg.clone(), [rows[i].params for i in live],
                                            counts[sub] if tracked else None, seen[sub] if tracked else None)
                 nxt = sample_from(processed, [rows[i].generator for i in live],
-                                  [rows[i].params.greedy for i in live])
+                                  [rows[i].params.greedy for i in live], uniforms[live, step])
             want_lp = any(rows[i].params.wants_logprobs for i in live)
             raw_lp = logprobs_of(lg, nxt) if want_lp else None
             proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
@@ -240,6 +248,7 @@ class Engine:
                 cache.select(keep)
                 nxt = nxt[keep]
             live = still
+            step += 1
             last = self.model(nxt[:, None], cache=cache)[:, 0].float()
             cache.advance(1)
         yield self._outputs(prompt_ids, rows)

@@ -359,14 +359,16 @@ def _uniform(gen: torch.Generator | None) -> torch.Tensor:
 
 
 def sample_from(logits_processed: torch.Tensor, generators: Sequence[torch.Generator | None],
-                greedy: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
+                greedy: Sequence[bool] | torch.Tensor | None = None,
+                uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one token per row from softmax(logits_processed) -> LongTensor (B,).
 
     Row i uses only ``generators[i]`` (None = torch's global generator): one uniform number u is drawn from it and
     the token is the first one whose cumulative probability exceeds u (inverse CDF, computed in float64), so a
     row's token never depends on the other rows. Zero-probability (-inf) tokens are never drawn. Rows flagged in
     `greedy` (e.g. ``[p.greedy for p in params]``) take the argmax (lowest index on ties) and draw nothing from
-    their generator.
+    their generator. `uniforms` (B,), if given, are the rows' u values already drawn from their generators (the
+    engine draws a whole completion's worth at once); `generators` is then not used.
     """
     x = logits_processed
     if x.dim() != 2:
@@ -391,7 +393,10 @@ def sample_from(logits_processed: torch.Tensor, generators: Sequence[torch.Gener
         bad = rows[int((~positive.any(dim=-1)).nonzero()[0])]
         raise ValueError(f"row {bad} has no finite logits to sample from")
     cdf = probs.cumsum(dim=-1)
-    u = torch.stack([_uniform(gens[i]) for i in rows]).to(x.device, dtype)
+    if uniforms is not None:
+        u = uniforms.to(x.device, dtype)[sel]
+    else:
+        u = torch.stack([_uniform(gens[i]) for i in rows]).to(x.device, dtype)
     target = (u * cdf[:, -1]).unsqueeze(1)
     idx = torch.searchsorted(cdf, target, right=True).squeeze(1)
     # u * total can round up to total: fall back to the last token with positive probability.
