@@ -123,25 +123,17 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
 
 def _probe(out: Path, cfg: QuickstartConfig) -> dict[str, Any]:
-    import torch
-
-    from lmlab.data.tokenizer import Tokenizer
     from lmlab.data.world import load_world
     from lmlab.evals.knowledge import probe
-    from lmlab.infer.sample import generate
-    from lmlab.train.checkpoint import load_model
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.sampling import SamplingParams
 
-    model = load_model(out / "checkpoint")
-    tok = Tokenizer.load(out / "tokenizer.json")
+    engine = Engine.from_checkpoint(out / "checkpoint")
     world = load_world(out / "world")
-    samples = []
     prompts = [p["name"].split()[0] for p in world["people"][: cfg.samples]]
-    for prompt in prompts:
-        new = generate(model, tok.encode(prompt), 80, 0.0, stop_id=tok.eos_id)
-        samples.append(prompt + tok.decode(new))
-    with torch.no_grad():
-        knowledge = probe(model, tok, world, per_group=cfg.probe_questions)
-    return {"samples": samples, "knowledge": knowledge}
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=80))
+    samples = [p + o.completions[0].text for p, o in zip(prompts, outs)]
+    return {"samples": samples, "knowledge": probe(engine, world, per_group=cfg.probe_questions)}
 
 
 def _sampling(out: Path) -> dict[str, Any]:

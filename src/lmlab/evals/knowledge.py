@@ -9,24 +9,22 @@ confident answer is a fabrication, the hallucination baseline).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-
-from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import format_qa
-from lmlab.infer.sample import generate
+from lmlab.infer.engine import Engine
+from lmlab.infer.sampling import SamplingParams
 
 
-def answer(model: torch.nn.Module, tok: Tokenizer, question: str, max_new_tokens: int = 16) -> str:
-    """Greedy answer to one question, cut at end of document or end of line."""
-    ids = tok.encode(format_qa(question))
-    new = generate(model, ids, max_new_tokens, 0.0, stop_id=tok.eos_id)
-    return tok.decode(new).split("\n")[0].strip()
+def answers(engine: Engine, questions: Sequence[str], max_new_tokens: int = 16) -> list[str]:
+    """Greedy answers, all questions in one batch, each cut at the end of its line or document."""
+    params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens, stop=["\n"])
+    outs = engine.generate([format_qa(q) for q in questions], params)
+    return [o.completions[0].text.split("\n")[0].strip() for o in outs]
 
 
-def probe(model: torch.nn.Module, tok: Tokenizer, world: dict[str, Any], per_group: int = 60,
-          seed: int = 0) -> dict[str, Any]:
+def probe(engine: Engine, world: dict[str, Any], per_group: int = 60, seed: int = 0) -> dict[str, Any]:
     """Exact-match accuracy per group (and per attribute), on a seeded sample of questions."""
     rng = random.Random(seed)
     results: dict[str, Any] = {}
@@ -35,24 +33,21 @@ def probe(model: torch.nn.Module, tok: Tokenizer, world: dict[str, Any], per_gro
         items = list(world[group])
         rng.shuffle(items)
         items = items[:per_group]
-        correct, answered, by_attr = 0, 0, {}
-        for i, it in enumerate(items):
-            got = answer(model, tok, it["question"])
-            ok = got == it["answer"]
-            correct += ok
-            answered += bool(got)
-            a = by_attr.setdefault(it["attribute"], [0, 0])
-            a[0] += ok
-            a[1] += 1
-            if i < 3:
-                examples.append({"group": group, "question": it["question"], "truth": it["answer"],
-                                 "model": got})
+        got = answers(engine, [it["question"] for it in items]) if items else []
+        by_attr: dict[str, list[int]] = {}
+        for it, a in zip(items, got):
+            tally = by_attr.setdefault(it["attribute"], [0, 0])
+            tally[0] += a == it["answer"]
+            tally[1] += 1
+        examples += [{"group": group, "question": it["question"], "truth": it["answer"], "model": a}
+                     for it, a in list(zip(items, got))[:3]]
         n = max(len(items), 1)
         key = group.replace("qa_", "")
         if group == "qa_unknown":
             # No abstention exists yet, so any non-empty answer about an unknown person is made up.
-            results[key] = {"n": len(items), "fabrication_rate": answered / n}
+            results[key] = {"n": len(items), "fabrication_rate": sum(bool(a) for a in got) / n}
         else:
+            correct = sum(a == it["answer"] for it, a in zip(items, got))
             results[key] = {"n": len(items), "accuracy": correct / n,
                             "by_attribute": {k: v[0] / v[1] for k, v in sorted(by_attr.items())}}
     results["examples"] = examples
