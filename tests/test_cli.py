@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.cli import VERBS, main
+from lmlab.cli import VERBS, load_verb, main
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:
@@ -158,7 +158,7 @@ def test_world_verb_writes_files(tmp_path, capsys):
 def test_every_config_field_has_help_text(verb):
     from lmlab.config import leaf_fields
 
-    cls, _ = VERBS[verb][1]()
+    cls, _ = load_verb(verb)
     missing = [name for name, _, _, doc in leaf_fields(cls) if not doc.strip()]
     assert not missing, f"{verb}: fields without a docstring: {missing}"
 

@@ -9,6 +9,7 @@ Problems the user can fix are one `lmlab: error: ...` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -18,67 +19,33 @@ from lmlab import __version__
 from lmlab.config import add_arguments, from_args
 from lmlab.errors import LmlabError
 
-
-def _world():
-    from lmlab.data.world import WorldConfig, generate_world
-    return WorldConfig, generate_world
-
-
-def _tokenizer():
-    from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
-    return TokenizerConfig, train_tokenizer
-
-
-def _prepare():
-    from lmlab.data.shards import PrepareConfig, prepare
-    return PrepareConfig, prepare
-
-
-def _pretrain():
-    from lmlab.train.trainer import PretrainConfig, pretrain
-    return PretrainConfig, pretrain
-
-
-def _sample():
-    from lmlab.infer.sample import SampleConfig, run_sample
-    return SampleConfig, run_sample
-
-
-def _generate():
-    from lmlab.infer.cli_verbs import GenerateConfig, run_generate
-    return GenerateConfig, run_generate
-
-
-def _chat():
-    from lmlab.infer.cli_verbs import ChatConfig, run_chat
-    return ChatConfig, run_chat
-
-
-def _explain():
-    from lmlab.infer.explain import ExplainConfig, run_explain
-    return ExplainConfig, run_explain
-
-
-def _quickstart():
-    from lmlab.quickstart import QuickstartConfig, quickstart
-    return QuickstartConfig, quickstart
-
-
-# verb -> (one-line purpose, loader of (config class, function)). Imports are lazy so
-# `lmlab --help` and light verbs do not pay for torch.
-VERBS: dict[str, tuple[str, Callable[[], tuple[type, Callable]]]] = {
+# verb -> (one-line purpose, "module:ConfigClass:function"). Imports happen only for the verb that
+# runs, so `lmlab --help` and light verbs do not pay for torch.
+VERBS: dict[str, tuple[str, str]] = {
     "quickstart": ("the whole life of a model on the built-in world: world, tokenizer, pretrain, "
-                   "samples, report", _quickstart),
-    "world": ("generate the built-in world: people, biographies, QA pairs, arithmetic", _world),
-    "tokenizer train": ("train a byte-level BPE or character tokenizer, save tokenizer.json", _tokenizer),
-    "prepare": ("tokenize text into uint16/uint32 token shards with a train/val split", _prepare),
-    "pretrain": ("train a causal LM from scratch on prepared shards (resumable)", _pretrain),
-    "sample": ("greedy or temperature samples from a checkpoint (the plain loop)", _sample),
-    "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON", _generate),
-    "chat": ("chat in the terminal with a checkpoint, replies streamed", _chat),
+                   "samples, report", "lmlab.quickstart:QuickstartConfig:quickstart"),
+    "world": ("generate the built-in world: people, biographies, QA pairs, arithmetic",
+              "lmlab.data.world:WorldConfig:generate_world"),
+    "tokenizer train": ("train a byte-level BPE or character tokenizer, save tokenizer.json",
+                        "lmlab.data.tokenizer:TokenizerConfig:train_tokenizer"),
+    "prepare": ("tokenize text into uint16/uint32 token shards with a train/val split",
+                "lmlab.data.shards:PrepareConfig:prepare"),
+    "pretrain": ("train a causal LM from scratch on prepared shards (resumable)",
+                 "lmlab.train.trainer:PretrainConfig:pretrain"),
+    "sample": ("greedy or temperature samples from a checkpoint", "lmlab.infer.sample:SampleConfig:run_sample"),
+    "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON",
+                 "lmlab.infer.cli_verbs:GenerateConfig:run_generate"),
+    "chat": ("chat in the terminal with a checkpoint, replies streamed", "lmlab.infer.cli_verbs:ChatConfig:run_chat"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
-                         _explain),
+                         "lmlab.infer.explain:ExplainConfig:run_explain"),
 }
+
+
+def load_verb(verb: str) -> tuple[type, Callable[[Any], Any]]:
+    """The config class and the function behind a verb."""
+    module, cls, fn = VERBS[verb][1].split(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, cls), getattr(mod, fn)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -89,7 +56,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     groups: dict[str, Any] = {}
     verbs: dict[str, argparse.ArgumentParser] = {}
-    for name, (purpose, _loader) in VERBS.items():
+    for name, (purpose, _target) in VERBS.items():
         words = name.split()
         target = sub
         if len(words) == 2:
@@ -121,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        cls, run = VERBS[verb][1]()
+        cls, run = load_verb(verb)
         # Only the chosen verb pays for its imports and its per-field flags.
         add_arguments(verbs[verb], cls)
         args = parser.parse_args(argv)
