@@ -65,7 +65,7 @@ class _Row:
     index: int
     params: SamplingParams
     limit: int
-    generator: torch.Generator | None
+    uniforms: torch.Tensor | None
     ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
@@ -100,12 +100,11 @@ class Engine:
     """Generation and scoring for one model and its tokenizer."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, weights: str = "fp32") -> None:
+                 weights: str = "fp32") -> None:
         """`weights`: 'fp32', 'bf16', or 'int8' (weight-only int8 linears, bf16 activations in the matmuls)."""
         if weights not in ("fp32", "bf16", "int8"):
             raise LmlabError(f"weights must be 'fp32', 'bf16' or 'int8', got {weights!r}")
-        if weights == "bf16":
-            dtype = torch.bfloat16
+        dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
         if weights == "int8":
             from lmlab.infer.quant import quantize_int8
@@ -117,14 +116,13 @@ class Engine:
         self.start_id = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                        weights: str = "fp32") -> Engine:
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str = "fp32") -> Engine:
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(path)
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
-        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, dtype, weights)
+        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights)
 
     # -- prompts -------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -178,14 +176,17 @@ class Engine:
         for p, (ids, sp) in enumerate(zip(prompt_ids, plist)):
             limit = min(sp.max_new_tokens, self.cfg.max_seq_len - len(ids))
             for j in range(sp.n):
-                g = None
-                if sp.temperature > 0:
+                u = None
+                if sp.temperature > 0 and limit > 0:
+                    # A sampled row draws its whole completion's uniforms from its own generator up
+                    # front: one call per row, not per token, and independent of the rest of the batch.
                     g = torch.Generator(device="cpu")
                     if sp.seed is None:
                         g.seed()
                     else:
                         g.manual_seed(sp.seed * 1_000_003 + j)
-                rows.append(_Row(p, j, sp, limit, g))
+                    u = torch.rand(limit, generator=g, dtype=torch.float64)
+                rows.append(_Row(p, j, sp, limit, u))
         return rows
 
     @torch.no_grad()
@@ -202,25 +203,25 @@ class Engine:
         order = torch.tensor([r.prompt for r in rows], device=self.device)
         cache.select(order)
         last = last[order]
-        counts = torch.zeros(len(rows), V, dtype=torch.long, device=self.device)
-        seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
-        for i, r in enumerate(rows):
-            seen[i, prompt_ids[r.prompt]] = True
         live = [i for i, r in enumerate(rows) if r.limit > 0]
         for r in rows:
             if r.limit <= 0:
                 r.finish = "length"
         # Plain greedy rows need no processing at all: the argmax of the raw logits is the token.
         plain = all(_is_plain_greedy(r.params) for r in rows)
-        # Every sampled row draws its whole completion's uniforms from its own generator up front: one
-        # call per row instead of one per row per token, and still independent of the rest of the batch.
-        longest = max((r.limit for r in rows), default=0)
-        uniforms = torch.zeros(len(rows), max(longest, 1), dtype=torch.float64)
+        uniforms = torch.zeros(len(rows), max([r.limit for r in rows] + [1]), dtype=torch.float64)
         for i, r in enumerate(rows):
-            if r.generator is not None and r.limit > 0:
-                uniforms[i, : r.limit] = torch.rand(r.limit, generator=r.generator, dtype=torch.float64)
+            if r.uniforms is not None:
+                uniforms[i, : r.limit] = r.uniforms
+        # Token counts and the seen-token mask exist only for the penalties that need them.
+        tracked = any(_has_penalty(r.params) for r in rows)
+        counts = seen = None
+        if tracked:
+            counts = torch.zeros(len(rows), V, dtype=torch.long, device=self.device)
+            seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
+            for i, r in enumerate(rows):
+                seen[i, prompt_ids[r.prompt]] = True
         step = 0
-        tracked = not plain and any(_has_penalty(r.params) for r in rows)
         while live:
             lg = last
             if plain:
@@ -229,8 +230,8 @@ class Engine:
                 sub = torch.tensor(live, device=self.device)
                 processed = process_logits(lg.clone(), [rows[i].params for i in live],
                                            counts[sub] if tracked else None, seen[sub] if tracked else None)
-                nxt = sample_from(processed, [rows[i].generator for i in live],
-                                  [rows[i].params.greedy for i in live], uniforms[live, step])
+                nxt = sample_from(processed, [None] * len(live), [rows[i].params.greedy for i in live],
+                                  uniforms[live, step])
             want_lp = any(rows[i].params.wants_logprobs for i in live)
             raw_lp = logprobs_of(lg, nxt) if want_lp else None
             proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
