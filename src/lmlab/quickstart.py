@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlab.data.shards import PrepareConfig, prepare
 from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
@@ -20,6 +20,9 @@ from lmlab.data.world import WorldConfig, generate_world
 from lmlab.model.config import ModelConfig
 from lmlab.summary import read_summary, update_summary
 from lmlab.train.trainer import PretrainConfig, TrainConfig, pretrain
+
+if TYPE_CHECKING:
+    from lmlab.infer.engine import Engine
 
 
 def _world() -> WorldConfig:
@@ -95,7 +98,11 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
           f"({psum['tokens_per_s']:,.0f} tokens/s, {psum['precision']})")
 
     t = _stage("samples and knowledge probe")
-    probe = _probe(out, cfg)
+    from lmlab.data.world import load_world
+    from lmlab.infer.engine import Engine
+
+    engine, world = Engine.from_checkpoint(out / "checkpoint"), load_world(out / "world")
+    probe = _probe(engine, world, cfg)
     update_summary(out / "summary.json", "probe", {**{k: v for k, v in probe.items() if k != "samples"},
                                                    "wall_s": round(time.perf_counter() - t, 2)})
     for s in probe["samples"]:
@@ -105,7 +112,7 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     print(f"   unknown people: fabricated an answer {probe['knowledge']['unknown']['fabrication_rate']:.0%}")
 
     t = _stage("sampling")
-    samp = _sampling(out)
+    samp = _sampling(engine, world, out)
     update_summary(out / "summary.json", "sampling", {**samp, "wall_s": round(time.perf_counter() - t, 2)})
     ent = ", ".join(f"{k} {v:.2f}" for k, v in samp["explain"]["entropy_nats"].items())
     print(f"   next-token entropy (nats) {ent}; top-p 0.9 nucleus "
@@ -122,37 +129,27 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
             "qa_test_accuracy": summary["probe"]["knowledge"]["test"]["accuracy"]}
 
 
-def _probe(out: Path, cfg: QuickstartConfig) -> dict[str, Any]:
-    from lmlab.data.world import load_world
+def _probe(engine: Engine, world: dict[str, Any], cfg: QuickstartConfig) -> dict[str, Any]:
+    """Greedy samples from a few first names, and the knowledge probe."""
     from lmlab.evals.knowledge import probe
-    from lmlab.infer.engine import Engine
     from lmlab.infer.sampling import SamplingParams
 
-    engine = Engine.from_checkpoint(out / "checkpoint")
-    world = load_world(out / "world")
     prompts = [p["name"].split()[0] for p in world["people"][: cfg.samples]]
     outs = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=80))
     samples = [p + o.completions[0].text for p, o in zip(prompts, outs)]
     return {"samples": samples, "knowledge": probe(engine, world, per_group=cfg.probe_questions)}
 
 
-def _sampling(out: Path) -> dict[str, Any]:
+def _sampling(engine: Engine, world: dict[str, Any], out: Path) -> dict[str, Any]:
     """The sampling chapter on the trained model: one next-token explanation, samples at two temperatures."""
-    import torch
-
-    from lmlab.data.world import format_qa, load_world
-    from lmlab.infer.engine import Engine
+    from lmlab.data.world import format_qa
     from lmlab.infer.explain import ExplainConfig, explain_logits, plot
     from lmlab.infer.sampling import SamplingParams
 
-    engine = Engine.from_checkpoint(out / "checkpoint")
-    world = load_world(out / "world")
     item = next(q for q in world["qa_test"] if q["attribute"] == "birth_city")
     prompt = format_qa(item["question"])
-    with torch.no_grad():
-        logits = engine.model(torch.tensor([engine.encode(prompt)]))[0, -1]
     cfg = ExplainConfig(prompt=prompt, out=str(out / "sampling.png"))
-    result = explain_logits(logits, engine.tok.decode, cfg)
+    result = explain_logits(engine.next_token_logits(prompt), engine.tok.decode, cfg)
     plot(result, prompt, cfg.out)
     name = world["people"][0]["name"]
     samples = {}

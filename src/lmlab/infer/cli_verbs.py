@@ -13,17 +13,31 @@ from lmlab.infer.sampling import SamplingParams
 
 
 @dataclass
-class GenerateConfig(SamplingParams):
+class EngineOptions(SamplingParams):
+    """Every sampling control plus where the model comes from and how it runs."""
+
     checkpoint: str = "runs/quickstart/checkpoint"
-    """Checkpoint directory to generate from."""
-    prompt: str = ""
-    """The prompt to complete (or give --prompts_file for many)."""
-    prompts_file: str | None = None
-    """A .txt file (one prompt per line) or .jsonl file (a "prompt" field per line)."""
+    """Checkpoint directory to load."""
     device: str = "cpu"
     """Device to run on."""
     weights: str = "fp32"
     """Weights for inference: 'fp32', 'bf16', or 'int8' (weight-only, 4x less memory traffic per token)."""
+
+    def engine(self):
+        from lmlab.infer.engine import Engine
+
+        return Engine.from_checkpoint(self.checkpoint, self.device, self.weights)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**{k: getattr(self, k) for k in SamplingParams.__dataclass_fields__})
+
+
+@dataclass
+class GenerateConfig(EngineOptions):
+    prompt: str = ""
+    """The prompt to complete (or give --prompts_file for many)."""
+    prompts_file: str | None = None
+    """A .txt file (one prompt per line) or .jsonl file (a "prompt" field per line)."""
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:
@@ -52,10 +66,7 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
 
 def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Complete each prompt; returns one record per prompt (text, tokens, logprobs, finish reason, usage)."""
-    from lmlab.infer.engine import Engine
-
-    engine = Engine.from_checkpoint(cfg.checkpoint, cfg.device, weights=cfg.weights)
-    params = SamplingParams(**{k: getattr(cfg, k) for k in SamplingParams.__dataclass_fields__})
+    engine, params = cfg.engine(), cfg.sampling()
     prompts = read_prompts(cfg)
     results = []
     for prompt, out in zip(prompts, engine.generate(prompts, params)):
@@ -67,23 +78,17 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
 
 @dataclass
-class ChatConfig(SamplingParams):
-    checkpoint: str = "runs/quickstart/checkpoint"
-    """Checkpoint directory to chat with."""
+class ChatConfig(EngineOptions):
     system: str = ""
     """Optional system message."""
-    device: str = "cpu"
-    """Device to run on."""
 
 
 def run_chat(cfg: ChatConfig) -> None:
     """Read user turns from stdin, stream the assistant's replies; an empty line or EOF ends the chat."""
     from lmlab.data.chat import END_OF_TURN, render
-    from lmlab.infer.engine import Engine
 
-    engine = Engine.from_checkpoint(cfg.checkpoint, cfg.device)
+    engine, params = cfg.engine(), cfg.sampling()
     eot = engine.tok.token_to_id(END_OF_TURN)
-    params = SamplingParams(**{k: getattr(cfg, k) for k in SamplingParams.__dataclass_fields__})
     if eot is not None:
         params.stop_token_ids = [*params.stop_token_ids, eot]
     history = [{"role": "system", "content": cfg.system}] if cfg.system else []

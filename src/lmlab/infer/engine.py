@@ -138,6 +138,11 @@ class Engine:
         return ids
 
     @torch.no_grad()
+    def next_token_logits(self, prompt: str | Sequence[int]) -> torch.Tensor:
+        """Raw fp32 logits (V,) for the token that would follow `prompt`."""
+        return self.model(torch.tensor([self.encode(prompt)], device=self.device))[0, -1].float()
+
+    @torch.no_grad()
     def _prefill(self, prompts: list[list[int]], cache: KVCache) -> torch.Tensor:
         """Run all prompts through the model at once; return each one's last logits (P, V) in fp32."""
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)

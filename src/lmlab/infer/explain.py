@@ -92,10 +92,7 @@ def run_explain(cfg: ExplainConfig) -> dict[str, Any]:
     from lmlab.infer.engine import Engine
 
     engine = Engine.from_checkpoint(cfg.checkpoint)
-    ids = engine.encode(cfg.prompt)
-    with torch.no_grad():
-        logits = engine.model(torch.tensor([ids]))[0, -1]
-    result = explain_logits(logits, engine.tok.decode, cfg)
+    result = explain_logits(engine.next_token_logits(cfg.prompt), engine.tok.decode, cfg)
     result["png"] = str(plot(result, cfg.prompt, cfg.out))
     names = [k for k in result["candidates"][0] if k not in ("token_id", "token")]
     print("token".ljust(14) + "".join(n.rjust(11) for n in names))

@@ -1,8 +1,8 @@
-"""`lmlab sample`: greedy or temperature sampling from a checkpoint.
+"""`lmlab sample`: greedy or temperature samples from a checkpoint, and the plain decoding loop.
 
-This is the plain loop (the whole context is recomputed for each new token,
-cropped to the model's context); the KV-cache engine with every sampling
-control is its own module.
+`generate` is the textbook loop (the whole context recomputed for every new
+token): the engine's KV-cache decoding is tested against it. The verb itself
+runs on the engine; `lmlab generate` exposes every sampling control.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from typing import Any
 
 import torch
 
-from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
-from lmlab.train.checkpoint import build_model, load_checkpoint
 
 
 @dataclass
@@ -22,7 +20,7 @@ class SampleConfig:
     checkpoint: str = "runs/quickstart/checkpoint"
     """Checkpoint directory to sample from."""
     prompt: str = ""
-    """Text to continue (empty = start from the beginning-of-document token)."""
+    """Text to continue (empty = start a new document)."""
     max_new_tokens: int = 100
     """Tokens to generate per sample."""
     temperature: float = 0.0
@@ -65,24 +63,14 @@ def generate(model: torch.nn.Module, ids: list[int], max_new_tokens: int, temper
 
 
 def sample(cfg: SampleConfig) -> list[str]:
-    """Load a checkpoint and its tokenizer, return `num_samples` continuations of the prompt."""
-    ck = load_checkpoint(cfg.checkpoint)
-    if ck.tokenizer_path is None:
-        raise LmlabError(f"checkpoint {cfg.checkpoint} has no tokenizer.json to decode with")
-    tok = Tokenizer.load(ck.tokenizer_path)
-    model = build_model(ck).eval()
-    ids = tok.encode(cfg.prompt)
-    if tok.bos_id is not None and not cfg.prompt:
-        ids = [tok.bos_id]
-    if not ids:
-        raise LmlabError("empty prompt and the tokenizer has no bos token to start from")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    stop = tok.eos_id if cfg.stop_at_eos else None
-    outs = []
-    for _ in range(cfg.num_samples):
-        new = generate(model, ids, cfg.max_new_tokens, cfg.temperature, gen, stop)
-        outs.append(cfg.prompt + tok.decode(new))
-    return outs
+    """`num_samples` continuations of the prompt (through the engine, with its KV cache)."""
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.sampling import SamplingParams
+
+    engine = Engine.from_checkpoint(cfg.checkpoint)
+    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.num_samples,
+                            seed=cfg.seed, ignore_eos=not cfg.stop_at_eos)
+    return [cfg.prompt + c.text for c in engine.generate([cfg.prompt], params)[0].completions]
 
 
 def run_sample(cfg: SampleConfig) -> dict[str, Any]:
