@@ -205,11 +205,10 @@ class Trainer:
             "train": RandomWindowSampler(self.train_data, self.block, tc.batch_size, tc.seed + 2),
         }
         self.step, self.state_extra = 0, {}
+        self.fingerprint = data_fingerprint(cfg.data)
         resume_from = self._resume_checkpoint(mc)
         torch.manual_seed(tc.seed)
-        self.model = Transformer(mc)
-        if resume_from is not None:
-            self.model = ckpt_io.build_model(resume_from)
+        self.model = Transformer(mc) if resume_from is None else ckpt_io.build_model(resume_from)
         self.model.to(self.device)
         self.model_cfg = mc
         self.prec = Precision(self.model, tc.precision, self.device)
@@ -234,7 +233,7 @@ class Trainer:
             return None
         ck = ckpt_io.load_checkpoint(self.ckpt_dir, with_trainer_state=True)
         saved = ck.meta.get("data_fingerprint")
-        if saved is not None and saved != data_fingerprint(self.cfg.data):
+        if saved is not None and saved != self.fingerprint:
             raise LmlabError(f"{self.ckpt_dir} was trained on different data or a different tokenizer than "
                              f"{self.cfg.data}; use a new out directory or --set resume=false to start afresh")
         if ck.config.to_dict() != mc.to_dict():
@@ -293,7 +292,7 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state()
         meta = {"step": self.step, "stage": "pretrain", "objective": self.cfg.objective,
                 "train_config": to_dict(self.cfg.train), "data": self.cfg.data,
-                "data_fingerprint": data_fingerprint(self.cfg.data)}
+                "data_fingerprint": self.fingerprint}
         ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta)
 
     def fit(self) -> dict[str, Any]:
