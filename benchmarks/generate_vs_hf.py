@@ -74,12 +74,19 @@ class _Tok:
         return None
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_of(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -88,7 +95,7 @@ def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8):
     from lmlab.infer.sampling import SamplingParams
 
     g = torch.Generator().manual_seed(1)
-    prompts = torch.randint(0, hf.config.vocab_size, (batch, prompt_len), generator=g)
+    prompts = torch.randint(0, hf.config.vocab_size, (batch, prompt_len), generator=g).to(hf.device)
     kw = dict(max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
     kw.update(do_sample=True, temperature=1.0, top_k=0) if sample else kw.update(do_sample=False)
     with torch.inference_mode():
@@ -112,7 +119,7 @@ def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8):
 def output_change(ref, other, n_prompts: int = 8, length: int = 32) -> dict:
     """How much reduced-precision weights change the next-token distribution, on random prompts."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randint(0, ref.cfg.vocab_size, (n_prompts, length), generator=g)
+    x = torch.randint(0, ref.cfg.vocab_size, (n_prompts, length), generator=g).to(ref.device)
     with torch.no_grad():
         a = torch.log_softmax(ref.model(x).float(), -1)
         b = torch.log_softmax(other.model(x).float(), -1)
@@ -138,6 +145,7 @@ def decode_latency(engine, new: int = 200) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both implementations, fp32 unless stated)")
     ap.add_argument("--skip-124m", action="store_true", help="skip the GPT-2 124M case (it takes minutes)")
     args = ap.parse_args()
     import transformers
@@ -147,25 +155,29 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     hf, model = build(4, 128, 4, 65, 256)
-    engine = Engine(model, _Tok())
+    hf = hf.to(args.device)
+    engine = Engine(model, _Tok(), args.device)
     rows.append(case("a) tiny, batch 1, greedy", hf, engine, 1, 200, False, args.repeats))
     rows.append(case("b) tiny, batch 16, sampling", hf, engine, 16, 200, True, args.repeats))
     latency = decode_latency(engine)
     print(f"tiny decode latency: {latency}")
     if not args.skip_124m:
         hf, model = build(12, 768, 12, 50257, 1024)
-        engine = Engine(model, _Tok())
+        hf = hf.to(args.device)
+        engine = Engine(model, _Tok(), args.device)
         rows.append(case("c) GPT-2 124M, batch 1, greedy", hf, engine, 1, 100, False, max(1, args.repeats - 1)))
         for weights in ("bf16", "int8"):
             import copy
 
-            eng = Engine(copy.deepcopy(model), _Tok(), weights=weights)
+            if weights == "int8" and args.device != "cpu":
+                continue  # PyTorch's int8 weight-only kernel is a CPU kernel
+            eng = Engine(copy.deepcopy(model), _Tok(), args.device, weights=weights)
             row = case(f"c') GPT-2 124M {weights} (lmlab)", hf, eng, 1, 100, False, max(1, args.repeats - 1))
             row["note"] = f"HF in fp32; greedy_tokens_equal compares lmlab {weights} weights with HF fp32"
             row.update(output_change(engine, eng))
             print(f"    output change vs fp32: {row['output_change']}")
             rows.append(row)
-    print(json.dumps({"benchmark": "generate_vs_hf", "transformers": transformers.__version__,
+    print(json.dumps({"benchmark": "generate_vs_hf", "device": args.device, "transformers": transformers.__version__,
                       "torch": torch.__version__, "threads": torch.get_num_threads(), "cases": rows,
                       "decode_latency": latency}))
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_LOSS = 1.89
 RECORDED_NANOGPT = {"wall_s": 78.0, "val_loss": 1.886, "time_to_target_s": 78.0, "ms_per_iter": 33.5,
                     "peak_rss_mib": 367.0, "source": "recorded in shared/DESIGN.md (same kind of 2-core machine)"}
-NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--compile=False", "--eval_iters=20",
                 "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
                 "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
 
@@ -67,12 +67,12 @@ def run_child(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float, int]:
     return wall, peak, proc.returncode
 
 
-def matmul_peaks() -> dict[str, float]:
+def matmul_peaks(device: str) -> dict[str, float]:
     from lmlab.train.hardware import measure_matmul_peak
 
-    cpu = torch.device("cpu")
-    return {"fp32": measure_matmul_peak(torch.float32, cpu, n=2048, seconds=1.0),
-            "bf16": measure_matmul_peak(torch.bfloat16, cpu, n=2048, seconds=1.0)}
+    dev, n = torch.device(device), 2048 if device == "cpu" else 8192
+    return {"fp32": measure_matmul_peak(torch.float32, dev, n=n, seconds=1.0),
+            "bf16": measure_matmul_peak(torch.bfloat16, dev, n=n, seconds=1.0)}
 
 
 def prepare_lmlab(text: Path, work: Path) -> Path:
@@ -85,12 +85,12 @@ def prepare_lmlab(text: Path, work: Path) -> Path:
     return work / "data"
 
 
-def run_lmlab(data: Path, work: Path, iters: int, precision: str, rep: int = 0) -> dict:
+def run_lmlab(data: Path, work: Path, iters: int, precision: str, device: str, rep: int = 0) -> dict:
     out = work / f"lmlab_run{rep}"
     cmd = [sys.executable, "-m", "lmlab.cli", "pretrain", "--config", str(ROOT / "configs/shakespeare_char.yaml"),
            "--set", f"data={data}", "--set", f"out={out}", "--set", f"train.steps={iters}",
            "--set", f"train.decay_steps={iters}", "--set", f"train.precision={precision}",
-           "--set", "train.progress=false", "--set", "resume=false"]
+           "--set", "train.progress=false", "--set", "resume=false", "--set", f"train.device={device}"]
     log = work / f"lmlab{rep}.log"
     wall, rss, rc = run_child(cmd, ROOT, log)
     if rc != 0:
@@ -109,7 +109,7 @@ def run_lmlab(data: Path, work: Path, iters: int, precision: str, rep: int = 0) 
             "train_loop_s": summary["wall_s"], "flops_per_token": summary["train_flops"] / summary["train_tokens"]}
 
 
-def run_nanogpt(src: Path, text: Path, work: Path, rep: int = 0) -> dict:
+def run_nanogpt(src: Path, text: Path, work: Path, device: str, rep: int = 0) -> dict:
     """nanoGPT's train.py, unmodified, in a scratch copy; its data files are written the way its
     data/shakespeare_char/prepare.py writes them (that script would download the text)."""
     repo = work / f"nanoGPT{rep}"
@@ -124,7 +124,8 @@ def run_nanogpt(src: Path, text: Path, work: Path, rep: int = 0) -> dict:
     np.array([stoi[c] for c in data[int(n * 0.9):]], dtype=np.uint16).tofile(d / "val.bin")
     with open(d / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
-    wall, rss, rc = run_child([sys.executable, "train.py", *NANOGPT_ARGS], repo, work / f"nanogpt{rep}.log")
+    cmd = [sys.executable, "train.py", *NANOGPT_ARGS, f"--device={device}"]
+    wall, rss, rc = run_child(cmd, repo, work / f"nanogpt{rep}.log")
     log = (work / f"nanogpt{rep}.log").read_text()
     if rc != 0:
         sys.exit(f"nanoGPT failed (exit {rc}):\n{log[-2000:]}")
@@ -152,6 +153,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--precision", default="auto", help="lmlab train.precision (auto, fp32, bf16-master)")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs of each; medians are reported")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for both programs (nanoGPT then uses its "
+                    "default bf16 autocast, lmlab its auto precision)")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
     args = ap.parse_args()
     text = Path(args.data)
@@ -160,19 +163,21 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="lmlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
-    peaks = matmul_peaks()
+    peaks = matmul_peaks(args.device)
     data = prepare_lmlab(text, work)
     # Alternate the two programs so that slow and fast spells of a shared machine hit both; report
     # the median run of each (by wall time).
     nanos, lms = [], []
     for rep in range(args.repeats):
-        nanos.append(run_nanogpt(Path(args.nanogpt), text, work, rep) if args.nanogpt else dict(RECORDED_NANOGPT))
-        lms.append(run_lmlab(data, work, args.iters, args.precision, rep))
+        nanos.append(run_nanogpt(Path(args.nanogpt), text, work, args.device, rep) if args.nanogpt
+                     else dict(RECORDED_NANOGPT))
+        lms.append(run_lmlab(data, work, args.iters, args.precision, args.device, rep))
     nano = sorted(nanos, key=lambda r: r["wall_s"])[len(nanos) // 2]
     lm = sorted(lms, key=lambda r: r["wall_s"])[len(lms) // 2]
     tps = 12 * 64 / (lm["ms_per_iter"] / 1000)
     fig = {
-        "benchmark": "pretrain_shakespeare_char", "iters": args.iters, "repeats": args.repeats,
+        "benchmark": "pretrain_shakespeare_char", "device": args.device, "iters": args.iters,
+        "repeats": args.repeats,
         "lmlab_walls_s": [round(r["wall_s"], 2) for r in lms],
         "nanogpt_walls_s": [round(r["wall_s"], 2) for r in nanos],
         "threads": torch.get_num_threads(),

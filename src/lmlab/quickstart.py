@@ -101,7 +101,8 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     from lmlab.data.world import load_world
     from lmlab.infer.engine import Engine
 
-    engine, world = Engine.from_checkpoint(out / "checkpoint"), load_world(out / "world")
+    engine = Engine.from_checkpoint(out / "checkpoint", device=cfg.pretrain.train.device)
+    world = load_world(out / "world")
     probe = _probe(engine, world, cfg)
     update_summary(out / "summary.json", "probe", {**{k: v for k, v in probe.items() if k != "samples"},
                                                    "wall_s": round(time.perf_counter() - t, 2)})

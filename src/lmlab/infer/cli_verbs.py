@@ -18,8 +18,8 @@ class EngineOptions(SamplingParams):
 
     checkpoint: str = "runs/quickstart/checkpoint"
     """Checkpoint directory to load."""
-    device: str = "cpu"
-    """Device to run on."""
+    device: str = "auto"
+    """Device to run on: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', ..."""
     weights: str = "fp32"
     """Weights for inference: 'fp32', 'bf16', or 'int8' (weight-only, 4x less memory traffic per token)."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.infer.sampling import SamplingParams, logprobs_of, process_logits, sample_from, top_logprobs
 from lmlab.model.kv_cache import KVCache
@@ -101,9 +102,11 @@ class Engine:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str | torch.device = "cpu",
                  weights: str = "fp32") -> None:
-        """`weights`: 'fp32', 'bf16', or 'int8' (weight-only int8 linears, bf16 activations in the matmuls)."""
+        """`device`: 'cpu', 'cuda', ... or 'auto' (the GPU if there is one). `weights`: 'fp32', 'bf16', or
+        'int8' (weight-only int8 linears, bf16 activations in the matmuls)."""
         if weights not in ("fp32", "bf16", "int8"):
             raise LmlabError(f"weights must be 'fp32', 'bf16' or 'int8', got {weights!r}")
+        device = pick_device(device)
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
         if weights == "int8":
@@ -111,12 +114,12 @@ class Engine:
 
             quantize_int8(self.model)
         self.tok = tokenizer
-        self.device = torch.device(device)
+        self.device = device
         self.cfg = model.cfg
         self.start_id = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", weights: str = "fp32") -> Engine:
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32") -> Engine:
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(path)

@@ -1,17 +1,10 @@
-"""Device choice and a quick measured matmul peak (the denominator of MFU)."""
+"""A quick measured matmul peak (the denominator of MFU) and CPU allocator tuning."""
 
 from __future__ import annotations
 
 import time
 
 import torch
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: float = 0.25) -> float:

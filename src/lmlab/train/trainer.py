@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ import torch.nn.functional as F
 
 from lmlab.config import to_dict
 from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
+from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
-from lmlab.train.hardware import measure_matmul_peak, pick_device, tune_cpu_allocator
+from lmlab.train.hardware import measure_matmul_peak, tune_cpu_allocator
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
 
@@ -74,6 +76,10 @@ class TrainConfig:
     """CPU threads for torch (None = torch's default)."""
     seed: int = 1337
     """Seed for initialisation, data order and dropout."""
+    deterministic: bool = False
+    """Use only deterministic kernels (process-wide), so that a CUDA run and its resume after a kill are
+    bitwise reproducible; some CUDA kernels (memory-efficient attention backward, index_add) are otherwise
+    nondeterministic, and Adam amplifies their rounding noise. CPU runs are deterministic either way."""
     sampler: str = "random"
     """'random' windows (nanoGPT style) or 'epoch' (every window once per epoch, shuffled)."""
     eval_interval: int = 250
@@ -185,6 +191,9 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = pick_device(tc.device)
+        if tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
+            torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel is an error
         if self.device.type == "cpu":
             tune_cpu_allocator()
         self.train_data = TokenData.open(cfg.data, "train")
