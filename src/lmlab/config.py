@@ -256,6 +256,10 @@ def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> 
                         help=f"YAML recipe (default: {default_config or 'none, built-in defaults'})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+    docs = {name: doc for name, _tp, _default, doc in leaf_fields(cls)}
+    for name in getattr(cls, "POSITIONAL", ()):  # e.g. `lmlab import-hf DIR`: the same field, without its flag
+        parser.add_argument(f"pos:{name}", nargs="?", default=_UNSET, metavar=name.upper(),
+                            help=docs[name].replace("%", "%%") + f" (or --{name})")
     for name, _tp, default, doc in leaf_fields(cls):
         spellings = [f"--{name}"]
         if "_" in name:
@@ -270,5 +274,10 @@ def from_args(cls: type, args: Any) -> Any:
     flags = {}
     for k, v in vars(args).items():
         if k.startswith("cfg:") and v is not _UNSET:
+            flags[k[4:]] = parse_value(v, types_.get(k[4:]))
+    for k, v in vars(args).items():
+        if k.startswith("pos:") and v is not _UNSET:
+            if k[4:] in flags:
+                raise LmlabError(f"{k[4:]} given twice: as an argument and as --{k[4:]}")
             flags[k[4:]] = parse_value(v, types_.get(k[4:]))
     return load(cls, args.config, args.set, flags)

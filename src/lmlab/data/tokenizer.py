@@ -84,6 +84,10 @@ class Tokenizer:
     """A trained or loaded tokenizer; see the module docstring for the two kinds."""
 
     def __init__(self, hf: HFTokenizer, kind: str | None = None):
+        # A foreign tokenizer.json may carry padding/truncation settings (e.g. pad every text to 128);
+        # lengths are the caller's business here, so encode() always returns exactly the text's tokens.
+        hf.no_padding()
+        hf.no_truncation()
         self.hf = hf
         """The underlying `tokenizers.Tokenizer` (for anything not wrapped here)."""
         self.kind = kind or _infer_kind(json.loads(hf.to_str()))
@@ -202,15 +206,16 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of `text`. Special-token strings in `text` become their ids."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, template: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token strings in `text` become their ids. `template` applies the
+        file's own post-processor, if it has one (a BERT tokenizer's `[CLS] ... [SEP]`)."""
+        ids = self.hf.encode(text, add_special_tokens=template).ids
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
-                     add_eos: bool = False) -> list[list[int]]:
+                     add_eos: bool = False, template: bool = False) -> list[list[int]]:
         """`encode` over many texts at once, in parallel in Rust."""
-        encs = self._encode_batch(list(texts), add_special_tokens=False)
+        encs = self._encode_batch(list(texts), add_special_tokens=template)
         return [self._wrap(e.ids, add_bos, add_eos) for e in encs]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:

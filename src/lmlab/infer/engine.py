@@ -155,7 +155,7 @@ class Engine:
         hidden = self.model(x, cache=cache, return_hidden=True)
         cache.advance(lengths)
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
-        return self.model.head(last).float()
+        return self.model.logits(last).float()
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str | Sequence[int]] | str,

@@ -17,7 +17,8 @@ from lmlab.errors import LmlabError
 
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
+NORM_POSITIONS = ("pre", "post")
 
 
 @dataclass
@@ -40,14 +41,25 @@ class ModelConfig:
     """'layernorm' (GPT-2) or 'rmsnorm' (Llama)."""
     norm_eps: float = 1e-5
     """Epsilon inside the normalisation."""
+    norm_position: str = "pre"
+    """'pre': x + f(norm(x)) with a final norm (GPT-2, Llama); 'post': norm(x + f(x)), no final norm (BERT)."""
+    embed_norm: bool = False
+    """Normalise the summed embeddings before the first block (BERT)."""
+    type_vocab_size: int = 0
+    """Token-type (segment) embeddings added to the input, 0 = none (BERT has 2)."""
     positions: str = "learned"
     """'learned' absolute position embeddings (GPT-2) or 'rope' rotary embeddings (Llama)."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
     mlp: str = "gelu"
-    """'gelu' (two matrices) or 'swiglu' (three matrices, gated)."""
+    """'gelu' (two matrices, exact GELU), 'gelu_tanh' (GPT-2's tanh approximation) or 'swiglu' (three
+    matrices, gated)."""
     bias: bool = False
     """Biases in linear layers and LayerNorm (GPT-2 has them, Llama does not)."""
+    qkv_bias: bool | None = None
+    """Biases on the query/key/value projections alone (None = follow `bias`; Qwen2 has them, bias=False)."""
+    head_transform: bool = False
+    """BERT's masked-LM head: dense + GELU + LayerNorm before the output matrix, and an output bias."""
     tie_embeddings: bool = True
     """Share the input embedding matrix with the output head."""
     causal: bool = True
@@ -86,11 +98,14 @@ class ModelConfig:
             raise LmlabError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
         if self.positions == "rope" and self.head_dim % 2:
             raise LmlabError(f"RoPE needs an even head dimension, got d_model/n_heads={self.head_dim}")
-        for name, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+        for name, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS),
+                              ("norm_position", NORM_POSITIONS)):
             if getattr(self, name) not in choices:
                 raise LmlabError(f"model.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.type_vocab_size < 0:
+            raise LmlabError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.d_ff is not None and self.d_ff < 1:
             raise LmlabError(f"model.d_ff must be positive, got {self.d_ff}")
 
@@ -108,6 +123,8 @@ class ModelConfig:
 
 _GPT2 = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True)
 _LLAMA = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, tie_embeddings=False)
+_BERT = dict(norm="layernorm", norm_eps=1e-12, norm_position="post", embed_norm=True, type_vocab_size=2,
+             positions="learned", mlp="gelu", bias=True, tie_embeddings=True, head_transform=True, causal=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Published shapes (GPT-2 paper / HF configs); vocab 50257, context 1024.
@@ -118,6 +135,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt-mini": dict(_GPT2, bias=False, d_model=256, n_layers=6, n_heads=8, max_seq_len=256),
     "llama-tiny": dict(_LLAMA, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128),
     "llama-mini": dict(_LLAMA, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, max_seq_len=256),
+    # BERT (Devlin et al. 2019): vocab 30522, context 512.
+    "bert-base": dict(_BERT, vocab_size=30522, d_model=768, n_layers=12, n_heads=12, max_seq_len=512),
+    "bert-mini": dict(_BERT, bias=True, d_model=128, n_layers=4, n_heads=4, max_seq_len=128),
 }
 
 

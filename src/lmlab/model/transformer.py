@@ -36,6 +36,10 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
+def gelu(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh" if cfg.mlp == "gelu_tanh" else "none")
+
+
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape (max_len, head_dim/2) for rotary position embedding."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
@@ -61,7 +65,8 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv) * self.hd, bias=cfg.bias)
+        qkv_bias = cfg.bias if cfg.qkv_bias is None else cfg.qkv_bias
+        self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv) * self.hd, bias=qkv_bias)
         self.proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -88,6 +93,8 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         p = self.cfg.dropout if self.training else 0.0
+        if attn_mask is not None and attn_mask.dim() == 2:  # (B, T_keys): True = a real token, False = padding
+            attn_mask = attn_mask[:, None, None, :]
         # With a cache, a missing mask means "aligned rows": causal for a prefill, open for one new token.
         causal = self.cfg.causal and (kv is None or (attn_mask is None and T > 1))
         if attn_mask is not None and causal:
@@ -101,10 +108,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP (GPT-2) or SwiGLU (Llama): silu(x W_gate) * (x W_up), then W_down."""
+    """GELU MLP (GPT-2, BERT) or SwiGLU (Llama): silu(x W_gate) * (x W_up), then W_down."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.cfg = cfg
         self.swiglu = cfg.mlp == "swiglu"
         width = cfg.ff_dim * (2 if self.swiglu else 1)
         self.up = nn.Linear(cfg.d_model, width, bias=cfg.bias)
@@ -115,19 +123,24 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
-        return self.down(F.gelu(h))
+        return self.down(gelu(h, self.cfg))
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Residual block. Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)); post-norm (BERT):
+    norm(x + attn(x)), then norm(x + mlp(x))."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.post = cfg.norm_position == "post"
         self.norm1, self.attn = make_norm(cfg), Attention(cfg)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, kv=None):
+        if self.post:
+            x = self.norm1(x + self.drop(self.attn(x, rope, attn_mask, kv)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         if self.drop.p == 0:  # skip the no-op dropout calls: they cost real time when decoding token by token
             x = x + self.attn(self.norm1(x), rope, attn_mask, kv)
             return x + self.mlp(self.norm2(x))
@@ -143,10 +156,14 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.emb_norm = make_norm(cfg) if cfg.embed_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm_f = make_norm(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.norm_f = make_norm(cfg) if cfg.norm_position == "pre" else None
+        if cfg.head_transform:  # BERT's MLM head transform
+            self.head_dense, self.head_norm = nn.Linear(cfg.d_model, cfg.d_model), make_norm(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_transform)
         if cfg.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         if cfg.positions == "rope":
@@ -168,11 +185,15 @@ class Transformer(nn.Module):
                 nn.init.ones_(p)
 
     def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                return_hidden: bool = False, cache: KVCache | None = None) -> torch.Tensor:
-        """With `cache`, `idx` holds each row's next tokens: they are placed after what the cache
-        holds for that row and attend to it (call `cache.advance` afterwards)."""
+                return_hidden: bool = False, cache: KVCache | None = None,
+                token_types: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask`: None, a (B, T) padding mask (True = real token) or a boolean mask broadcastable to
+        (B, heads, T, T). With `cache`, `idx` holds each row's next tokens: they are placed after what
+        the cache holds for that row and attend to it (call `cache.advance` afterwards)."""
         B, T = idx.shape
         x = self.tok_emb(idx)
+        if self.type_emb is not None:
+            x = x + (self.type_emb(token_types) if token_types is not None else self.type_emb.weight[0])
         if cache is not None:
             positions, attn_mask = cache.begin(T)
             if int(positions.max()) >= self.cfg.max_seq_len:
@@ -186,12 +207,21 @@ class Transformer(nn.Module):
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         if self.drop.p:
             x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, attn_mask, (cache, i) if cache is not None else None)
-        x = self.norm_f(x)
-        return x if return_hidden else self.head(x)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        return x if return_hidden else self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> vocabulary logits (through BERT's head transform when it has one)."""
+        if self.cfg.head_transform:
+            hidden = self.head_norm(F.gelu(self.head_dense(hidden)))
+        return self.head(hidden)
 
     def count_params(self) -> dict[str, int]:
         """Total, embedding (token + position tables) and non-embedding parameter counts.
@@ -199,7 +229,7 @@ class Transformer(nn.Module):
         A tied head shares the token table, so it is counted once.
         """
         total = sum(p.numel() for p in self.parameters())
-        emb = self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
+        emb = sum(m.weight.numel() for m in (self.tok_emb, self.pos_emb, self.type_emb) if m is not None)
         if not self.cfg.tie_embeddings:
             emb += self.head.weight.numel()
         return {"total": total, "embedding": emb, "non_embedding": total - emb}

@@ -20,7 +20,8 @@ def matmul_params(cfg: Any) -> int:
     attn = d * (cfg.n_heads + 2 * kv) * hd + cfg.n_heads * hd * d
     ff = cfg.d_ff or (-(-int(8 * d / 3) // 32) * 32 if cfg.mlp == "swiglu" else 4 * d)
     mlp = (3 if cfg.mlp == "swiglu" else 2) * d * ff
-    return cfg.n_layers * (attn + mlp) + d * cfg.vocab_size
+    head = d * cfg.vocab_size + (d * d if getattr(cfg, "head_transform", False) else 0)
+    return cfg.n_layers * (attn + mlp) + head
 
 
 def forward_flops_per_token(cfg: Any, context: int) -> float:
