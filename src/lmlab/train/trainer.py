@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.config import to_dict
 from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
@@ -31,6 +30,7 @@ from lmlab.plan.flops import train_flops_per_token
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.hardware import measure_matmul_peak, tune_cpu_allocator
+from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
 
@@ -126,7 +126,10 @@ class PretrainConfig:
     out: str = "runs/pretrain"
     """Run directory: checkpoint/, metrics.jsonl, loss.png, summary.json."""
     objective: str = "causal"
-    """Training objective: 'causal' (next-token prediction with teacher forcing)."""
+    """'causal' (next-token prediction with teacher forcing, causal mask) or 'mlm' (masked-token prediction,
+    bidirectional attention: the objective sets model.causal)."""
+    mlm: MaskingConfig = field(default_factory=MaskingConfig)
+    """How the masked objective corrupts its inputs (BERT's recipe by default)."""
     resume: bool = True
     """Continue from out/checkpoint if it exists (a finished run is not retrained); false starts afresh."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -135,9 +138,9 @@ class PretrainConfig:
     """Optimisation, precision, evaluation and checkpointing."""
 
     def __post_init__(self) -> None:
-        if self.objective != "causal":
-            raise LmlabError(f"objective must be 'causal' (masked LM comes with its own issue), "
-                             f"got {self.objective!r}")
+        if self.objective not in ("causal", "mlm"):
+            raise LmlabError(f"objective must be 'causal' or 'mlm', got {self.objective!r}")
+        self.model.causal = self.objective == "causal"
 
 
 def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
@@ -148,12 +151,6 @@ def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
     meta = TokenData.read_meta(data_dir)
     return {"tokenizer_sha256": meta.get("tokenizer", {}).get("sha256"), "vocab_size": meta.get("vocab_size"),
             "tokens": {k: v.get("n_tokens") for k, v in sorted(meta.get("splits", {}).items())}}
-
-
-def causal_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; logits are upcast so the loss is always fp32."""
-    logits = model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
 class MetricsLog:
@@ -203,7 +200,10 @@ class Trainer:
         self.tokenizer = cfg.tokenizer or (str(copy) if copy.is_file() else None)
         if self.tokenizer and not Path(self.tokenizer).is_file():
             raise LmlabError(f"tokenizer file not found: {self.tokenizer} (set tokenizer=PATH)")
-        mc = ModelConfig(**{**to_dict(cfg.model), "vocab_size": int(meta["vocab_size"])})
+        mc = ModelConfig(**{**to_dict(cfg.model), "vocab_size": int(meta["vocab_size"]),
+                            "causal": cfg.objective == "causal"})
+        if cfg.objective == "mlm":
+            self._init_masking()
         self.block = tc.block_size or mc.max_seq_len
         if self.block > mc.max_seq_len:
             raise LmlabError(f"train.block_size={self.block} exceeds model.max_seq_len={mc.max_seq_len}")
@@ -237,6 +237,25 @@ class Trainer:
         self.flops_per_token = train_flops_per_token(mc, self.block)
         self.decay_steps = tc.decay_steps or tc.steps
 
+    def _init_masking(self) -> None:
+        from lmlab.data.tokenizer import Tokenizer
+
+        if not self.tokenizer:
+            raise LmlabError("objective=mlm needs the tokenizer (for its mask token); set tokenizer=PATH")
+        tok = Tokenizer.load(self.tokenizer)
+        if tok.mask_id is None:
+            raise LmlabError(f"objective=mlm needs a mask token, and {self.tokenizer} has none "
+                             "(lmlab tokenizers have <|mask|>; BERT's have [MASK])")
+        self.mask_id = tok.mask_id
+        self.protected = torch.tensor(sorted(set(tok.special_ids.values())), dtype=torch.long)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
+        """The objective's loss on one batch; `seed` fixes the masked objective's corruption."""
+        if self.cfg.objective == "causal":
+            return causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device))
+        inputs, labels = corrupt(x, self.cfg.mlm, self.mask_id, self.model_cfg.vocab_size, seed, self.protected)
+        return masked_lm_loss(self.fwd, inputs.to(self.device), labels.to(self.device))
+
     def _resume_checkpoint(self, mc: ModelConfig) -> ckpt_io.Checkpoint | None:
         if not self.cfg.resume or not (self.ckpt_dir / "meta.json").exists():
             return None
@@ -260,13 +279,14 @@ class Trainer:
         out = {}
         n, group = self.cfg.train.eval_batches, 8
         with torch.no_grad(), self.prec.autocast():
-            for split, sampler in self.eval_samplers.items():
+            for k, (split, sampler) in enumerate(self.eval_samplers.items()):
                 total = 0.0
                 for start in range(0, n, group):
                     batches = [sampler.batch(i) for i in range(start, min(start + group, n))]
-                    x = torch.cat([b[0] for b in batches]).to(self.device)
-                    y = torch.cat([b[1] for b in batches]).to(self.device)
-                    total += causal_lm_loss(self.fwd, x, y).item() * len(batches)
+                    x = torch.cat([b[0] for b in batches])
+                    y = torch.cat([b[1] for b in batches])
+                    seed = (self.cfg.train.seed + 10 + k) * 1_000_003 + start  # the same masks at every eval
+                    total += self.loss(x, y, seed).item() * len(batches)
                 out[f"{split}_loss"] = total / n
         self.model.train()
         return out
@@ -279,9 +299,10 @@ class Trainer:
             g["lr"] = lr
         total = 0.0
         for micro in range(tc.grad_accum):
-            x, y = self.sampler.batch(self.step * tc.grad_accum + micro)
+            index = self.step * tc.grad_accum + micro
+            x, y = self.sampler.batch(index)
             with self.prec.autocast():
-                loss = causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device)) / tc.grad_accum
+                loss = self.loss(x, y, tc.seed * 1_000_003 + index) / tc.grad_accum
             loss.backward()
             self.prec.grads_to_master()
             total += loss.item()
@@ -363,7 +384,7 @@ class Trainer:
             "steps": self.step, "train_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "params": params["total"], "params_non_embedding": params["non_embedding"],
-            "precision": self.prec.mode, "device": str(self.device),
+            "objective": self.cfg.objective, "precision": self.prec.mode, "device": str(self.device),
             "train_flops": self.flops_per_token * tokens, "peak_flops": peak,
             "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 else None,
             "resumed_from_step": resumed if resumed else None, "steps_this_run": trained,
