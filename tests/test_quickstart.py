@@ -29,17 +29,24 @@ def test_quickstart_end_to_end(tmp_path):
             "tokenizer.vocab_size=300", "pretrain.train.steps=30", "pretrain.train.batch_size=4",
             "pretrain.train.eval_interval=15", "pretrain.train.eval_batches=2", "pretrain.train.progress=false",
             "pretrain.model.d_model=32", "pretrain.model.n_layers=1", "pretrain.model.n_heads=2",
-            "probe_questions=3", "samples=2"]
+            "probe_questions=3", "samples=2", "bidirectional_people=5"]
     cfg = load(QuickstartConfig, None, sets + [f"out={tmp_path / 'qs'}"])
     result = quickstart(cfg)
     out = tmp_path / "qs"
     summary = json.loads((out / "summary.json").read_text())
-    assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling"} <= set(summary)
+    assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling", "masked_lm", "bidirectional"} <= set(
+        summary)
+    bi = summary["bidirectional"]
+    assert bi["snippets"] == 5 * 6 and bi["value_tokens"] >= bi["snippets"]
+    assert all(0 <= bi[k][m] <= 1 for k in ("causal", "masked_left", "masked_right")
+               for m in ("token_accuracy", "value_accuracy"))
+    assert summary["masked_lm"]["train_tokens"] == summary["pretrain"]["train_tokens"]
     assert (out / "sampling.png").is_file() and len(summary["sampling"]["samples"]["T=0.7"]) == 3
     assert summary["pretrain"]["steps"] == 30 and summary["pretrain"]["val_loss"] < 6
     assert summary["probe"]["knowledge"]["test"]["n"] == 3
     report = (out / "report.md").read_text()
-    for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Sampling", "## Greedy samples"):
+    for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Sampling", "## Causal vs masked",
+                    "## Greedy samples"):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")
@@ -47,6 +54,7 @@ def test_quickstart_end_to_end(tmp_path):
     # Rerun: nothing changed, so nothing is retrained; then a changed world retrains from scratch.
     again = quickstart(cfg)
     assert json.loads((out / "summary.json").read_text())["pretrain"]["steps_this_run"] == 0
+    assert json.loads((out / "mlm" / "summary.json").read_text())["pretrain"]["steps_this_run"] == 0
     assert again["val_loss"] == result["val_loss"]
     changed = load(QuickstartConfig, None, sets + [f"out={out}", "world.seed=1"])
     quickstart(changed)

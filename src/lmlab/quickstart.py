@@ -55,6 +55,10 @@ class QuickstartConfig:
     """Greedy samples to print and put in the report."""
     probe_questions: int = 60
     """Questions per group (QA-train, QA-test, unknown) in the knowledge probe."""
+    masked_lm: bool = True
+    """Also train a masked LM of the same size on the same tokens, and measure what right-hand context adds."""
+    bidirectional_people: int = 100
+    """QA-test people whose held-out biography snippets the causal-vs-masked comparison reads."""
 
 
 def _stage(name: str) -> float:
@@ -119,6 +123,9 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     print(f"   next-token entropy (nats) {ent}; top-p 0.9 nucleus "
           f"{samp['explain']['nucleus_size']} tokens; chart sampling.png")
 
+    if cfg.masked_lm:
+        _masked_lm(cfg, prcfg, pcfg.out, out, engine, world)
+
     from lmlab.report.quickstart_report import write_report
 
     report = write_report(out, probe["samples"])
@@ -160,6 +167,30 @@ def _sampling(engine: Engine, world: dict[str, Any], out: Path) -> dict[str, Any
     return {"prompt": prompt, "truth": item["answer"], "explain": result, "samples": samples}
 
 
+def _masked_lm(cfg: QuickstartConfig, prcfg: PretrainConfig, data: str, out: Path, engine: Engine,
+               world: dict[str, Any]) -> None:
+    """The same model and token budget trained with the masked objective, then the bidirectional probe."""
+    from lmlab.evals.bidirectional import compare, snippets
+    from lmlab.train.checkpoint import load_model
+
+    t = _stage("masked LM (same size, same tokens)")
+    mcfg = replace(prcfg, out=str(out / "mlm"), objective="mlm")
+    if mcfg.resume and _inputs_changed(out / "mlm" / "checkpoint", data, mcfg):
+        mcfg = replace(mcfg, resume=False)
+    msum = pretrain(mcfg)
+    update_summary(out / "summary.json", "masked_lm", {k: msum[k] for k in (
+        "val_loss", "train_tokens", "tokens_per_s", "wall_s", "params")})
+    print(f"   masked-token val loss {msum['val_loss']:.3f} ({msum['wall_s']:.0f} s)")
+    t = _stage("bidirectional context probe")
+    masked = load_model(out / "mlm" / "checkpoint", engine.device)
+    res = compare(engine.model, masked, engine.tok, snippets(world, "qa_test", cfg.bidirectional_people))
+    update_summary(out / "summary.json", "bidirectional", {**res, "wall_s": round(time.perf_counter() - t, 2)})
+    for key, label in (("causal", "causal, left context"), ("masked_left", "masked, left context"),
+                       ("masked_right", "masked, both sides")):
+        print(f"   {label:22s} token accuracy {res[key]['token_accuracy']:.1%}, "
+              f"value accuracy {res[key]['value_accuracy']:.1%}")
+
+
 def _inputs_changed(ckpt: Path, data: str, cfg: PretrainConfig) -> bool:
     """Whether an existing checkpoint was trained on other data, another tokenizer or another model."""
     import json
@@ -175,5 +206,6 @@ def _inputs_changed(ckpt: Path, data: str, cfg: PretrainConfig) -> bool:
         model = json.loads((ckpt / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    wanted = {**to_dict(cfg.model), "vocab_size": TokenData.read_meta(data)["vocab_size"]}
+    wanted = {**to_dict(cfg.model), "vocab_size": TokenData.read_meta(data)["vocab_size"],
+              "causal": cfg.objective == "causal"}
     return (saved is not None and saved != data_fingerprint(data)) or model != wanted

@@ -121,6 +121,32 @@ def write_report(out: Path, samples: list[str]) -> Path:
             lines += [f"Samples at {temp}:", ""]
             for t in texts:
                 lines += ["```", t.strip(), "```", ""]
+    bi = s.get("bidirectional", {})
+    if bi:
+        mlm = s.get("masked_lm", {})
+        lines += [
+            "## Causal vs masked: bidirectional context",
+            "",
+            f"A masked LM of the same size trained on the same {_fmt(mlm.get('train_tokens'))} tokens "
+            f"(15% of positions masked; val loss {_fmt(mlm.get('val_loss'), '.3f')} on masked tokens, "
+            f"{_fmt(mlm.get('wall_s'), '.0f')} s). Held-out biography snippets of {_fmt(bi.get('snippets'))} "
+            "(person, attribute) pairs; each value token is predicted with the true earlier tokens given "
+            f"({_fmt(bi.get('value_tokens'))} tokens).",
+            "",
+            "| model | context | token accuracy | value accuracy |",
+            "|---|---|---|---|",
+        ]
+        for key, model, ctx in (("causal", "causal", "left only"), ("masked_left", "masked", "left only"),
+                                ("masked_right", "masked", "left and right")):
+            lines.append(f"| {model} | {ctx} | {_fmt(bi[key]['token_accuracy'], '.1%')} | "
+                         f"{_fmt(bi[key]['value_accuracy'], '.1%')} |")
+        lines += ["", "Value accuracy by attribute:", "", "| attribute | causal | masked, left | masked, both |",
+                  "|---|---|---|---|"]
+        for attr in bi["causal"]["value_accuracy_by_attribute"]:
+            lines.append(f"| {attr} | " + " | ".join(
+                f"{bi[k]['value_accuracy_by_attribute'][attr]:.1%}" for k in ("causal", "masked_left", "masked_right"))
+                + " |")
+        lines.append("")
     lines += ["## Greedy samples", ""]
     for smp in samples:
         lines += ["```", smp.strip(), "```", ""]
