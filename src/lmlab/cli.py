@@ -9,6 +9,7 @@ Problems the user can fix are one `lmlab: error: ...` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -32,6 +33,8 @@ VERBS: dict[str, tuple[str, str]] = {
                 "lmlab.data.shards:PrepareConfig:prepare"),
     "pretrain": ("train a causal (next-token) or masked (--objective mlm) LM from scratch on shards (resumable)",
                  "lmlab.train.trainer:PretrainConfig:pretrain"),
+    "size": ("will it fit, what will it cost: parameters, inference/training memory, FLOPs (no torch)",
+             "lmlab.plan.size:SizeConfig:run_size"),
     "sample": ("greedy or temperature samples from a checkpoint", "lmlab.infer.sample:SampleConfig:run_sample"),
     "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON",
                  "lmlab.infer.cli_verbs:GenerateConfig:run_generate"),
@@ -99,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         add_arguments(verbs[verb], cls)
         args = parser.parse_args(argv)
         cfg = from_args(cls, args)
-        result = run(cfg)
+        # With --json, stdout carries only the JSON line: whatever the verb prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = run(cfg)
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmlab: interrupted", file=sys.stderr)
         return 130
+    printed = isinstance(result, dict) and result.pop("_printed", False)
     if result is not None:
         if args.json:
             print(json.dumps(result, default=str))
@@ -116,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in result["results"]:
                 for c in r["completions"]:
                     print(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}")
-        elif isinstance(result, dict) and "candidates" in result:
-            pass  # already printed as a table
+        elif printed or (isinstance(result, dict) and "candidates" in result):
+            pass  # the verb printed its own table
         else:
             print(json.dumps(result, indent=2, default=str))
     return 0
