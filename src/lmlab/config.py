@@ -257,7 +257,11 @@ def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> 
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key, e.g. --set train.lr=1e-3 (repeatable)")
     docs = {name: doc for name, _tp, _default, doc in leaf_fields(cls)}
-    for name in getattr(cls, "POSITIONAL", ()):  # e.g. `lmlab import-hf DIR`: the same field, without its flag
+    positional = getattr(cls, "POSITIONAL", ())
+    if positional and parser.usage:
+        names = " ".join(f"[{n.upper()}]" for n in positional)
+        parser.usage = parser.usage.replace(" [--config", f" {names} [--config", 1)
+    for name in positional:  # e.g. `lmlab import-hf DIR`: the same field, without its flag
         parser.add_argument(f"pos:{name}", nargs="?", default=_UNSET, metavar=name.upper(),
                             help=docs[name].replace("%", "%%") + f" (or --{name})")
     for name, _tp, default, doc in leaf_fields(cls):
