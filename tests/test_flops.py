@@ -28,6 +28,8 @@ CONFIGS = {
     "llama-gqa": dict(norm="rmsnorm", positions="rope", mlp="swiglu", tie_embeddings=False, n_kv_heads=2),
     "llama-mqa-dff": dict(norm="rmsnorm", positions="rope", mlp="swiglu", n_kv_heads=1, d_ff=40),
     "bidirectional": dict(causal=False, mlp="swiglu"),
+    "moe-top2": dict(norm="rmsnorm", positions="rope", mlp="swiglu", n_experts=4, experts_per_token=2, d_ff=24),
+    "moe-top1-bias": dict(mlp="gelu", bias=True, n_experts=3, experts_per_token=1, moe_renormalize=False),
 }
 
 
@@ -45,8 +47,8 @@ def linear_weight_params(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_matmul_params_equals_linear_weights(name):
-    model = make(name)
-    assert matmul_params(model.cfg) == linear_weight_params(model)
+    model = make(name)  # every expert's weights: a mixture holds all of them, a token runs through k
+    assert matmul_params(model.cfg, active=False) == linear_weight_params(model)
 
 
 @pytest.mark.parametrize("name", ["gpt2-small", "llama-mini"])

@@ -129,7 +129,7 @@ def expected_params(cfg: ModelConfig) -> dict[str, int]:
     emb = cfg.vocab_size * d + (cfg.max_seq_len * d if cfg.positions == "learned" else 0)
     if not cfg.tie_embeddings:
         emb += cfg.vocab_size * d
-    return {"total": emb + non_emb, "embedding": emb, "non_embedding": non_emb}
+    return {"total": emb + non_emb, "embedding": emb, "non_embedding": non_emb, "active": emb + non_emb}
 
 
 @pytest.mark.parametrize("style", STYLES)

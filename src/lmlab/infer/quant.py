@@ -36,11 +36,13 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear (the output head included; a tied embedding table stays fp) in place."""
+    """Replace every nn.Linear but a MoE router (the output head included; a tied embedding table stays fp) in place."""
     if not AVAILABLE:
         raise RuntimeError("this PyTorch has no _weight_int8pack_mm kernel; int8 weights need PyTorch >= 2.4")
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
+            # A mixture-of-experts router stays in full precision: it is tiny, and rounding its scores
+            # could send tokens to different experts.
+            if isinstance(child, nn.Linear) and child_name != "router":
                 setattr(module, child_name, Int8Linear(child))
     return model

@@ -60,6 +60,14 @@ class ModelConfig:
     """Biases on the query/key/value projections alone (None = follow `bias`; Qwen2 has them, bias=False)."""
     head_transform: bool = False
     """BERT's masked-LM head: dense + GELU + LayerNorm before the output matrix, and an output bias."""
+    n_experts: int = 1
+    """MLPs per block: 1 = one dense MLP; more = a sparse mixture of experts, each token routed to
+    `experts_per_token` of them (memory grows with n_experts, compute with experts_per_token)."""
+    experts_per_token: int = 2
+    """Top-k of a mixture of experts: how many experts each token runs through (unused when n_experts=1)."""
+    moe_renormalize: bool = True
+    """Rescale each token's top-k gate probabilities to sum to 1 (Mixtral); False keeps the raw softmax
+    probabilities (Switch Transformer), through which a top-1 router still learns from the loss."""
     tie_embeddings: bool = True
     """Share the input embedding matrix with the output head."""
     causal: bool = True
@@ -75,6 +83,11 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
+
+    @property
+    def moe(self) -> bool:
+        """A sparse mixture-of-experts MLP in every block."""
+        return self.n_experts > 1
 
     @property
     def head_dim(self) -> int:
@@ -106,6 +119,11 @@ class ModelConfig:
             raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.type_vocab_size < 0:
             raise LmlabError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if self.n_experts < 1:
+            raise LmlabError(f"model.n_experts must be >= 1 (1 = a dense MLP), got {self.n_experts}")
+        if self.moe and not 1 <= self.experts_per_token <= self.n_experts:
+            raise LmlabError(f"model.experts_per_token={self.experts_per_token} must be between 1 and "
+                             f"model.n_experts={self.n_experts}")
         if self.d_ff is not None and self.d_ff < 1:
             raise LmlabError(f"model.d_ff must be positive, got {self.d_ff}")
 
@@ -135,6 +153,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt-mini": dict(_GPT2, bias=False, d_model=256, n_layers=6, n_heads=8, max_seq_len=256),
     "llama-tiny": dict(_LLAMA, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128),
     "llama-mini": dict(_LLAMA, d_model=256, n_layers=6, n_heads=8, n_kv_heads=4, max_seq_len=256),
+    # llama-tiny with 8 SwiGLU experts of width 96, 2 per token (Mixtral's routing): about twice the
+    # dense MLP's parameters resident, about half of them active per token.
+    "moe-tiny": dict(_LLAMA, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128, d_ff=96,
+                     n_experts=8, experts_per_token=2),
     # BERT (Devlin et al. 2019): vocab 30522, context 512.
     "bert-base": dict(_BERT, vocab_size=30522, d_model=768, n_layers=12, n_heads=12, max_seq_len=512),
     "bert-mini": dict(_BERT, bias=True, d_model=128, n_layers=4, n_heads=4, max_seq_len=128),

@@ -126,6 +126,48 @@ class MLP(nn.Module):
         return self.down(gelu(h, self.cfg))
 
 
+class MoE(nn.Module):
+    """Sparse mixture of expert MLPs: a router scores the experts, each token runs through its top k,
+    and their outputs are summed weighted by the gate probabilities.
+
+    Routing is dropless: tokens are grouped by expert and every expert takes all the tokens routed to
+    it (no capacity limit, so no token ever skips its MLP). After each forward, `aux_loss` holds the
+    Switch Transformer load-balancing loss (Fedus et al. 2021), n_experts * sum_e f_e * P_e with f_e
+    the share of routing slots that went to expert e and P_e its mean router probability: 1 when the
+    load is uniform, up to n_experts when one expert takes everything. `load` holds the tokens per expert.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.k, self.renormalize = cfg.experts_per_token, cfg.moe_renormalize
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.n_experts))
+        self.aux_loss: torch.Tensor | None = None
+        self.load: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        probs = self.router(flat).float().softmax(dim=-1)  # (N, E), fp32 so routing does not depend on autocast
+        gates, chosen = probs.topk(self.k, dim=-1)  # (N, k)
+        if self.renormalize:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        slots = chosen.reshape(-1)  # the N*k (token, expert) assignments, token-major
+        order = slots.argsort(stable=True)
+        counts = torch.bincount(slots, minlength=len(self.experts))
+        tokens, slot_gates = order // self.k, gates.reshape(-1)[order]
+        out = torch.zeros_like(flat)
+        start = 0
+        for expert, n in zip(self.experts, counts.tolist()):
+            if n:
+                rows = tokens[start:start + n]
+                out.index_add_(0, rows, expert(flat[rows]) * slot_gates[start:start + n, None].to(flat.dtype))
+                start += n
+        self.load = counts
+        share = counts.float() / slots.numel()
+        self.aux_loss = len(self.experts) * (share * probs.mean(dim=0)).sum()
+        return out.view_as(x)
+
+
 class Block(nn.Module):
     """Residual block. Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)); post-norm (BERT):
     norm(x + attn(x)), then norm(x + mlp(x))."""
@@ -134,7 +176,7 @@ class Block(nn.Module):
         super().__init__()
         self.post = cfg.norm_position == "post"
         self.norm1, self.attn = make_norm(cfg), Attention(cfg)
-        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.norm2, self.mlp = make_norm(cfg), (MoE(cfg) if cfg.moe else MLP(cfg))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, rope, attn_mask, kv=None):
@@ -223,13 +265,24 @@ class Transformer(nn.Module):
             hidden = self.head_norm(F.gelu(self.head_dense(hidden)))
         return self.head(hidden)
 
-    def count_params(self) -> dict[str, int]:
-        """Total, embedding (token + position tables) and non-embedding parameter counts.
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        """Mean over blocks of the mixture-of-experts load-balancing loss of the last forward (None if dense)."""
+        losses = [b.mlp.aux_loss for b in self.blocks if isinstance(b.mlp, MoE) and b.mlp.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else None
 
-        A tied head shares the token table, so it is counted once.
+    def count_params(self) -> dict[str, int]:
+        """Total, embedding (token + position tables), non-embedding and active-per-token parameter counts.
+
+        A tied head shares the token table, so it is counted once. `active` counts only the experts a
+        token runs through (equal to `total` for a dense model).
         """
         total = sum(p.numel() for p in self.parameters())
         emb = sum(m.weight.numel() for m in (self.tok_emb, self.pos_emb, self.type_emb) if m is not None)
         if not self.cfg.tie_embeddings:
             emb += self.head.weight.numel()
-        return {"total": total, "embedding": emb, "non_embedding": total - emb}
+        idle = 0
+        for b in self.blocks:
+            if isinstance(b.mlp, MoE):
+                per_expert = sum(p.numel() for p in b.mlp.experts[0].parameters())
+                idle += per_expert * (len(b.mlp.experts) - b.mlp.k)
+        return {"total": total, "embedding": emb, "non_embedding": total - emb, "active": total - idle}

@@ -1,34 +1,32 @@
-"""FLOPs per token, from the architecture alone (no torch).
+"""FLOPs per token of an lmlab `ModelConfig`, from the architecture alone (no torch).
 
 Counting convention (Kaplan et al. 2020; PaLM appendix B): a matmul with an
 n x m weight costs 2nm FLOPs per token forward and twice that backward, so
 training costs 6 x (matmul parameters) per token, plus attention's own
 matmuls: 2 x 2 x T x d per layer per token forward (scores and weighted sum
 over a context of T), hence 12 x L x T x d for training. Embedding lookups,
-norms and activations are not counted.
+norms, biases and activations are not counted. In a mixture of experts only
+the routed experts count (and the router's own matmul). The arithmetic lives
+in `lmlab.plan.size`, which applies it to any architecture.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from lmlab.model.config import ModelConfig
+from lmlab.plan import size
 
 
-def matmul_params(cfg: Any) -> int:
-    """Parameters that take part in matmuls: attention, MLP and the output head."""
-    d, hd = cfg.d_model, cfg.d_model // cfg.n_heads
-    kv = cfg.n_kv_heads or cfg.n_heads
-    attn = d * (cfg.n_heads + 2 * kv) * hd + cfg.n_heads * hd * d
-    ff = cfg.d_ff or (-(-int(8 * d / 3) // 32) * 32 if cfg.mlp == "swiglu" else 4 * d)
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * ff
-    head = d * cfg.vocab_size + (d * d if getattr(cfg, "head_transform", False) else 0)
-    return cfg.n_layers * (attn + mlp) + head
+def matmul_params(cfg: ModelConfig, active: bool = True) -> int:
+    """Parameters that take part in a token's matmuls: attention, MLP (routed experts only when `active`),
+    router and output head."""
+    return size.matmul_params(size.arch_from_model_config(cfg), active=active)
 
 
-def forward_flops_per_token(cfg: Any, context: int) -> float:
+def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Forward FLOPs for one token attending over `context` positions."""
-    return 2 * matmul_params(cfg) + 4 * cfg.n_layers * context * cfg.d_model
+    return size.forward_flops_per_token(size.arch_from_model_config(cfg), context)
 
 
-def train_flops_per_token(cfg: Any, context: int) -> float:
+def train_flops_per_token(cfg: ModelConfig, context: int) -> float:
     """Forward + backward: three times the forward cost."""
     return 3 * forward_flops_per_token(cfg, context)

@@ -9,9 +9,7 @@ in the table `run_size` prints. GB means 1e9 bytes throughout.
 
 The parameter count of an lmlab `ModelConfig` reproduces
 `Transformer(cfg).count_params()["total"]` exactly, and FLOPs follow the
-convention of `lmlab.plan.flops` (identical for every `ModelConfig`), extended
-to an explicit head_dim and to mixture-of-experts MLPs, which lmlab's own
-model does not have.
+convention set out in `lmlab.plan.flops` (which computes its figures here).
 """
 
 from __future__ import annotations
@@ -190,7 +188,8 @@ def arch_from_model_config(cfg: ModelConfig, name: str = "lmlab") -> Arch:
         final_norm=cfg.norm_position == "pre", embed_norm=cfg.embed_norm, tied=cfg.tie_embeddings,
         pos_table=cfg.max_seq_len if cfg.positions == "learned" else 0, type_vocab=cfg.type_vocab_size,
         head_transform=cfg.head_transform, head_bias=cfg.head_transform,  # nn.Linear(bias=cfg.head_transform)
-        causal=cfg.causal)
+        causal=cfg.causal, n_experts=cfg.n_experts,  # the router is nn.Linear(d_model, n_experts, bias=False)
+        experts_per_token=cfg.experts_per_token if cfg.moe else 1)
 
 
 # ---- Hugging Face config.json ------------------------------------------------------------------------
@@ -527,12 +526,19 @@ def compute_bytes(precision: str) -> int:
 
 def inference_activation_bytes(a: Arch, batch: int, context: int, precision: str) -> float:
     """Working memory of one forward pass over batch x context tokens (a prefill), without gradients: only
-    one layer's tensors are alive at a time. Estimate: batch x context x (2 x d_model + widest intermediate)
-    x activation bytes, the widest intermediate being the fused q/k/v or the MLP's up projection (times the
-    experts per token for a mixture); attention is assumed fused (no context x context score matrix). Plus
-    fp32 logits, batch x vocab x 4, for the last position (for an encoder, every position)."""
-    widest = max((a.n_heads + 2 * a.kv_heads) * a.head_dim, a.experts_per_token * a.up_width)
-    hidden = batch * context * (2 * a.d_model + widest) * compute_bytes(precision)
+    one layer's tensors are alive at a time. Estimate, per token, in activation bytes: the residual stream
+    and the norm's output (2 x d_model) plus the larger of the attention's tensors (fused q/k/v, q and k
+    after RoPE, k and v repeated for grouped-query attention, the output and its re-laid-out copy; fused
+    attention, so no context x context score matrix) and the MLP's (up projection, activation, and for
+    SwiGLU the gated product; a mixture of experts runs one expert at a time on its share k/n_experts of
+    the tokens, into an output accumulator). Plus fp32 logits, batch x vocab x 4, for the last position
+    (for an encoder, every position)."""
+    A, kv = a.n_heads * a.head_dim, a.kv_heads * a.head_dim
+    rope, gqa = a.pos_table == 0, a.kv_heads != a.n_heads
+    attention = (a.n_heads + 2 * a.kv_heads) * a.head_dim + (A + kv) * rope + 2 * A * gqa + 2 * A
+    one_mlp = a.up_width + a.d_ff * (2 if a.mlp == "swiglu" else 1)
+    mlp = a.d_model + (2 * a.d_model + one_mlp) * a.experts_per_token / a.n_experts if a.moe else one_mlp
+    hidden = batch * context * (2 * a.d_model + max(attention, mlp)) * compute_bytes(precision)
     logits = batch * (1 if a.causal else context) * a.vocab * 4
     return float(hidden + logits)
 
@@ -565,6 +571,56 @@ def korthikanti_layer_bytes(a: Arch, batch: int, context: int) -> float:
     return s * b * h * (34 + 5 * a.n_heads * s / h)
 
 
+def saved_elements_per_token(a: Arch) -> dict[str, int]:
+    """Numbers one layer keeps per token for the backward pass when run as lmlab's `Transformer` in eager
+    PyTorch with fused (flash) attention and no dropout, counted tensor by tensor; published models built
+    the same way keep about the same. Multiply by batch x context x bytes per activation.
+
+    norms: each keeps its input and its output (read by the next matmul); RMSNorm also its normalised
+    input before the scale. attention: the q, k, v that fused attention reads (new tensors after RoPE or
+    a grouped-query repeat; otherwise views that keep the whole fused q/k/v output alive), its output and
+    the re-laid-out copy the output projection reads. mlp: GELU keeps the up projection and the GELU output;
+    SwiGLU the fused gate/up output, silu(gate) and the product; a mixture of experts does that for each of
+    the k experts a token visits, plus the gathered input and the expert's output that the gate scales.
+    """
+    A = a.n_heads * a.head_dim
+    gqa, rope = a.kv_heads != a.n_heads, a.pos_table == 0
+    norms = 2 * (2 + (a.norm == "rmsnorm")) * a.d_model
+    views = not rope or not gqa  # some of q, k, v is a view of the fused projection
+    attention = ((a.n_heads + 2 * a.kv_heads) * a.head_dim if views else 0) + A * rope + A * (rope or gqa) \
+        + A * gqa + 2 * A
+    one_mlp = a.up_width + (2 * a.d_ff if a.mlp == "swiglu" else a.d_ff)
+    mlp = a.experts_per_token * (one_mlp + 2 * a.d_model) if a.moe else one_mlp
+    return {"norms": norms, "attention": attention, "mlp": mlp, "total": norms + attention + mlp}
+
+
+def eager_training_peak(a: Arch, cfg: SizeConfig, context: int, static: float) -> dict[str, float]:
+    """Peak memory of one training step as PyTorch runs it: the persistent tensors (`static`: weights, master
+    weights, optimizer states) plus the larger of the two moments the step peaks at.
+
+    Start of the backward pass: every layer's saved activations (`saved_elements_per_token`; with activation
+    checkpointing, each layer's input plus one layer recomputed), the final norm's, and the loss's fp32
+    tensors over batch x context x vocab: logits, log-probabilities and their gradient (three copies, plus
+    the 16-bit logits under 16-bit compute). End of the backward pass: every gradient, activations freed;
+    with a tied head, the embedding's gradient arrives as a fresh vocab x d_model tensor (with one more as
+    PyTorch's CPU kernel workspace) before it is added to the head's. Gradients are freed after the
+    optimizer step (zero_grad(set_to_none=True)); a fused AdamW adds nothing. In a mixture of experts, an
+    expert that no token chose in a step gets no gradient, so the estimate (every expert busy) is then high.
+    """
+    prec = training_precision(cfg.precision)
+    tokens, ab = cfg.batch * context, compute_bytes(prec)
+    per_layer = saved_elements_per_token(a)["total"] * tokens * ab
+    layers = a.n_layers * tokens * a.d_model * ab + per_layer if cfg.activation_checkpointing else \
+        a.n_layers * per_layer
+    final = (2 + (a.norm == "rmsnorm")) * tokens * a.d_model * ab * a.final_norm
+    logits = tokens * a.vocab * (3 * 4 + (ab if ab != 4 else 0))
+    grads = (param_counts(a)["total"] + 2 * a.vocab * a.d_model * a.tied) * BITS[prec] / 8
+    start = layers + final + logits
+    return {"activations_eager_bytes": float(layers + final), "loss_tensors_bytes": float(logits),
+            "peak_bytes": static + max(start, grads), "peak_at": "backward start" if start >= grads else
+            "backward end (all gradients)"}
+
+
 def training_precision(precision: str) -> str:
     """Training keeps fp32, bf16 or fp16 weights; fp8/int8/int4 are serving formats, so training is sized in
     bf16 mixed precision for them."""
@@ -593,8 +649,9 @@ def training_memory(a: Arch, cfg: SizeConfig, context: int, inference_total: flo
              "optimizer_states_bytes": params * optimizer_bytes_per_param(cfg.optimizer),
              "activations_bytes": float(activations), "logits_bytes": logits}
     total = sum(parts.values())
+    static = parts["weights_bytes"] + parts["master_weights_bytes"] + parts["optimizer_states_bytes"]
     return {
-        "precision": prec, **parts,
+        "precision": prec, **parts, **eager_training_peak(a, cfg, context, static),
         "activations_per_layer_bytes": per_layer,
         "attention_scores_per_layer_bytes": scores,
         "activations_flash_bytes": float(activations - (1 if cfg.activation_checkpointing else a.n_layers) * scores),
@@ -741,6 +798,8 @@ def format_table(result: dict[str, Any]) -> str:
          "flash attention"),
         ("logits", _bytes(tr["logits_bytes"]), "fp32, every position"),
         ("total", _bytes(tr["total_bytes"]), f"{tr['static_bytes_per_param']:.4g} bytes/param before activations"),
+        ("peak (eager)", _bytes(tr["peak_bytes"]), f"as PyTorch runs a step: grads and activations never all "
+         f"coexist; peaks at {tr['peak_at']}"),
         ("training/inference", f"{tr['ratio_to_inference']:.1f}x", f"rule of thumb: {tr['rule']}")])
     lines += textwrap.wrap(f"({tr['rule_note']})", 116, initial_indent="  ", subsequent_indent="   ") + [""]
     lines += _rows("compute", [

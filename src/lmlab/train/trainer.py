@@ -65,6 +65,9 @@ class TrainConfig:
     """AdamW epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
+    moe_aux_weight: float = 0.01
+    """Weight of the mixture-of-experts load-balancing loss added to the objective (Switch Transformer: 0.01;
+    0 = none); unused by dense models. The logged loss is the objective alone."""
     precision: str = "auto"
     """'auto', 'fp32', 'bf16-autocast' (CUDA default) or 'bf16-master' (bf16 weights, fp32 master; CPU default
     when it has bf16 matrix units)."""
@@ -104,7 +107,7 @@ class TrainConfig:
             raise LmlabError(f"train.lr must be a positive number, got {self.lr}")
         if self.min_lr < 0 or self.min_lr > self.lr:
             raise LmlabError(f"train.min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "eval_interval", "ckpt_interval", "weight_decay", "grad_clip", "moe_aux_weight"):
             if getattr(self, name) < 0:
                 raise LmlabError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -233,6 +236,7 @@ class Trainer:
             if self.device.type == "cuda" and "rng_cuda" in st:
                 torch.cuda.set_rng_state(st["rng_cuda"])
         self.fwd = torch.compile(self.model) if tc.compile else self.model
+        self.last_aux = 0.0  # the mixture-of-experts load-balancing loss of the last step
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.block
         self.flops_per_token = train_flops_per_token(mc, self.block)
         self.decay_steps = tc.decay_steps or tc.steps
@@ -297,21 +301,34 @@ class Trainer:
         lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        total = 0.0
+        total, self.last_aux = 0.0, 0.0
         for micro in range(tc.grad_accum):
             index = self.step * tc.grad_accum + micro
             x, y = self.sampler.batch(index)
             with self.prec.autocast():
                 loss = self.loss(x, y, tc.seed * 1_000_003 + index) / tc.grad_accum
+            objective = loss
+            aux = self.model.moe_aux_loss() if self.model_cfg.moe else None
+            if aux is not None:
+                self.last_aux += aux.item() / tc.grad_accum
+                loss = loss + tc.moe_aux_weight * aux / tc.grad_accum
             loss.backward()
             self.prec.grads_to_master()
-            total += loss.item()
+            total += objective.item()
         norm = self.prec.clip_grad_norm(tc.grad_clip)
         self.opt.step()
         self.prec.zero_grad()
         self.prec.master_to_model()
         self.step += 1
         return total, norm
+
+    def moe_stats(self) -> dict[str, float]:
+        """The load-balancing loss of the last step, and the busiest expert's share of the routing slots in
+        the last forward pass (averaged over layers) next to the uniform share 1/n_experts it should approach."""
+        loads = torch.stack([b.mlp.load.float() for b in self.model.blocks])
+        busiest = (loads.max(dim=1).values / loads.sum(dim=1)).mean().item()
+        return {"moe_aux_loss": self.last_aux, "moe_max_expert_share": busiest,
+                "moe_uniform_share": 1 / self.model_cfg.n_experts}
 
     def save(self, evals: list[dict[str, Any]], tokens: int, wall: float) -> None:
         weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
@@ -357,6 +374,8 @@ class Trainer:
                     row = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                            "grad_norm": gnorm, "tokens": tokens, "tokens_per_s": tps,
                            "mfu": tps * self.flops_per_token / peak, "elapsed_s": wall_before + now - start}
+                    if self.model_cfg.moe:
+                        row.update(self.moe_stats())
                     log.write(row)
                     window_t, window_tokens = now, 0
                     if bar is not None:
@@ -384,11 +403,14 @@ class Trainer:
             "steps": self.step, "train_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "params": params["total"], "params_non_embedding": params["non_embedding"],
+            "params_active": params["active"],
             "objective": self.cfg.objective, "precision": self.prec.mode, "device": str(self.device),
             "train_flops": self.flops_per_token * tokens, "peak_flops": peak,
             "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 else None,
             "resumed_from_step": resumed if resumed else None, "steps_this_run": trained,
         }
+        if self.model_cfg.moe and self.model.blocks[0].mlp.load is not None:
+            summary.update(self.moe_stats())
         update_summary(self.out / "summary.json", "pretrain", summary)
         return summary
 

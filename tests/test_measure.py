@@ -1,0 +1,64 @@
+"""`lmlab size` against measurement on small real models: the same checks as benchmarks/size_vs_measured.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlab.model.config import ModelConfig
+from lmlab.model.transformer import Transformer
+from lmlab.plan import measure
+from lmlab.plan.size import (
+    SizeConfig,
+    arch_from_model_config,
+    forward_flops_per_token,
+    inference_memory,
+    training_memory,
+)
+
+SHAPES = {
+    "gpt-tied": dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True),
+    "llama-gqa": dict(norm="rmsnorm", positions="rope", mlp="swiglu", tie_embeddings=False, n_kv_heads=2),
+    "moe": dict(norm="rmsnorm", positions="rope", mlp="swiglu", tie_embeddings=False, n_experts=4,
+                experts_per_token=2, d_ff=96),
+}
+
+
+def setup(name: str, batch: int, context: int):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1024, d_model=128, n_layers=2, n_heads=4, max_seq_len=context, **SHAPES[name])
+    a = arch_from_model_config(cfg)
+    sc = SizeConfig(model="-", precision="fp32", batch=batch, context=context, mixed_precision=False)
+    inf = inference_memory(a, sc, context)
+    return Transformer(cfg), a, inf, training_memory(a, sc, context, inf["total_bytes"])
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_training_step_peak_within_10_percent(name):
+    model, _, _, tr = setup(name, 4, 64)
+    got = measure.training_step_peak(model, 4, 64)
+    # The persistent part: weights and AdamW's m and v, 12 bytes per parameter in fp32 (plus RoPE tables).
+    assert got["static_bytes"] == pytest.approx(tr["weights_bytes"] + tr["optimizer_states_bytes"], rel=1e-2)
+    assert got["peak_bytes"] == pytest.approx(tr["peak_bytes"], rel=0.10)
+
+
+def test_peak_moves_to_the_gradients_when_activations_are_small():
+    model, _, _, tr = setup("llama-gqa", 1, 4)
+    got = measure.training_step_peak(model, 1, 4)
+    assert tr["peak_at"].startswith("backward end")
+    assert got["step_extra_bytes"] == pytest.approx(tr["gradients_bytes"], rel=0.02)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_prefill_holds_weights_and_kv_cache_as_predicted(name):
+    model, a, inf, _ = setup(name, 2, 64)
+    got = measure.prefill_memory(model, 2, 64)
+    assert got["weights_bytes"] == inf["weights_bytes"]
+    assert got["resident_bytes"] == pytest.approx(inf["weights_bytes"] + inf["kv_cache_bytes"], rel=0.01)
+    assert got["peak_bytes"] == pytest.approx(inf["total_bytes"], rel=0.15)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_counted_forward_flops_equal_the_formula(name):
+    model, a, _, _ = setup(name, 1, 48)
+    assert measure.forward_flops(model, 48) == forward_flops_per_token(a, 48) * 48
