@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's checks on a CUDA machine, as one script: the CUDA tests, the whole suite with CUDA
-# visible (device "auto" then means the GPU), the two speed benchmarks on the GPU, and the quickstart.
+# visible (device "auto" then means the GPU), the two speed benchmarks on the GPU, `lmlab size` against
+# max_memory_allocated, and the quickstart.
 #
 #   benchmarks/gpu_check.sh OUTDIR [SHAKESPEARE_TXT] [NANOGPT_DIR]
 #
@@ -31,5 +32,6 @@ if [ -f "$TEXT" ]; then
     ${NANO:+--nanogpt "$NANO"} --work /tmp/bench-shakespeare
 fi
 step generate 150 $PY benchmarks/generate_vs_hf.py --device cuda --repeats 2
+step size 150 $PY benchmarks/size_vs_measured.py --device cuda
 step quickstart 150 $PY -m lmlab.cli quickstart --config configs/quickstart.yaml --set out=/tmp/qs
 cp /tmp/qs/report.md "$OUT/quickstart_report.md" 2>/dev/null
