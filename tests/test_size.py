@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -402,3 +403,21 @@ def test_import_does_not_pull_in_torch():
     code = "import sys, lmlab.plan.size; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_lmlab_yaml_recipes_are_sized_from_their_model_section(tmp_path):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    r = size(SizeConfig(str(configs / "llama_tiny_world.yaml"), precision="fp32"))
+    cfg = ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128, norm="rmsnorm",
+                      positions="rope", mlp="swiglu", tie_embeddings=False)
+    assert r["params"]["total"] == param_counts(arch_from_model_config(cfg))["total"]
+    assert "default" in r["model"]["source"]
+    q = size(SizeConfig(str(configs / "quickstart.yaml")))  # model under pretrain:, vocab from tokenizer:
+    assert q["model"]["vocab"] == 1024 and "tokenizer section" in q["model"]["source"]
+    bad = tmp_path / "r.yaml"
+    bad.write_text("train:\n  steps: 3\n")
+    with pytest.raises(LmlabError, match="needs a 'model:' section"):
+        size(SizeConfig(str(bad)))
+    bad.write_text("model:\n  d_model: 100\n  n_heads: 3\n")
+    with pytest.raises(LmlabError, match="n_heads=3 does not divide"):
+        size(SizeConfig(str(bad)))

@@ -47,7 +47,7 @@ HF_FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "mixtral", "bert")
 class SizeConfig:
     model: str = "gpt2-small"
     """A preset name (lmlab's, e.g. gpt2-small, or a published model, e.g. llama-3-8b, mixtral-8x7b), a Hugging Face
-    config.json or a directory holding one, or an lmlab checkpoint directory."""
+    config.json or a directory holding one, an lmlab checkpoint directory or an lmlab YAML recipe."""
     precision: str = "bf16"
     """Weight precision: fp32, bf16, fp16, fp8, int8 or int4 (int8/int4 add their scales)."""
     kv_precision: str | None = None
@@ -380,8 +380,39 @@ def load_arch(model: str) -> tuple[Arch, str]:
     return arch_from_file(path)
 
 
+def arch_from_recipe(path: Path) -> tuple[Arch, str]:
+    """An lmlab YAML recipe: its `model:` section (top level, as for `lmlab pretrain`, or under `pretrain:`,
+    as in the quickstart recipe). Training takes vocab_size from the tokenizer, so a recipe that does not
+    set it is sized at ModelConfig's default, and the source says so."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LmlabError(f"{path}: not a readable YAML recipe ({e})") from None
+    section = data.get("model") if isinstance(data, dict) else None
+    if section is None and isinstance(data, dict) and isinstance(data.get("pretrain"), dict):
+        section = data["pretrain"].get("model")
+    if not isinstance(section, dict):
+        raise LmlabError(f"{path}: an lmlab recipe needs a 'model:' section (or 'pretrain: model:') to size")
+    note = ""
+    tok = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
+    if "vocab_size" not in section and isinstance(tok.get("vocab_size"), int):
+        section, note = {**section, "vocab_size": tok["vocab_size"]}, "; vocab_size from its tokenizer section"
+    elif "vocab_size" not in section:
+        note = f"; vocab_size {ModelConfig.vocab_size} by default, training takes the tokenizer's"
+    try:
+        cfg = ModelConfig.from_dict(section)
+    except (TypeError, ValueError, LmlabError) as e:
+        raise LmlabError(f"{path}: invalid model section ({e})") from None
+    return arch_from_model_config(cfg, str(path)), f"lmlab recipe{note}"
+
+
 def arch_from_file(path: Path) -> tuple[Arch, str]:
-    """A config.json: Hugging Face's (it has "model_type") or an lmlab checkpoint's ModelConfig dict."""
+    """A config.json: Hugging Face's (it has "model_type") or an lmlab checkpoint's ModelConfig dict; or an
+    lmlab YAML recipe."""
+    if path.suffix in (".yaml", ".yml"):
+        return arch_from_recipe(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
