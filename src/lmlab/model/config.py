@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 MLPS = ("gelu", "gelu_tanh", "swiglu")
 NORM_POSITIONS = ("pre", "post")
+PARAMETRIZATIONS = ("sp", "mup")
 
 
 @dataclass
@@ -76,6 +78,13 @@ class ModelConfig:
     """Dropout on attention probabilities, residual branches and embeddings."""
     init_std: float = 0.02
     """Standard deviation of the GPT-2-style normal initialisation."""
+    parametrization: str = "sp"
+    """'sp' (standard: every width initialised and trained alike) or 'mup' (maximal update parametrization,
+    Yang et al. 2022: hidden matrices initialised with std / sqrt(width_mult) and trained with Adam's lr /
+    width_mult, attention logits scaled by 1/head_dim, logits by 1/width_mult), so that the learning rate
+    and initialisation tuned at `mup_base_width` stay right at any width."""
+    mup_base_width: int = 128
+    """Under muP, the d_model at which muP and SP coincide (width_mult = d_model / mup_base_width)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +97,19 @@ class ModelConfig:
     def moe(self) -> bool:
         """A sparse mixture-of-experts MLP in every block."""
         return self.n_experts > 1
+
+    @property
+    def width_mult(self) -> float:
+        """How many times wider than the muP base width (1 under standard parametrization)."""
+        return self.d_model / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attn_scale(self) -> float:
+        """Attention logits' scale: 1/sqrt(head_dim) (SP), or sqrt(base head_dim)/head_dim (muP: 1/head_dim, equal
+        to SP at the base width)."""
+        if self.parametrization == "mup":
+            return math.sqrt(self.mup_base_width / self.n_heads) / self.head_dim
+        return 1 / math.sqrt(self.head_dim)
 
     @property
     def head_dim(self) -> int:
@@ -112,13 +134,16 @@ class ModelConfig:
         if self.positions == "rope" and self.head_dim % 2:
             raise LmlabError(f"RoPE needs an even head dimension, got d_model/n_heads={self.head_dim}")
         for name, choices in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS),
-                              ("norm_position", NORM_POSITIONS)):
+                              ("norm_position", NORM_POSITIONS), ("parametrization", PARAMETRIZATIONS)):
             if getattr(self, name) not in choices:
                 raise LmlabError(f"model.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.type_vocab_size < 0:
             raise LmlabError(f"model.type_vocab_size must be >= 0, got {self.type_vocab_size}")
+        if self.mup_base_width < 1 or (self.parametrization == "mup" and self.mup_base_width % self.n_heads):
+            raise LmlabError(f"model.mup_base_width={self.mup_base_width} must be a positive multiple of "
+                             f"model.n_heads={self.n_heads} (it sets the base head dimension)")
         if self.n_experts < 1:
             raise LmlabError(f"model.n_experts must be >= 1 (1 = a dense MLP), got {self.n_experts}")
         if self.moe and not 1 <= self.experts_per_token <= self.n_experts:

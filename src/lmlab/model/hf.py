@@ -146,6 +146,11 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json", max_seq_len: 
 
 def family(cfg: ModelConfig) -> str:
     """Which Hugging Face family an lmlab config exports as; an error if none fits."""
+    if cfg.moe:
+        raise LmlabError("mixture-of-experts models cannot be exported to Hugging Face yet (no Mixtral mapping)")
+    if cfg.parametrization == "mup" and cfg.width_mult != 1.0:
+        raise LmlabError(f"a muP model at width_mult={cfg.width_mult:g} scales its attention and logits in ways "
+                         "Hugging Face configs cannot express; export is only possible at the base width")
     if (cfg.norm_position == "post" and cfg.embed_norm and cfg.positions == "learned" and cfg.norm == "layernorm"
             and cfg.mlp == "gelu" and cfg.head_transform and cfg.tie_embeddings and cfg.qkv_bias is None):
         return "bert"

@@ -16,6 +16,12 @@ from lmlab.model.config import ModelConfig
 from lmlab.model.kv_cache import KVCache
 
 
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    """A weight with both dimensions growing with width (q/k/v, projections, MLPs, routers): what muP
+    initialises and trains differently. Embedding tables and the output head have one fixed dimension."""
+    return p.dim() >= 2 and not name.startswith(("tok_emb.", "pos_emb.", "type_emb.", "head."))
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama): scale only, no centring, no bias."""
 
@@ -102,7 +108,8 @@ class Attention(nn.Module):
             # the causal mask.
             attn_mask = attn_mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal,
+                                           scale=self.cfg.attn_scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd).to(dtype)
         return self.proj(y)
 
@@ -215,11 +222,15 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers)."""
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * n_layers). Under muP the
+        hidden matrices' std shrinks by 1/sqrt(width_mult), keeping their variance ~ 1/fan_in; embeddings
+        and the output head keep theirs."""
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() >= 2:
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("proj.weight", "down.weight")) else 1
+                if is_hidden_matrix(name, p):
+                    scale /= math.sqrt(self.cfg.width_mult)
                 nn.init.normal_(p, mean=0.0, std=std * scale)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -263,6 +274,8 @@ class Transformer(nn.Module):
         """Final hidden states -> vocabulary logits (through BERT's head transform when it has one)."""
         if self.cfg.head_transform:
             hidden = self.head_norm(F.gelu(self.head_dense(hidden)))
+        if self.cfg.width_mult != 1.0:  # muP's output multiplier: logits / width_mult
+            hidden = hidden / self.cfg.width_mult
         return self.head(hidden)
 
     def moe_aux_loss(self) -> torch.Tensor | None:

@@ -225,7 +225,7 @@ class Trainer:
         self.model_cfg = mc
         self.prec = Precision(self.model, tc.precision, self.device)
         named = list(zip([n for n, _ in self.model.named_parameters()], self.prec.master))
-        groups = param_groups(named, tc.weight_decay, tc.decay_embeddings)
+        groups = param_groups(named, tc.weight_decay, tc.decay_embeddings, mc.width_mult)
         self.opt = make_adamw(groups, tc.lr, (tc.beta1, tc.beta2), tc.eps, self.device)
         if resume_from is not None:
             st = resume_from.trainer_state
@@ -300,7 +300,7 @@ class Trainer:
         tc = self.cfg.train
         lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         total, self.last_aux = 0.0, 0.0
         for micro in range(tc.grad_accum):
             index = self.step * tc.grad_accum + micro
