@@ -45,6 +45,16 @@ VERBS: dict[str, tuple[str, str]] = {
                   "lmlab.interop:ImportHFConfig:import_hf"),
     "export-hf": ("write a checkpoint as a Hugging Face directory (loads with from_pretrained)",
                   "lmlab.interop:ExportHFConfig:export_hf"),
+    "scale chinchilla": ("compute-optimal params and tokens for a budget: the 20x rule, Hoffmann et al. 2022, "
+                         "Epoch AI 2024", "lmlab.scale.laws:ChinchillaConfig:run_chinchilla"),
+    "scale sweep": ("train a grid of model sizes x token budgets (IsoFLOP sets), resumable; losses to a CSV",
+                    "lmlab.scale.sweep:SweepConfig:run_sweep"),
+    "scale fit": ("fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep's CSV (bootstrap intervals, plots)",
+                  "lmlab.scale.fit:FitConfig:run_fit"),
+    "scale lr-transfer": ("learning-rate sweeps at several widths under SP and muP: does the best lr transfer?",
+                          "lmlab.scale.lr_transfer:LRTransferConfig:run_lr_transfer"),
+    "sft": ("supervised fine-tuning on conversations (loss on the assistant's tokens), from any checkpoint",
+            "lmlab.post.sft:SFTConfig:run_sft"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }

@@ -1,0 +1,1 @@
+"""Scaling laws and hyperparameter transfer: lmlab scale."""
