@@ -239,24 +239,25 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 return_hidden: bool = False, cache: KVCache | None = None,
-                token_types: torch.Tensor | None = None) -> torch.Tensor:
+                token_types: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """`attn_mask`: None, a (B, T) padding mask (True = real token) or a boolean mask broadcastable to
         (B, heads, T, T). With `cache`, `idx` holds each row's next tokens: they are placed after what
-        the cache holds for that row and attend to it (call `cache.advance` afterwards)."""
+        the cache holds for that row and attend to it (call `cache.advance` afterwards). `positions` (B, T)
+        overrides 0..T-1, e.g. restarting at 0 for each sequence packed into a row (with a block mask)."""
         B, T = idx.shape
         x = self.tok_emb(idx)
         if self.type_emb is not None:
             x = x + (self.type_emb(token_types) if token_types is not None else self.type_emb.weight[0])
         if cache is not None:
             positions, attn_mask = cache.begin(T)
-            if int(positions.max()) >= self.cfg.max_seq_len:
-                raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
         elif T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
+        if positions is not None and int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
         rope = None
         if self.pos_emb is not None:
-            x = x + (self.pos_emb(positions) if cache is not None else self.pos_emb.weight[:T])
-        elif cache is not None:
+            x = x + (self.pos_emb(positions) if positions is not None else self.pos_emb.weight[:T])
+        elif positions is not None:
             rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         else:
             rope = (self.rope_cos[:T], self.rope_sin[:T])

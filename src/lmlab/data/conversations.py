@@ -1,0 +1,148 @@
+"""Conversations for post-training: JSONL in, token ids and loss masks out.
+
+A line is either {"messages": [{"role": ..., "content": ...}, ...]} or {"prompt": ..., "response": ...}
+(optionally with "system"). Rendering follows `lmlab.data.chat`; the loss is taken only on what the
+assistant says, its end-of-turn token included (that is how a model learns to stop), never on the
+system or user turns or the role markers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.data.chat import END_OF_TURN, ROLES
+from lmlab.errors import LmlabError
+
+IGNORE = -100
+"""Label of a position that carries no loss (cross_entropy's ignore_index)."""
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise LmlabError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((n, obj))
+    if not rows:
+        raise LmlabError(f"{path}: no records")
+    return rows
+
+
+def to_messages(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """A record as a list of messages ending with an assistant turn."""
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise LmlabError(f"{where}: 'messages' must be a non-empty list")
+    elif "prompt" in obj and "response" in obj:
+        msgs = ([{"role": "system", "content": obj["system"]}] if obj.get("system") else []) + [
+            {"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["response"]}]
+    else:
+        raise LmlabError(f"{where}: a record needs 'messages', or 'prompt' and 'response' (keys: "
+                         f"{', '.join(sorted(obj)) or 'none'})")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise LmlabError(f"{where}: message {i} needs a role in {sorted(ROLES)} and a string content")
+    if msgs[-1]["role"] != "assistant":
+        raise LmlabError(f"{where}: the last message must be the assistant's (it is what is trained)")
+    if not msgs[-1]["content"].strip():
+        raise LmlabError(f"{where}: the assistant's response is empty")
+    return msgs
+
+
+def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
+    return [to_messages(obj, f"{path}:{n}") for n, obj in read_jsonl(path)]
+
+
+def encode(tok, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a whole conversation; labels are IGNORE except on assistant content and its
+    end-of-turn. Segments are encoded one by one, which equals encoding the rendered text because the
+    role and end-of-turn markers are special tokens that split it."""
+    eot = tok.token_to_id(END_OF_TURN)
+    if eot is None:
+        raise LmlabError(f"the tokenizer has no {END_OF_TURN} token; post-training needs lmlab's chat tokens")
+    ids: list[int] = []
+    labels: list[int] = []
+    for m in messages:
+        role = tok.token_to_id(ROLES[m["role"]])
+        body = tok.encode(m["content"]) + [eot]
+        ids += [role] + body
+        labels += [IGNORE] + (body if m["role"] == "assistant" else [IGNORE] * len(body))
+    return ids, labels
+
+
+def prompt_ids(tok, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the conversation up to where the last assistant reply begins (its role marker included)."""
+    ids, _ = encode(tok, messages[:-1]) if len(messages) > 1 else ([], [])
+    return ids + [tok.token_to_id(ROLES["assistant"])]
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+
+
+def examples(tok, conversations: list[list[dict[str, str]]], max_len: int, where: str) -> list[Example]:
+    """Encoded conversations, next-token aligned (inputs ids[:-1], targets labels[1:]); one longer than the
+    context is an error naming it (truncating would cut off the very response being trained)."""
+    out = []
+    for i, msgs in enumerate(conversations):
+        ids, labels = encode(tok, msgs)
+        if len(ids) - 1 > max_len:
+            raise LmlabError(f"{where}: conversation {i + 1} is {len(ids)} tokens, longer than the context of "
+                             f"{max_len + 1}; shorten it or raise max_seq_len")
+        out.append(Example(ids[:-1], labels[1:]))
+    return out
+
+
+def collate(batch: list[Example], pad_id: int, pack: bool, max_len: int) -> dict[str, torch.Tensor]:
+    """Tensors for one step. Padded: one example per row, right-padded, a (B, T) padding mask. Packed:
+    examples laid end to end in rows of up to max_len, positions restarting at 0 for each, and a
+    block-diagonal mask so that no example attends to another."""
+    rows: list[list[Example]] = []
+    if pack:
+        for ex in batch:
+            if rows and sum(len(e.ids) for e in rows[-1]) + len(ex.ids) <= max_len:
+                rows[-1].append(ex)
+            else:
+                rows.append([ex])
+    else:
+        rows = [[ex] for ex in batch]
+    T = max(sum(len(e.ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), T), dtype=torch.long)
+    doc = torch.full((len(rows), T), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for k, ex in enumerate(row):
+            n = len(ex.ids)
+            ids[r, at:at + n] = torch.tensor(ex.ids)
+            labels[r, at:at + n] = torch.tensor(ex.labels)
+            positions[r, at:at + n] = torch.arange(n)
+            doc[r, at:at + n] = k
+            at += n
+    if pack:
+        # (B, 1, T, T), the model adds the causal part; padding attends to padding, never to an empty row
+        mask = (doc[:, :, None] == doc[:, None, :])[:, None]
+    else:
+        mask = doc >= 0  # (B, T) padding mask
+    return {"ids": ids, "labels": labels, "positions": positions, "mask": mask,
+            "tokens": sum(len(e.ids) for e in batch)}

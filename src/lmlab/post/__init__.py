@@ -1,0 +1,1 @@
+"""Post-training: SFT, reward model, DPO and RL, each one module with its CLI verb."""

@@ -1,0 +1,125 @@
+"""What every post-training stage shares: its optimisation settings, the policy it starts from, and one
+optimizer step with lmlab's precision modes, schedule, logging and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.device import pick_device
+from lmlab.errors import LmlabError
+from lmlab.model.transformer import Transformer
+from lmlab.train import checkpoint as ckpt_io
+from lmlab.train.optim import lr_at, make_adamw, param_groups
+from lmlab.train.precision import Precision
+
+
+@dataclass
+class PostTrainConfig:
+    steps: int = 300
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Examples (conversations, or preference pairs) per step."""
+    lr: float = 3e-4
+    """Peak learning rate (lower than pretraining's: the model already knows the language)."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 20
+    """Linear warmup steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on matrices."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    precision: str = "fp32"
+    """'auto', 'fp32', 'bf16-autocast' or 'bf16-master' (see lmlab pretrain)."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda', ..."""
+    threads: int | None = None
+    """CPU threads for torch (None = torch's default)."""
+    seed: int = 1337
+    """Seed for data order and sampling."""
+    eval_interval: int = 100
+    """Evaluate held-out loss every this many steps (and at the end); 0 = only at the end."""
+    log_interval: int = 10
+    """Write a metrics.jsonl line every this many steps."""
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "log_interval"):
+            if getattr(self, key) < 1:
+                raise LmlabError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise LmlabError(f"train.lr must be positive and train.min_lr in [0, lr], got {self.lr}, {self.min_lr}")
+        for key in ("warmup_steps", "weight_decay", "grad_clip", "eval_interval"):
+            if getattr(self, key) < 0:
+                raise LmlabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+
+
+def load_policy(path: str | Path, device: torch.device) -> tuple[Transformer, ckpt_io.Checkpoint]:
+    """The model a stage starts from (any lmlab checkpoint, pretrained, imported or post-trained)."""
+    ck = ckpt_io.load_checkpoint(path)
+    if not ck.config.causal:
+        raise LmlabError(f"{path} is a masked (bidirectional) LM; post-training needs a causal model")
+    if ck.tokenizer_path is None:
+        raise LmlabError(f"{path} has no tokenizer.json; post-training needs the model's tokenizer")
+    return ckpt_io.build_model(ck, device), ck
+
+
+class Optimizer:
+    """AdamW over a model's parameters through lmlab's precision modes, with warmup + cosine decay."""
+
+    def __init__(self, model: torch.nn.Module, tc: PostTrainConfig, device: torch.device) -> None:
+        self.tc, self.step = tc, 0
+        self.prec = Precision(model, tc.precision, device)
+        named = list(zip([n for n, p in model.named_parameters() if p.requires_grad], self.prec.master))
+        self.opt = make_adamw(param_groups(named, tc.weight_decay, False), tc.lr, (0.9, 0.95), 1e-8, device)
+
+    def autocast(self):
+        return self.prec.autocast()
+
+    def apply(self) -> tuple[float, float]:
+        """After loss.backward(): clip, step, zero; returns (lr used, grad norm before clipping)."""
+        tc = self.tc
+        lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, tc.steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        self.prec.grads_to_master()
+        norm = self.prec.clip_grad_norm(tc.grad_clip)
+        self.opt.step()
+        self.prec.zero_grad()
+        self.prec.master_to_model()
+        self.step += 1
+        return lr, norm
+
+    def weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """fp32 weights for a checkpoint (the masters under bf16-master)."""
+        out = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
+        out.update({k: v for k, v in ckpt_io.model_state(model).items() if k not in out})
+        return out
+
+
+def setup(tc: PostTrainConfig) -> torch.device:
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    return pick_device(tc.device)
+
+
+class Log:
+    """metrics.jsonl for a stage, one JSON object per line, flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("w", encoding="utf-8")
+        self.t0 = time.perf_counter()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.f.write(json.dumps({**row, "elapsed_s": round(time.perf_counter() - self.t0, 3)}) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()

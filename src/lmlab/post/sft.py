@@ -1,0 +1,172 @@
+"""`lmlab sft`: supervised fine-tuning on conversations, the loss on the assistant's tokens only.
+
+The prompt's tokens are context, not targets: training on them would teach the model to write user
+turns. The assistant's end-of-turn token is a target, which is how a model learns to stop. With
+`pack`, several conversations share a row (positions restart and a block mask keeps them apart), so a
+batch wastes no compute on padding.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.data.conversations import IGNORE, collate, examples, read_conversations
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.plan.flops import train_flops_per_token
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.summary import update_summary
+from lmlab.train import checkpoint as ckpt_io
+
+
+@dataclass
+class SFTConfig:
+    init: str = "runs/quickstart/checkpoint"
+    """Checkpoint to fine-tune (pretrained, imported with import-hf, or already post-trained)."""
+    data: str = "runs/quickstart/world"
+    """Conversations: a JSONL file ({"messages": [...]} or {"prompt", "response"} per line), or a world
+    directory (its QA-train questions become the conversations)."""
+    out: str = "runs/sft"
+    """Run directory: checkpoint/, metrics.jsonl, summary.json."""
+    pack: bool = False
+    """Pack several conversations into each row (block-diagonal attention, positions restart)."""
+    val_fraction: float = 0.05
+    """Share of conversations held out for the validation loss."""
+    eval_questions: int = 100
+    """With a world as data: questions per group for the chat-format QA evaluation before and after."""
+    train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(lr=1e-3, min_lr=1e-4))
+    """Optimisation settings (lr 1e-3 suits lmlab's small models; use about 1e-5 for imported billion-scale
+    ones)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise LmlabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], dict[str, Any] | None]:
+    from lmlab.post.world_data import is_world_dir, sft_conversations
+
+    if is_world_dir(cfg.data):
+        from lmlab.data.world import load_world
+
+        world = load_world(cfg.data)
+        return sft_conversations(world), world
+    return read_conversations(cfg.data), None
+
+
+def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens of the batch."""
+    logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device),
+                   positions=batch["positions"].to(device))
+    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(), ignore_index=IGNORE)
+
+
+def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, device) -> dict[str, Any] | None:
+    if world is None or n <= 0:
+        return None
+    from lmlab.evals.chat import chat_qa
+    from lmlab.infer.engine import Engine
+
+    was_training = model.training
+    result = chat_qa(Engine(model, tok, device=device), world, per_group=n)
+    model.train(was_training)
+    return result
+
+
+def sft(cfg: SFTConfig) -> dict[str, Any]:
+    tc = cfg.train
+    device = setup(tc)
+    model, ck = load_policy(cfg.init, device)
+    tok = Tokenizer.load(ck.tokenizer_path)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    convs, world = load_data(cfg)
+    rows = examples(tok, convs, model.cfg.max_seq_len, cfg.data)
+    random.Random(tc.seed).shuffle(rows)
+    n_val = max(1, int(len(rows) * cfg.val_fraction)) if cfg.val_fraction > 0 and len(rows) > 1 else 0
+    val, train = rows[:n_val], rows[n_val:]
+    if not train:
+        raise LmlabError(f"{cfg.data}: no conversations left to train on after holding out {n_val}")
+    out = Path(cfg.out)
+    before = evaluate_chat(model, tok, world, cfg.eval_questions, device)
+    opt = Optimizer(model, tc, device)
+    log = Log(out / "metrics.jsonl")
+    rng = random.Random(tc.seed + 1)
+    order: list[int] = []
+    tokens = response_tokens = 0
+    flops = 0.0
+    t0 = time.perf_counter()
+    val_loss = None
+
+    def validate() -> float | None:
+        if not val:
+            return None
+        model.eval()
+        total = count = 0.0
+        with torch.no_grad(), opt.autocast():
+            for i in range(0, len(val), tc.batch_size):
+                b = collate(val[i:i + tc.batch_size], pad, cfg.pack, model.cfg.max_seq_len)
+                k = int((b["labels"] != IGNORE).sum())
+                total += response_loss(model, b, device).item() * k
+                count += k
+        model.train()
+        return total / count
+
+    model.train()
+    for step in range(1, tc.steps + 1):
+        if len(order) < tc.batch_size:
+            more = list(range(len(train)))
+            rng.shuffle(more)
+            order += more
+        batch = collate([train[i] for i in order[:tc.batch_size]], pad, cfg.pack, model.cfg.max_seq_len)
+        del order[:tc.batch_size]
+        with opt.autocast():
+            loss = response_loss(model, batch, device)
+        if not math.isfinite(loss.item()):
+            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
+        loss.backward()
+        lr, norm = opt.apply()
+        tokens += batch["tokens"]
+        flops += train_flops_per_token(model.cfg, batch["ids"].shape[1]) * batch["tokens"]
+        response_tokens += int((batch["labels"] != IGNORE).sum())
+        if step % tc.log_interval == 0 or step == tc.steps:
+            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, "tokens": tokens})
+        if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
+            val_loss = validate()
+            log.write({"step": step, "eval": True, "val_loss": val_loss})
+    log.close()
+    wall = time.perf_counter() - t0
+    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, ck.tokenizer_path,
+                            meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
+    after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
+    summary = {"steps": tc.steps, "conversations": len(train), "val_conversations": len(val),
+               "train_tokens": tokens, "response_tokens": response_tokens, "val_loss": val_loss,
+               "wall_s": round(wall, 2), "train_flops": flops, "pack": cfg.pack,
+               "checkpoint": str(out / "checkpoint")}
+    if before is not None and after is not None:
+        summary["before"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in before.items()}
+        summary["after"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in after.items()}
+        summary["examples"] = after["test"]["examples"]
+    update_summary(out / "summary.json", "sft", summary)
+    return summary
+
+
+def run_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """`lmlab sft`."""
+    s = sft(cfg)
+    print(f"sft: {s['steps']} steps on {s['conversations']} conversations, val loss {s['val_loss']:.4f} "
+          f"({s['wall_s']:.0f} s); checkpoint {s['checkpoint']}")
+    if "after" in s:
+        for g in ("train", "test", "unknown"):
+            b, a = s["before"][g], s["after"][g]
+            extra = (f", exact match {b['exact_match']:.1%} -> {a['exact_match']:.1%}" if "exact_match" in a
+                     else f", fabrication {b['fabrication_rate']:.1%} -> {a['fabrication_rate']:.1%}")
+            print(f"  QA-{g}: stops at end of turn {b['stop_rate']:.1%} -> {a['stop_rate']:.1%}{extra}")
+    return {**s, "_printed": True}

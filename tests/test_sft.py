@@ -1,0 +1,94 @@
+"""Conversations, loss masks, packing and `lmlab sft` on a tiny world."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlab.config import from_dict
+from lmlab.data.chat import render
+from lmlab.data.conversations import IGNORE, collate, encode, examples, read_conversations
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.model.config import ModelConfig
+from lmlab.model.transformer import Transformer
+from lmlab.post.sft import SFTConfig, response_loss, sft
+
+CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where was Ada born?"},
+        {"role": "assistant", "content": "Saltmarsh"}]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_data) -> Tokenizer:
+    return Tokenizer.load(tiny_data / "tokenizer.json")
+
+
+def test_encoding_equals_the_rendered_text_and_labels_only_the_reply(tok):
+    ids, labels = encode(tok, CONV)
+    assert ids == tok.encode(render(CONV, add_generation_prompt=False))
+    eot = tok.token_to_id("<|end_of_turn|>")
+    trained = [t for t in labels if t != IGNORE]
+    assert trained == tok.encode("Saltmarsh") + [eot]  # the reply and its end of turn, nothing else
+    assert labels[-len(trained):] == trained
+
+
+def test_packed_rows_give_the_same_loss_as_padded_rows(tok):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=96,
+                                    positions="rope", norm="rmsnorm", mlp="swiglu")).eval()
+    convs = [CONV, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}],
+             [{"role": "user", "content": "Which university?"}, {"role": "assistant", "content": "Carrow"}]]
+    rows = examples(tok, convs, 96, "test")
+    padded, packed = collate(rows, 0, False, 96), collate(rows, 0, True, 96)
+    assert packed["ids"].shape[0] == 1 and padded["ids"].shape[0] == 3
+    with torch.no_grad():
+        a, b = response_loss(model, padded, torch.device("cpu")), response_loss(model, packed, torch.device("cpu"))
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+
+
+def write(path, lines):
+    path.write_text("\n".join(json.dumps(x) if not isinstance(x, str) else x for x in lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("line, match", [
+    ({"prompt": "Hi"}, ":1: a record needs 'messages', or 'prompt' and 'response'"),
+    ({"prompt": "Hi", "response": "  "}, ":1: the assistant's response is empty"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, ":1: the last message must be the assistant's"),
+    ({"messages": [{"role": "bot", "content": "Hi"}]}, ":1: message 0 needs a role"),
+    ("{not json", ":1: not valid JSON"),
+])
+def test_bad_conversation_files_name_file_and_line(tmp_path, line, match):
+    path = write(tmp_path / "c.jsonl", [line])
+    with pytest.raises(LmlabError, match=match):
+        read_conversations(path)
+
+
+def test_too_long_conversation_is_refused(tok):
+    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(LmlabError, match="conversation 1 is .* tokens, longer than the context of 65"):
+        examples(tok, [long], 64, "f.jsonl")
+
+
+def test_sft_teaches_the_model_to_stop_at_end_of_turn(tiny_data, tmp_path):
+    from lmlab.train.trainer import PretrainConfig, pretrain
+
+    pretrain(from_dict(PretrainConfig, {
+        "data": str(tiny_data), "out": str(tmp_path / "base"),
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 64},
+        "train": dict(steps=150, batch_size=8, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
+                      eval_interval=0, eval_batches=2, precision="fp32", threads=1, progress=False)}))
+    world = tiny_data.parent / "world"
+    cfg = from_dict(SFTConfig, {"init": str(tmp_path / "base" / "checkpoint"), "data": str(world),
+                                "out": str(tmp_path / "sft"), "eval_questions": 30, "pack": True,
+                                "train": {"steps": 120, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4,
+                                          "device": "cpu", "threads": 1, "eval_interval": 0}})
+    s = sft(cfg)
+    assert s["before"]["test"]["stop_rate"] < 0.2
+    assert s["after"]["test"]["stop_rate"] >= 0.9 and s["after"]["unknown"]["stop_rate"] >= 0.9
+    assert s["train_flops"] > 0 and s["val_loss"] is not None
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())["sft"]
+    assert summary["after"]["train"]["stop_rate"] >= 0.9
+    assert (tmp_path / "sft" / "checkpoint" / "model.safetensors").is_file()
