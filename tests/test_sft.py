@@ -58,7 +58,7 @@ def write(path, lines):
     ({"prompt": "Hi", "response": "  "}, ":1: the assistant's response is empty"),
     ({"messages": [{"role": "user", "content": "Hi"}]}, ":1: the last message must be the assistant's"),
     ({"messages": [{"role": "bot", "content": "Hi"}]}, ":1: message 0 needs a role"),
-    ("{not json", ":1: not valid JSON"),
+    ("{not json", ":1: invalid JSON"),
 ])
 def test_bad_conversation_files_name_file_and_line(tmp_path, line, match):
     path = write(tmp_path / "c.jsonl", [line])

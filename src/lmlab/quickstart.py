@@ -18,6 +18,7 @@ from lmlab.data.shards import PrepareConfig, prepare
 from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
 from lmlab.data.world import WorldConfig, generate_world
 from lmlab.model.config import ModelConfig
+from lmlab.post.sft import SFTConfig, sft
 from lmlab.summary import read_summary, update_summary
 from lmlab.train.trainer import PretrainConfig, TrainConfig, pretrain
 
@@ -59,6 +60,10 @@ class QuickstartConfig:
     """Also train a masked LM of the same size on the same tokens, and measure what right-hand context adds."""
     bidirectional_people: int = 100
     """QA-test people whose held-out biography snippets the causal-vs-masked comparison reads."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised fine-tuning into the chat format (init, data and out are set by the quickstart)."""
+    post_training: bool = True
+    """Run the post-training stages (SFT) after pretraining."""
 
 
 def _stage(name: str) -> float:
@@ -125,6 +130,16 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
     if cfg.masked_lm:
         _masked_lm(cfg, prcfg, pcfg.out, out, engine, world)
+
+    if cfg.post_training:
+        t = _stage("supervised fine-tuning (chat format)")
+        scfg = replace(cfg.sft, init=str(out / "checkpoint"), data=str(out / "world"), out=str(out / "sft"))
+        ssum = sft(scfg)
+        update_summary(out / "summary.json", "sft", ssum)
+        b, a = ssum["before"], ssum["after"]
+        print(f"   {ssum['steps']} steps, {ssum['wall_s']:.0f} s; stops at end of turn {b['test']['stop_rate']:.0%} -> "
+              f"{a['test']['stop_rate']:.0%}; chat QA-train {a['train']['exact_match']:.1%}, QA-test "
+              f"{a['test']['exact_match']:.1%}")
 
     from lmlab.report.quickstart_report import write_report
 

@@ -8,7 +8,6 @@ system or user turns or the role markers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,12 @@ IGNORE = -100
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; errors name the file and line."""
+    from lmlab.data.text import jsonl_records
+
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise LmlabError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((n, obj))
+    rows = list(jsonl_records(path))
     if not rows:
         raise LmlabError(f"{path}: no records")
     return rows

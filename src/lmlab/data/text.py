@@ -57,7 +57,8 @@ def _iter_txt(path: Path) -> Iterator[str]:
     yield text.removeprefix("\ufeff")
 
 
-def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
+def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; errors name the file and line."""
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -72,19 +73,21 @@ def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
             except json.JSONDecodeError as e:
                 raise LmlabError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
-                raise LmlabError(
-                    f"{path}:{lineno}: expected a JSON object with a '{field}' field, "
-                    f"got {type(row).__name__}"
-                )
-            if field not in row:
-                keys = ", ".join(repr(k) for k in list(row)[:8]) or "none"
-                raise LmlabError(f"{path}:{lineno}: missing field '{field}' (keys: {keys})")
-            value = row[field]
-            if not isinstance(value, str):
-                raise LmlabError(
-                    f"{path}:{lineno}: field '{field}' must be a string, got {type(value).__name__}"
-                )
-            yield value
+                raise LmlabError(f"{path}:{lineno}: expected {expected}, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _iter_jsonl(path: Path, field: str) -> Iterator[str]:
+    for lineno, row in jsonl_records(path, f"a JSON object with a '{field}' field"):
+        if field not in row:
+            keys = ", ".join(repr(k) for k in list(row)[:8]) or "none"
+            raise LmlabError(f"{path}:{lineno}: missing field '{field}' (keys: {keys})")
+        value = row[field]
+        if not isinstance(value, str):
+            raise LmlabError(
+                f"{path}:{lineno}: field '{field}' must be a string, got {type(value).__name__}"
+            )
+        yield value
 
 
 def iter_documents(path: str | Path, field: str = "text") -> Iterator[str]:

@@ -5,7 +5,9 @@ Memory on CPU comes from PyTorch's profiler, which records every allocation and 
 allocator: replaying them in order gives the bytes alive at each moment and so the peak. Tensors that
 exist before (weights, optimizer states, KV cache) are counted from their storages. On CUDA,
 `torch.cuda.max_memory_allocated` gives the same peak directly. Both count tensor bytes, not the
-allocator's cached-but-free blocks or the process's code and libraries.
+allocator's cached-but-free blocks or the process's code and libraries. Measure in a fresh process (as
+the benchmark does): late in a long pytest session the profiler was seen to record almost none of a
+step's allocations, so the tests run their measurements in a subprocess.
 """
 
 from __future__ import annotations

@@ -147,6 +147,24 @@ def write_report(out: Path, samples: list[str]) -> Path:
                 f"{bi[k]['value_accuracy_by_attribute'][attr]:.1%}" for k in ("causal", "masked_left", "masked_right"))
                 + " |")
         lines.append("")
+    ft = s.get("sft", {})
+    if ft.get("after"):
+        b, a = ft["before"], ft["after"]
+        lines += [
+            "## Supervised fine-tuning (chat format)",
+            "",
+            f"{ft['steps']} steps on {_fmt(ft['conversations'])} QA-train conversations (loss on the assistant's "
+            f"tokens and its end of turn), {_fmt(ft['wall_s'], '.0f')} s. Greedy replies to questions in the chat "
+            "template, before (the pretrained model) and after:",
+            "",
+            "| group | stops at end of turn | exact match / fabrication |",
+            "|---|---|---|",
+        ]
+        for g in ("train", "test", "unknown"):
+            metric = "exact_match" if "exact_match" in a[g] else "fabrication_rate"
+            lines.append(f"| QA-{g} | {b[g]['stop_rate']:.1%} -> {a[g]['stop_rate']:.1%} | "
+                         f"{metric.replace('_', ' ')} {b[g][metric]:.1%} -> {a[g][metric]:.1%} |")
+        lines += [""]
     lines += ["## Greedy samples", ""]
     for smp in samples:
         lines += ["```", smp.strip(), "```", ""]
