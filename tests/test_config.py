@@ -384,3 +384,15 @@ def test_read_yaml_invalid_yaml(tmp_path):
 def test_read_yaml_empty_file_is_empty_mapping(tmp_path):
     assert read_yaml(write(tmp_path, "# just a comment\n")) == {}
     assert load(Outer, tmp_path / "recipe.yaml") == Outer()
+
+
+def test_overriding_one_nested_field_keeps_the_parents_other_defaults():
+    from lmlab.post.rm import RMConfig
+    from lmlab.quickstart import QuickstartConfig
+
+    rm = from_dict(RMConfig, {"train": {"lr": 1e-4}})
+    assert rm.train.lr == 1e-4 and rm.train.steps == RMConfig().train.steps != 300
+    qs = from_dict(QuickstartConfig, {"pretrain": {"train": {"steps": 7}}})
+    assert qs.pretrain.train.steps == 7
+    assert qs.pretrain.model == QuickstartConfig().pretrain.model  # not reset to ModelConfig()'s defaults
+    assert qs.pretrain.train.batch_size == QuickstartConfig().pretrain.train.batch_size

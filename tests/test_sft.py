@@ -72,16 +72,9 @@ def test_too_long_conversation_is_refused(tok):
         examples(tok, [long], 64, "f.jsonl")
 
 
-def test_sft_teaches_the_model_to_stop_at_end_of_turn(tiny_data, tmp_path):
-    from lmlab.train.trainer import PretrainConfig, pretrain
-
-    pretrain(from_dict(PretrainConfig, {
-        "data": str(tiny_data), "out": str(tmp_path / "base"),
-        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 64},
-        "train": dict(steps=150, batch_size=8, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
-                      eval_interval=0, eval_batches=2, precision="fp32", threads=1, progress=False)}))
+def test_sft_teaches_the_model_to_stop_at_end_of_turn(tiny_data, tiny_model, tmp_path):
     world = tiny_data.parent / "world"
-    cfg = from_dict(SFTConfig, {"init": str(tmp_path / "base" / "checkpoint"), "data": str(world),
+    cfg = from_dict(SFTConfig, {"init": str(tiny_model), "data": str(world),
                                 "out": str(tmp_path / "sft"), "eval_questions": 30, "pack": True,
                                 "train": {"steps": 120, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4,
                                           "device": "cpu", "threads": 1, "eval_interval": 0}})

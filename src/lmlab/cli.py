@@ -55,6 +55,9 @@ VERBS: dict[str, tuple[str, str]] = {
                           "lmlab.scale.lr_transfer:LRTransferConfig:run_lr_transfer"),
     "sft": ("supervised fine-tuning on conversations (loss on the assistant's tokens), from any checkpoint",
             "lmlab.post.sft:SFTConfig:run_sft"),
+    "rm train": ("train a reward model (backbone + scalar head) on preference pairs, Bradley-Terry loss; "
+                 "`lmlab rm` for short", "lmlab.post.rm:RMConfig:run_rm"),
+    "rm score": ("score replies to a prompt with a trained reward model", "lmlab.post.rm:RMScoreConfig:run_rm_score"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }
@@ -90,6 +93,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, verbs
 
 
+DEFAULT_SUBVERB = {"rm": "train"}
+"""A group that is also a verb on its own: `lmlab rm ...` means `lmlab rm train ...`."""
+
+
 def _which_verb(argv: list[str]) -> str | None:
     if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
         return f"{argv[0]} {argv[1]}"
@@ -100,6 +107,8 @@ def _which_verb(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DEFAULT_SUBVERB and not (len(argv) > 1 and f"{argv[0]} {argv[1]}" in VERBS):
+        argv.insert(1, DEFAULT_SUBVERB[argv[0]])
     parser, verbs = build_parser()
     verb = _which_verb(argv)
     if verb is None:

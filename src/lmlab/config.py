@@ -149,9 +149,22 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: st
             close = difflib.get_close_matches(str(key), list(names), n=3)
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
             raise LmlabError(f"unknown config key '{prefix}{key}' in {where}{hint}")
+        f = names[key]
+        if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):  # override the parent's own default, not the class's
+                value = _merged(to_dict(default), value)
         kwargs[key] = _coerce(value, hints[key], prefix + key, where)
     obj = cls(**kwargs)
     return obj
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s keys replaced, recursively for nested mappings."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

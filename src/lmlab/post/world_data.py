@@ -1,8 +1,13 @@
 """Post-training data from the built-in world, whose ground truth is known.
 
-SFT: the QA-train questions as (prompt, response) conversations. QA-test and unknown people are held
-out: QA-test facts were only ever seen in biographies, so answering them in the chat format measures
-whether SFT taught the format or just the answers.
+SFT: the QA-train questions as (prompt, response) conversations. Preferences: for a question about a
+known person, chosen = the true answer and rejected = a plausible wrong value of the same attribute (a
+fabrication); for an unknown person, chosen = an abstention and rejected = a plausible made-up value.
+The gold reward scores any reply against the world's facts, independently of any learned model.
+
+Splits, so that held-out numbers mean something: preference pairs are trained on 80% of the QA-train
+questions and half of the unknown people; held out are the other 20% of QA-train questions, the other
+unknown people, and (reported apart: facts seen only in biographies) the QA-test people.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from typing import Any
+
+from lmlab.evals.chat import normalise
 
 ABSTAIN = "I don't know."
 """The reply that declines to answer about someone the model has never read about."""
@@ -22,6 +29,59 @@ def sft_conversations(world: dict[str, Any]) -> list[list[dict[str, str]]]:
 
 def is_world_dir(path: str | Path) -> bool:
     return (Path(path) / "world.json").is_file()
+
+
+def wrong_value(world: dict[str, Any], item: dict[str, Any], rng: random.Random) -> str:
+    """A plausible value of the item's attribute that is not its answer."""
+    from lmlab.data import world_text as wt
+
+    truth = item["answer"]
+    if item["attribute"] == "birth_date":
+        cfg = world["config"]
+        while True:
+            month = rng.randrange(12)
+            value = f"{wt.MONTHS[month]} {rng.randint(1, wt.MONTH_DAYS[month])}, " \
+                    f"{rng.randint(cfg['birth_year_min'], cfg['birth_year_max'])}"
+            if value != truth:
+                return value
+    return rng.choice([v for v in world["pools"][item["attribute"]] if v != truth])
+
+
+def preference_pairs(world: dict[str, Any], seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """{"train", "heldout", "heldout_qa_test"}: lists of {"prompt", "chosen", "rejected", "group"}."""
+    rng = random.Random(seed)
+    known = shuffled(world["qa_train"], seed)
+    cut = int(0.8 * len(known))
+    unknown_people = sorted({q["person"] for q in world["qa_unknown"]})
+    random.Random(seed + 1).shuffle(unknown_people)
+    train_unknown = set(unknown_people[: len(unknown_people) // 2])
+
+    def fact(q: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": q["question"], "chosen": q["answer"], "rejected": wrong_value(world, q, rng),
+                "group": q["group"] if q["group"] != "unknown" else "unknown"}
+
+    def abstain(q: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": q["question"], "chosen": ABSTAIN, "rejected": wrong_value(world, q, rng), "group": "unknown"}
+
+    unknown = [abstain(q) for q in world["qa_unknown"]]
+    return {
+        "train": shuffled([fact(q) for q in known[:cut]] +
+                          [p for p, q in zip(unknown, world["qa_unknown"]) if q["person"] in train_unknown], seed),
+        "heldout": [fact(q) for q in known[cut:]] +
+                   [p for p, q in zip(unknown, world["qa_unknown"]) if q["person"] not in train_unknown],
+        "heldout_qa_test": [fact(q) for q in world["qa_test"]],
+    }
+
+
+def gold_reward(item: dict[str, Any], reply: str, unknown: bool) -> float:
+    """The world's verdict on a reply: +1 for the true answer (or an abstention about an unknown person),
+    0 for abstaining about a known person (honest but unhelpful), -1 for a wrong or made-up answer."""
+    said = normalise(reply)
+    if said == normalise(ABSTAIN):
+        return 1.0 if unknown else 0.0
+    if unknown:
+        return -1.0
+    return 1.0 if said == normalise(item["answer"]) else -1.0
 
 
 def shuffled(items: list, seed: int) -> list:

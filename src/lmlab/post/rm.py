@@ -1,0 +1,284 @@
+"""`lmlab rm`: a reward model trained on preference pairs, and `lmlab rm score` to use it.
+
+The model is a transformer backbone (usually the SFT model) with a scalar head reading the hidden state
+of the last real token of prompt + response (the assistant's end-of-turn: by then the model has read
+the whole reply). Training widens the score gap between the chosen and the rejected reply with the
+Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin); optional reward centring adds
+coef x (r_chosen + r_rejected)^2 so scores stay near zero (only differences are identified).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmlab.data.conversations import encode, read_jsonl
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.model.transformer import Transformer
+from lmlab.plan.flops import train_flops_per_token
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.summary import update_summary
+from lmlab.train import checkpoint as ckpt_io
+
+
+class RewardModel(nn.Module):
+    """Backbone + linear head on the last real token: (B, T) ids, (B, T) mask -> (B,) scores."""
+
+    def __init__(self, backbone: Transformer) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(backbone.cfg.d_model, 1)
+        nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(backbone.cfg.d_model))
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(ids, attn_mask=mask, return_hidden=True)
+        last = mask.long().sum(dim=1) - 1  # right padding: the last real token of each row
+        return self.value_head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0,
+                       centring: float = 0.0) -> torch.Tensor:
+    """Mean of -log sigmoid(r_c - r_r - margin) + centring x (r_c + r_r)^2."""
+    loss = -F.logsigmoid(chosen - rejected - margin)
+    if centring:
+        loss = loss + centring * (chosen + rejected) ** 2
+    return loss.mean()
+
+
+def read_preferences(path: str | Path) -> list[dict[str, Any]]:
+    """Preference pairs from JSONL: {"prompt", "chosen", "rejected"} (optional "system", "margin")."""
+    pairs = []
+    for n, obj in read_jsonl(path):
+        where = f"{path}:{n}"
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
+        if missing:
+            raise LmlabError(f"{where}: missing field(s) {', '.join(missing)} (a pair needs prompt, chosen, rejected)")
+        for k in ("prompt", "chosen", "rejected"):
+            if not isinstance(obj[k], str) or not obj[k].strip():
+                raise LmlabError(f"{where}: '{k}' must be a non-empty string")
+        pairs.append({**obj, "where": where})
+    return pairs
+
+
+def load_pairs(data: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """(training pairs, held-out sets by name): from a world directory (its generated splits) or a JSONL
+    file (10% held out)."""
+    from lmlab.post.world_data import is_world_dir, preference_pairs
+
+    if is_world_dir(data):
+        from lmlab.data.world import load_world
+
+        splits = preference_pairs(load_world(data), seed)
+        return splits["train"], {k: v for k, v in splits.items() if k != "train"}
+    pairs = read_preferences(data)
+    random.Random(seed).shuffle(pairs)
+    n = max(1, len(pairs) // 10) if len(pairs) > 1 else 0
+    return pairs[n:], {"heldout": pairs[:n]}
+
+
+def conversation(pair: dict[str, Any], reply: str) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": pair["system"]}] if pair.get("system") else []
+    return msgs + [{"role": "user", "content": pair["prompt"]}, {"role": "assistant", "content": reply}]
+
+
+def pair_ids(tok: Tokenizer, pair: dict[str, Any], reply: str) -> list[int]:
+    """Token ids of prompt + reply in the chat template, ending with the assistant's end of turn."""
+    return encode(tok, conversation(pair, reply))[0]
+
+
+def batch_ids(tok: Tokenizer, seqs: list[list[int]], max_len: int, where: list[str],
+              pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and padding mask; a sequence longer than the context is an error naming it."""
+    for ids, w in zip(seqs, where):
+        if len(ids) > max_len:
+            raise LmlabError(f"{w}: prompt + response is {len(ids)} tokens, longer than the context of {max_len}")
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = True
+    return ids, mask
+
+
+def score_pairs(model: RewardModel, tok: Tokenizer, pairs: list[dict[str, Any]], device: torch.device,
+                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen scores, rejected scores) of a batch of pairs, one forward pass over both."""
+    seqs = [pair_ids(tok, p, p[k]) for k in ("chosen", "rejected") for p in pairs]
+    where = [p.get("where", "pair") for p in pairs] * 2
+    ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, where, pad)
+    r = model(ids.to(device), mask.to(device)).float()
+    return r[: len(pairs)], r[len(pairs):]
+
+
+def evaluate(model: RewardModel, tok: Tokenizer, pairs: list[dict[str, Any]], device, pad: int,
+             batch: int = 64) -> dict[str, float]:
+    """Pairwise accuracy (chosen scored above rejected) and mean margin r_c - r_r."""
+    if not pairs:
+        return {"n": 0, "accuracy": float("nan"), "margin": float("nan")}
+    was = model.training
+    model.eval()
+    diffs = []
+    with torch.no_grad():
+        for i in range(0, len(pairs), batch):
+            c, r = score_pairs(model, tok, pairs[i:i + batch], device, pad)
+            diffs.append(c - r)
+    model.train(was)
+    d = torch.cat(diffs)
+    return {"n": len(pairs), "accuracy": (d > 0).float().mean().item(), "margin": d.mean().item()}
+
+
+@dataclass
+class RMConfig:
+    init: str = "runs/quickstart/sft/checkpoint"
+    """Backbone checkpoint (usually the SFT model)."""
+    data: str = "runs/quickstart/world"
+    """Preference pairs: a JSONL file ({"prompt", "chosen", "rejected"} per line, optional "margin") or a world
+    directory (its generated pairs: true answer or abstention over a fabrication)."""
+    out: str = "runs/rm"
+    """Run directory: checkpoint/ (backbone + value head), metrics.jsonl, summary.json."""
+    margin: bool = False
+    """Use each pair's "margin" field in the loss: -log sigmoid(r_c - r_r - margin)."""
+    centring: float = 0.0
+    """Reward centring coefficient: adds coef x (r_c + r_r)^2 (0.01 is usual; 0 = off)."""
+    train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=200, lr=3e-4, min_lr=3e-5))
+    """Optimisation settings (batch_size counts pairs)."""
+
+
+def save_reward_model(path: Path, model: RewardModel, opt: Optimizer, tokenizer: Path, meta: dict) -> None:
+    """One safetensors file: the backbone's weights as usual plus value_head.weight and value_head.bias."""
+    weights = {k.removeprefix("backbone."): v for k, v in opt.weights(model).items()}
+    ckpt_io.save_checkpoint(path, weights, model.backbone.cfg, tokenizer,
+                            meta={"stage": "rm", **meta})
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
+    ck = ckpt_io.load_checkpoint(path)
+    head = {k: ck.weights.pop(k) for k in ("value_head.weight", "value_head.bias") if k in ck.weights}
+    if len(head) != 2:
+        raise LmlabError(f"{path} is not a reward model (no value_head.* weights); train one with `lmlab rm`")
+    model = RewardModel(ckpt_io.build_model(ck))
+    model.value_head.load_state_dict({k.split(".")[1]: v for k, v in head.items()})
+    if ck.tokenizer_path is None:
+        raise LmlabError(f"{path} has no tokenizer.json")
+    return model.to(device).eval(), Tokenizer.load(ck.tokenizer_path)
+
+
+def train_rm(cfg: RMConfig) -> dict[str, Any]:
+    tc = cfg.train
+    device = setup(tc)
+    backbone, ck = load_policy(cfg.init, device)
+    tok = Tokenizer.load(ck.tokenizer_path)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    model = RewardModel(backbone).to(device)
+    train, heldout = load_pairs(cfg.data, tc.seed)
+    if not train:
+        raise LmlabError(f"{cfg.data}: no preference pairs to train on")
+    opt = Optimizer(model, tc, device)
+    out = Path(cfg.out)
+    log = Log(out / "metrics.jsonl")
+    rng = random.Random(tc.seed + 1)
+    order: list[int] = []
+    tokens, flops, t0 = 0, 0.0, time.perf_counter()
+    model.train()
+    for step in range(1, tc.steps + 1):
+        if len(order) < tc.batch_size:
+            more = list(range(len(train)))
+            rng.shuffle(more)
+            order += more
+        pairs = [train[i] for i in order[:tc.batch_size]]
+        del order[:tc.batch_size]
+        with opt.autocast():
+            c, r = score_pairs(model, tok, pairs, device, pad)
+        margin = torch.tensor([float(p.get("margin", 0.0)) for p in pairs], device=device) if cfg.margin else 0.0
+        loss = bradley_terry_loss(c, r, margin, cfg.centring)
+        if not math.isfinite(loss.item()):
+            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
+        loss.backward()
+        lr, norm = opt.apply()
+        n_tok = sum(len(pair_ids(tok, p, p[k])) for p in pairs for k in ("chosen", "rejected"))
+        tokens += n_tok
+        flops += train_flops_per_token(backbone.cfg, backbone.cfg.max_seq_len // 4) * n_tok
+        if step % tc.log_interval == 0 or step == tc.steps:
+            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm,
+                       "accuracy": (c > r).float().mean().item(), "margin": (c - r).mean().item()})
+        if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
+            ev = {name: evaluate(model, tok, pairs_, device, pad) for name, pairs_ in heldout.items()}
+            log.write({"step": step, "eval": True, **{f"{k}_accuracy": v["accuracy"] for k, v in ev.items()}})
+    log.close()
+    wall = time.perf_counter() - t0
+    save_reward_model(out / "checkpoint", model, opt, ck.tokenizer_path,
+                      {"init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
+    train_eval = evaluate(model, tok, train[:500], device, pad)
+    summary = {"steps": tc.steps, "pairs": len(train), "train_accuracy": train_eval["accuracy"],
+               "heldout_accuracy": ev["heldout"]["accuracy"], "heldout_margin": ev["heldout"]["margin"],
+               "heldout": ev, "train_tokens": tokens, "train_flops": flops, "wall_s": round(wall, 2),
+               "checkpoint": str(out / "checkpoint")}
+    update_summary(out / "summary.json", "rm", summary)
+    return summary
+
+
+def run_rm(cfg: RMConfig) -> dict[str, Any]:
+    """`lmlab rm`."""
+    s = train_rm(cfg)
+    print(f"rm: {s['steps']} steps on {s['pairs']} pairs ({s['wall_s']:.0f} s); pairwise accuracy train "
+          f"{s['train_accuracy']:.1%}, held out " +
+          ", ".join(f"{k} {v['accuracy']:.1%} (n={v['n']}, margin {v['margin']:.2f})" for k, v in s["heldout"].items()))
+    print(f"checkpoint {s['checkpoint']}")
+    return {**s, "_printed": True}
+
+
+@dataclass
+class RMScoreConfig:
+    model: str = "runs/quickstart/rm/checkpoint"
+    """Reward model checkpoint (from lmlab rm)."""
+    prompt: str = ""
+    """The user's prompt."""
+    responses: list[str] = field(default_factory=list)
+    """Replies to score (with --file, ignored)."""
+    file: str | None = None
+    """Instead: a JSONL file of {"prompt", "response"} records to score."""
+    device: str = "auto"
+    """'auto', 'cpu' or 'cuda'."""
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("model",)
+
+
+def run_rm_score(cfg: RMScoreConfig) -> dict[str, Any]:
+    """`lmlab rm score`: one score per reply (higher = preferred)."""
+    from lmlab.device import pick_device
+
+    device = pick_device(cfg.device)
+    model, tok = load_reward_model(cfg.model, device)
+    if cfg.file:
+        items = []
+        for n, obj in read_jsonl(cfg.file):
+            if not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("response"), str):
+                raise LmlabError(f"{cfg.file}:{n}: a record needs string fields 'prompt' and 'response'")
+            items.append({"prompt": obj["prompt"], "response": obj["response"], "where": f"{cfg.file}:{n}"})
+    else:
+        if not cfg.prompt or not cfg.responses:
+            raise LmlabError("give --prompt and --responses (a list), or --file with prompt/response records")
+        items = [{"prompt": cfg.prompt, "response": r, "where": f"response {i + 1}"}
+                 for i, r in enumerate(cfg.responses)]
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    scores = []
+    with torch.no_grad():
+        for i in range(0, len(items), 64):
+            chunk = items[i:i + 64]
+            seqs = [pair_ids(tok, x, x["response"]) for x in chunk]
+            ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, [x["where"] for x in chunk], pad)
+            scores += model(ids.to(device), mask.to(device)).float().tolist()
+    for x, s in zip(items, scores):
+        print(f"{s:+.3f}  {x['prompt'][:60]!r} -> {x['response'][:60]!r}")
+    return {"scores": [{"prompt": x["prompt"], "response": x["response"], "score": s} for x, s in zip(items, scores)],
+            "_printed": True}
