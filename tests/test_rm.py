@@ -13,8 +13,18 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.post.rm import (RewardModel, RMConfig, RMScoreConfig, batch_ids, bradley_terry_loss, load_reward_model,
-                           pair_ids, read_preferences, run_rm_score, train_rm)
+from lmlab.post.rm import (
+    RewardModel,
+    RMConfig,
+    RMScoreConfig,
+    batch_ids,
+    bradley_terry_loss,
+    load_reward_model,
+    pair_ids,
+    read_preferences,
+    run_rm_score,
+    train_rm,
+)
 
 
 def test_bradley_terry_loss_matches_hand_computation():
