@@ -58,6 +58,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "rm train": ("train a reward model (backbone + scalar head) on preference pairs, Bradley-Terry loss; "
                  "`lmlab rm` for short", "lmlab.post.rm:RMConfig:run_rm"),
     "rm score": ("score replies to a prompt with a trained reward model", "lmlab.post.rm:RMScoreConfig:run_rm_score"),
+    "dpo": ("Direct Preference Optimization (sigmoid, IPO or hinge loss) against a frozen reference",
+            "lmlab.post.dpo:DPOConfig:run_dpo"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }

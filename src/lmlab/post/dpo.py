@@ -1,0 +1,211 @@
+"""`lmlab dpo`: Direct Preference Optimization (Rafailov et al. 2023) against a frozen reference.
+
+For a pair, h = [log pi(chosen) - log pi(rejected)] - [log ref(chosen) - log ref(rejected)], each log
+probability summed over the response's tokens only (the assistant's reply and its end of turn). Losses:
+'sigmoid' -log sigmoid(beta h) (DPO), 'ipo' (h - 1/(2 beta))^2 (Azar et al. 2023), 'hinge' relu(1 - beta h)
+(SLiC). The implicit rewards beta (log pi - log ref) of chosen and rejected, their margin and how often
+it is positive are logged, as is the policy's drift from the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmlab.data.conversations import IGNORE, encode
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.plan.flops import train_flops_per_token
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.rm import conversation, load_pairs
+from lmlab.summary import update_summary
+from lmlab.train import checkpoint as ckpt_io
+
+LOSSES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(policy_c: torch.Tensor, policy_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
+             beta: float, kind: str = "sigmoid") -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss over a batch of pairs (summed response log-probs in, mean loss out) and its metrics."""
+    h = (policy_c - policy_r) - (ref_c - ref_r)
+    if kind == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+    elif kind == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif kind == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:
+        raise LmlabError(f"loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+    rc, rr = beta * (policy_c - ref_c).detach(), beta * (policy_r - ref_r).detach()
+    metrics = {"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+               "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
+               "logps/chosen": policy_c.detach().mean().item(), "logps/rejected": policy_r.detach().mean().item()}
+    return losses.mean(), metrics
+
+
+def pad_batch(seqs: list[tuple[list[int], list[int]]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """(ids, labels) pairs -> padded ids, next-token targets, mask and positions (right or left padding; the
+    positions count real tokens only, so both paddings give the same numbers)."""
+    T = max(len(ids) for ids, _ in seqs)
+    out = {"ids": torch.full((len(seqs), T), pad, dtype=torch.long),
+           "labels": torch.full((len(seqs), T), IGNORE, dtype=torch.long),
+           "mask": torch.zeros((len(seqs), T), dtype=torch.bool)}
+    for i, (ids, labels) in enumerate(seqs):
+        sl = slice(T - len(ids), T) if left else slice(0, len(ids))
+        out["ids"][i, sl] = torch.tensor(ids)
+        out["labels"][i, sl] = torch.tensor(labels)
+        out["mask"][i, sl] = True
+    out["positions"] = (out["mask"].long().cumsum(1) - 1).clamp(min=0)
+    return out
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
+    """Sum over each row's response tokens of log p(token | everything before it)."""
+    ids, labels = batch["ids"].to(device), batch["labels"].to(device)
+    logits = model(ids, attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(dim=1)
+
+
+def pair_batch(tok: Tokenizer, pairs: list[dict[str, Any]], max_len: int, pad: int) -> dict[str, torch.Tensor]:
+    """Chosen sequences then rejected ones, right-padded; too long a pair is an error naming it."""
+    seqs = []
+    for key in ("chosen", "rejected"):
+        for p in pairs:
+            ids, labels = encode(tok, conversation(p, p[key]))
+            if len(ids) > max_len:
+                raise LmlabError(f"{p.get('where', 'pair')}: prompt + {key} is {len(ids)} tokens, longer than the "
+                                 f"context of {max_len}")
+            seqs.append((ids, labels))
+    return pad_batch(seqs, pad)
+
+
+@dataclass
+class DPOConfig:
+    init: str = "runs/quickstart/sft/checkpoint"
+    """The policy to start from (usually the SFT model)."""
+    ref: str | None = None
+    """The frozen reference (None = a copy of init)."""
+    data: str = "runs/quickstart/world"
+    """Preference pairs: JSONL ({"prompt", "chosen", "rejected"} per line) or a world directory."""
+    out: str = "runs/dpo"
+    """Run directory: checkpoint/, metrics.jsonl, summary.json."""
+    beta: float = 0.1
+    """Strength of the pull towards the reference (smaller = the policy may move further)."""
+    loss: str = "sigmoid"
+    """'sigmoid' (DPO), 'ipo' or 'hinge'."""
+    nll_weight: float = 0.0
+    """Add this times the chosen replies' mean token negative log-likelihood (RPO, Pang et al. 2024): keeps
+    chosen replies likely in absolute terms, which plain DPO does not (it only widens the gap), so that a
+    chosen reply the SFT model never produced, such as an abstention, can become the greedy one."""
+    precompute_ref: bool = True
+    """Score every pair under the reference once before training, then free it (half the forward passes)."""
+    eval_questions: int = 100
+    """With a world as data: questions per group for the chat-format evaluation before and after."""
+    train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=150, lr=1e-4, min_lr=1e-5))
+    """Optimisation settings (batch_size counts pairs)."""
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise LmlabError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.nll_weight < 0:
+            raise LmlabError(f"nll_weight must be >= 0, got {self.nll_weight}")
+        if not self.beta > 0:
+            raise LmlabError(f"beta must be positive, got {self.beta}")
+
+
+def dpo(cfg: DPOConfig) -> dict[str, Any]:
+    from lmlab.post.evaluate import policy_report
+
+    tc = cfg.train
+    device = setup(tc)
+    policy, ck = load_policy(cfg.init, device)
+    ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
+    ref.eval().requires_grad_(False)
+    tok = Tokenizer.load(ck.tokenizer_path)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    train, heldout = load_pairs(cfg.data, tc.seed)
+    if not train:
+        raise LmlabError(f"{cfg.data}: no preference pairs to train on")
+    max_len = policy.cfg.max_seq_len
+    for p in train:  # fail before training, naming the pair, rather than mid-run
+        pair_batch(tok, [p], max_len, pad)
+    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    ref_scores = None
+    if cfg.precompute_ref:
+        with torch.no_grad():
+            ref_scores = torch.cat([sequence_logprobs(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device)
+                                    .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
+    opt = Optimizer(policy, tc, device)
+    out = Path(cfg.out)
+    log = Log(out / "metrics.jsonl")
+    rng = random.Random(tc.seed + 1)
+    order: list[int] = []
+    tokens, flops, t0 = 0, 0.0, time.perf_counter()
+    policy.train()
+    for step in range(1, tc.steps + 1):
+        if len(order) < tc.batch_size:
+            more = list(range(len(train)))
+            rng.shuffle(more)
+            order += more
+        idx = order[:tc.batch_size]
+        del order[:tc.batch_size]
+        batch = pair_batch(tok, [train[i] for i in idx], max_len, pad)
+        n = len(idx)
+        if ref_scores is not None:
+            ref_c, ref_r = ref_scores[idx, 0], ref_scores[idx, 1]
+        else:
+            with torch.no_grad():
+                r = sequence_logprobs(ref, batch, device)
+            ref_c, ref_r = r[:n], r[n:]
+        with opt.autocast():
+            lp = sequence_logprobs(policy, batch, device)
+        loss, metrics = dpo_loss(lp[:n], lp[n:], ref_c, ref_r, cfg.beta, cfg.loss)
+        if cfg.nll_weight:
+            chosen_tokens = (batch["labels"][:n, 1:] != IGNORE).sum(1).clamp(min=1).to(lp.device)
+            nll = (-lp[:n] / chosen_tokens).mean()
+            loss = loss + cfg.nll_weight * nll
+            metrics["nll/chosen"] = nll.item()
+        if not math.isfinite(loss.item()):
+            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
+        loss.backward()
+        lr, norm = opt.apply()
+        n_tok = int(batch["mask"].sum())
+        tokens += n_tok
+        flops += train_flops_per_token(policy.cfg, batch["ids"].shape[1]) * n_tok
+        if step % tc.log_interval == 0 or step == tc.steps:
+            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **metrics})
+    log.close()
+    wall = time.perf_counter() - t0
+    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(policy), policy.cfg, ck.tokenizer_path,
+                            meta={"stage": "dpo", "init": str(cfg.init), "beta": cfg.beta, "loss": cfg.loss})
+    after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    summary = {"steps": tc.steps, "pairs": len(train), "beta": cfg.beta, "loss": cfg.loss,
+               "final": metrics, "train_tokens": tokens, "train_flops": flops, "wall_s": round(wall, 2),
+               "checkpoint": str(out / "checkpoint"), "before": before, "after": after}
+    update_summary(out / "summary.json", "dpo", summary)
+    return summary
+
+
+def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """`lmlab dpo`."""
+    from lmlab.post.evaluate import print_report
+
+    s = dpo(cfg)
+    f = s["final"]
+    print(f"dpo ({s['loss']}, beta {s['beta']}): {s['steps']} steps on {s['pairs']} pairs, {s['wall_s']:.0f} s; "
+          f"last batch: reward margin {f['rewards/margins']:.2f}, accuracy {f['rewards/accuracies']:.0%}")
+    print_report(s["before"], s["after"])
+    print(f"checkpoint {s['checkpoint']}")
+    return {**s, "_printed": True}

@@ -1,0 +1,96 @@
+"""How a post-trained policy compares with where it started, on the world's known truth.
+
+On held-out prompts: greedy chat-format replies graded by the gold reward (+1 true answer or abstention
+about an unknown person, 0 abstention about a known one, -1 a wrong or made-up answer), exact match,
+fabrication and abstention rates, and the KL divergence from the reference estimated on replies
+sampled from the policy (k1 = sum of log pi - log ref; k3 = sum of r - 1 - log r with r = ref / pi,
+unbiased and never negative, Schulman 2020).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmlab.data.chat import END_OF_TURN, render
+from lmlab.data.conversations import IGNORE
+from lmlab.post.world_data import gold_reward, is_world_dir, preference_pairs
+
+
+def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of each next token, mask of the response tokens), both (B, T-1)."""
+    logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
+    target = batch["labels"][:, 1:].to(device)
+    keep = target != IGNORE
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return lp * keep, keep
+
+
+@torch.no_grad()
+def kl_to_reference(policy, ref, tok, prompts: list[str], device, seed: int = 0,
+                    max_new_tokens: int = 24) -> dict[str, float]:
+    """KL(policy || ref) per reply, estimated on one reply sampled (temperature 1) from the policy per prompt."""
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.sampling import SamplingParams
+    from lmlab.post.dpo import pad_batch
+
+    eot = tok.token_to_id(END_OF_TURN)
+    engine = Engine(policy, tok, device=device)
+    texts = [render([{"role": "user", "content": p}]) for p in prompts]
+    outs = engine.generate(texts, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed,
+                                                 stop_token_ids=[eot], ignore_eos=True))
+    seqs = []
+    for text, o in zip(texts, outs):
+        c = o.completions[0]
+        reply = c.token_ids + ([eot] if c.finish_reason == "stop" else [])
+        prompt = tok.encode(text)
+        seqs.append((prompt + reply, [IGNORE] * len(prompt) + reply))
+    batch = pad_batch(seqs, tok.pad_id if tok.pad_id is not None else 0)
+    lp, keep = token_logprobs(policy, batch, device)
+    lr, _ = token_logprobs(ref, batch, device)
+    d = (lr - lp) * keep  # log (ref / pi) per token
+    k1 = (-d).sum(1)
+    k3 = ((d.exp() - 1 - d) * keep).sum(1)
+    return {"kl_k1": k1.mean().item(), "kl_k3": k3.mean().item(), "n": len(prompts)}
+
+
+def policy_report(policy, ref, tok, data: str, n: int, device, seed: int = 0) -> dict[str, Any] | None:
+    """Chat QA and gold reward on held-out world prompts, and KL to the reference (None unless data is a world)."""
+    if not is_world_dir(data) or n <= 0:
+        return None
+    from lmlab.data.world import load_world
+    from lmlab.evals.chat import chat_answers, chat_qa
+    from lmlab.infer.engine import Engine
+
+    was = policy.training
+    world = load_world(data)
+    qa = chat_qa(Engine(policy, tok, device=device), world, per_group=n, seed=seed)
+    splits = preference_pairs(world, seed)
+    known = {q["question"]: q for q in world["qa_train"] + world["qa_test"]}
+    gold = {}
+    for name, pairs in (("heldout", splits["heldout"][:2 * n]), ("qa_test", splits["heldout_qa_test"][:n])):
+        replies = chat_answers(Engine(policy, tok, device=device), [p["prompt"] for p in pairs])
+        scores = [gold_reward(known.get(p["prompt"], {"answer": None}), a, p["group"] == "unknown")
+                  for p, (a, _) in zip(pairs, replies)]
+        gold[name] = sum(scores) / max(len(scores), 1)
+    prompts = [p["prompt"] for p in splits["heldout"][:n]]
+    kl = kl_to_reference(policy, ref, tok, prompts, device, seed)
+    policy.train(was)
+    return {"gold_reward": gold, "kl": kl,
+            **{g: {k: v for k, v in r.items() if k != "examples"} for g, r in qa.items()}}
+
+
+def print_report(before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    if not before or not after:
+        return
+    for name in ("heldout", "qa_test"):
+        b, a = before["gold_reward"][name], after["gold_reward"][name]
+        print(f"  gold reward ({name} prompts): {b:+.3f} -> {a:+.3f}")
+    print(f"  unknown people: fabrication {before['unknown']['fabrication_rate']:.1%} -> "
+          f"{after['unknown']['fabrication_rate']:.1%}, abstention {before['unknown']['abstention_rate']:.1%} -> "
+          f"{after['unknown']['abstention_rate']:.1%}")
+    for g in ("train", "test"):
+        print(f"  QA-{g} exact match {before[g]['exact_match']:.1%} -> {after[g]['exact_match']:.1%}")
+    print(f"  KL to the reference per reply: k1 {after['kl']['kl_k1']:.3f}, k3 {after['kl']['kl_k3']:.3f} "
+          f"(before: {before['kl']['kl_k3']:.3f})")
