@@ -68,16 +68,23 @@ def policy_report(policy, ref, tok, data: str, n: int, device, seed: int = 0) ->
     qa = chat_qa(Engine(policy, tok, device=device), world, per_group=n, seed=seed)
     splits = preference_pairs(world, seed)
     known = {q["question"]: q for q in world["qa_train"] + world["qa_test"]}
-    gold = {}
+    gold, held = {}, {}
     for name, pairs in (("heldout", splits["heldout"][:2 * n]), ("qa_test", splits["heldout_qa_test"][:n])):
         replies = chat_answers(Engine(policy, tok, device=device), [p["prompt"] for p in pairs])
         scores = [gold_reward(known.get(p["prompt"], {"answer": None}), a, p["group"] == "unknown")
                   for p, (a, _) in zip(pairs, replies)]
         gold[name] = sum(scores) / max(len(scores), 1)
+        if name == "heldout":  # the same split, by kind: people DPO/RL never saw a pair about
+            unknown = [s for p, s in zip(pairs, scores) if p["group"] == "unknown"]
+            facts = [s for p, s in zip(pairs, scores) if p["group"] != "unknown"]
+            nu, nf = max(len(unknown), 1), max(len(facts), 1)
+            held = {"unknown_n": len(unknown), "unknown_abstention": sum(s == 1 for s in unknown) / nu,
+                    "unknown_fabrication": sum(s == -1 for s in unknown) / nu,
+                    "known_n": len(facts), "known_exact_match": sum(s == 1 for s in facts) / nf}
     prompts = [p["prompt"] for p in splits["heldout"][:n]]
     kl = kl_to_reference(policy, ref, tok, prompts, device, seed)
     policy.train(was)
-    return {"gold_reward": gold, "kl": kl,
+    return {"gold_reward": gold, "heldout": held, "kl": kl,
             **{g: {k: v for k, v in r.items() if k != "examples"} for g, r in qa.items()}}
 
 
@@ -87,7 +94,10 @@ def print_report(before: dict[str, Any] | None, after: dict[str, Any] | None) ->
     for name in ("heldout", "qa_test"):
         b, a = before["gold_reward"][name], after["gold_reward"][name]
         print(f"  gold reward ({name} prompts): {b:+.3f} -> {a:+.3f}")
-    print(f"  unknown people: fabrication {before['unknown']['fabrication_rate']:.1%} -> "
+    bh, ah = before["heldout"], after["heldout"]
+    print(f"  held-out unknown people: fabrication {bh['unknown_fabrication']:.1%} -> {ah['unknown_fabrication']:.1%}; "
+          f"held-out QA-train questions: exact match {bh['known_exact_match']:.1%} -> {ah['known_exact_match']:.1%}")
+    print(f"  all unknown people: fabrication {before['unknown']['fabrication_rate']:.1%} -> "
           f"{after['unknown']['fabrication_rate']:.1%}, abstention {before['unknown']['abstention_rate']:.1%} -> "
           f"{after['unknown']['abstention_rate']:.1%}")
     for g in ("train", "test"):

@@ -165,6 +165,56 @@ def write_report(out: Path, samples: list[str]) -> Path:
             lines.append(f"| QA-{g} | {b[g]['stop_rate']:.1%} -> {a[g]['stop_rate']:.1%} | "
                          f"{metric.replace('_', ' ')} {b[g][metric]:.1%} -> {a[g][metric]:.1%} |")
         lines += [""]
+    rm, dp = s.get("rm", {}), s.get("dpo", {})
+    if rm:
+        ho = rm.get("heldout", {})
+        lines += [
+            "## Reward model",
+            "",
+            f"Bradley-Terry on {_fmt(rm['pairs'])} world preference pairs (true answer over a plausible wrong one; "
+            f"\"I don't know.\" over a made-up answer for unknown people), {rm['steps']} steps from the SFT model, "
+            f"{_fmt(rm['wall_s'], '.0f')} s. Pairwise accuracy: training pairs {rm['train_accuracy']:.1%}; held out "
+            f"{rm['heldout_accuracy']:.1%} (other QA-train questions and unknown people never trained on); QA-test "
+            f"people {ho.get('heldout_qa_test', {}).get('accuracy', float('nan')):.1%} (facts seen only in "
+            "biographies; 50% is chance).",
+            "",
+        ]
+    if dp.get("after"):
+        b, a = dp["before"], dp["after"]
+        lines += [
+            "## DPO",
+            "",
+            f"{dp['steps']} steps on the same pairs from the SFT model ({dp['loss']}, beta {dp['beta']}), "
+            f"{_fmt(dp['wall_s'], '.0f')} s. Greedy chat replies, SFT model -> DPO model:",
+            "",
+            "| measure | SFT | DPO |",
+            "|---|---|---|",
+            f"| gold reward, held-out prompts | {b['gold_reward']['heldout']:+.3f} | "
+            f"{a['gold_reward']['heldout']:+.3f} |",
+            f"| gold reward, QA-test prompts | {b['gold_reward']['qa_test']:+.3f} | "
+            f"{a['gold_reward']['qa_test']:+.3f} |",
+            f"| held-out unknown people: fabricated | {b['heldout']['unknown_fabrication']:.1%} | "
+            f"{a['heldout']['unknown_fabrication']:.1%} |",
+            f"| held-out unknown people: abstained | {b['heldout']['unknown_abstention']:.1%} | "
+            f"{a['heldout']['unknown_abstention']:.1%} |",
+            f"| held-out QA-train questions: exact match | {b['heldout']['known_exact_match']:.1%} | "
+            f"{a['heldout']['known_exact_match']:.1%} |",
+            f"| all unknown people (half trained on): fabricated | {b['unknown']['fabrication_rate']:.1%} | "
+            f"{a['unknown']['fabrication_rate']:.1%} |",
+            f"| QA-train questions DPO trained on: exact match | {b['train']['exact_match']:.1%} | "
+            f"{a['train']['exact_match']:.1%} |",
+            f"| QA-test exact match | {b['test']['exact_match']:.1%} | {a['test']['exact_match']:.1%} |",
+            f"| KL to the SFT model per reply (k3) | 0 | {a['kl']['kl_k3']:.2f} |",
+            "",
+        ]
+    pre = s.get("pretrain", {}).get("train_flops")
+    post = {k: s[k]["train_flops"] for k in ("sft", "rm", "dpo") if s.get(k, {}).get("train_flops")}
+    if pre and post:
+        lines += ["## Compute", "", "| stage | training FLOPs | share of pretraining |", "|---|---|---|",
+                  f"| pretraining | {pre:.3g} | 100% |"]
+        lines += [f"| {k} | {v:.3g} | {v / pre:.2%} |" for k, v in post.items()]
+        lines += [f"| post-training, total | {sum(post.values()):.3g} | {sum(post.values()) / pre:.2%} |", "",
+                  "The rule of thumb is that post-training costs about 2% of pretraining compute.", ""]
     lines += ["## Greedy samples", ""]
     for smp in samples:
         lines += ["```", smp.strip(), "```", ""]
