@@ -60,6 +60,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "rm score": ("score replies to a prompt with a trained reward model", "lmlab.post.rm:RMScoreConfig:run_rm_score"),
     "dpo": ("Direct Preference Optimization (sigmoid, IPO or hinge loss) against a frozen reference",
             "lmlab.post.dpo:DPOConfig:run_dpo"),
+    "rl": ("RLHF: PPO or GRPO against a reward model, the world's gold reward or a Python function, KL-leashed",
+           "lmlab.post.rl:RLConfig:run_rl"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }

@@ -1,0 +1,348 @@
+"""`lmlab rl`: reinforcement learning from a reward, PPO or GRPO, with a KL leash to the reference.
+
+Each step samples replies to a batch of prompts with the inference engine, scores every reply with the
+reward (a reward model from `lmlab rm`, the world's gold reward, or a Python function), and updates the
+policy on those rollouts for a few epochs:
+
+- PPO (Schulman et al. 2017, as in Ouyang et al. 2022): a value head on the policy's hidden states,
+  per-token rewards = -kl_coef x KL estimate to the reference, plus the reply's reward on its last
+  token; advantages by GAE (gamma, lambda); clipped policy and value losses.
+- GRPO (Shao et al. 2024): `group_size` replies per prompt, advantage = (reward - group mean) / group
+  std for every token of a reply, no value model; the KL to the reference (k3) is a loss term.
+
+KL per token: k1 = log pi - log ref, k3 = r - 1 - log r with r = ref / pi (Schulman 2020).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lmlab.data.chat import END_OF_TURN, render
+from lmlab.data.conversations import IGNORE, read_jsonl
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.errors import LmlabError
+from lmlab.plan.flops import train_flops_per_token
+from lmlab.post.dpo import pad_batch
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.summary import update_summary
+from lmlab.train import checkpoint as ckpt_io
+
+ALGOS = ("ppo", "grpo")
+
+
+def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """KL(pi || ref) estimated per sampled token from the two log-probabilities."""
+    d = ref_logp - logp  # log (ref / pi)
+    if estimator == "k1":
+        return -d
+    if estimator == "k3":
+        return d.exp() - 1 - d
+    raise LmlabError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's response tokens (mask), the value after the last
+    token being 0. Returns (advantages, returns = advantages + values)."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    next_value = torch.zeros_like(running)
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        m = mask[:, t].to(rewards.dtype)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * m + running * (1 - m)
+        adv[:, t] = running * m
+        next_value = values[:, t] * m + next_value * (1 - m)
+    return adv, adv + values
+
+
+def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                    clip: float) -> tuple[torch.Tensor, float]:
+    """Mean over response tokens of -min(ratio A, clip(ratio, 1 - e, 1 + e) A); and the clipped fraction."""
+    ratio = (logp - old_logp).exp()
+    loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    m = mask.float()
+    clipped = (((ratio - 1).abs() > clip).float() * m).sum() / m.sum().clamp(min=1)
+    return (loss * m).sum() / m.sum().clamp(min=1), clipped.item()
+
+
+def ppo_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                   clip: float) -> torch.Tensor:
+    """Mean over response tokens of 0.5 max((v - R)^2, (clip(v, v_old +- e) - R)^2)."""
+    clipped = old_v + (v - old_v).clamp(-clip, clip)
+    loss = 0.5 * torch.max((v - returns) ** 2, (clipped - returns) ** 2)
+    m = mask.float()
+    return (loss * m).sum() / m.sum().clamp(min=1)
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(reward - its group's mean) / (its group's std + eps); rows come in consecutive groups."""
+    g = rewards.view(-1, group_size)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+
+
+class PolicyWithValue(nn.Module):
+    """The policy and a scalar value head on its hidden states (the value model of PPO shares the backbone)."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.cfg.d_model, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p of each next token, entropy of each next-token distribution, value at each position),
+        all (B, T-1), aligned with the tokens being predicted."""
+        h = self.policy(batch["ids"].to(device), attn_mask=batch["mask"].to(device),
+                        positions=batch["positions"].to(device), return_hidden=True)
+        logits = self.policy.logits(h[:, :-1]).float()
+        logp_all = torch.log_softmax(logits, -1)
+        target = batch["labels"][:, 1:].to(device).clamp(min=0)
+        logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy, self.value_head(h[:, :-1]).squeeze(-1).float()
+
+
+def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]], list[float]]:
+    """The reward: 'gold' (the world's facts; needs a world as data), 'rm:PATH' (a reward model from lmlab rm)
+    or 'python:module:function' (your function f(prompt, reply) -> float; code you wrote, run as is)."""
+    if spec == "gold":
+        from lmlab.post.world_data import gold_reward, is_world_dir
+
+        if not is_world_dir(data):
+            raise LmlabError("reward 'gold' needs a world directory as data (it checks replies against its facts)")
+        from lmlab.data.world import load_world
+
+        world = load_world(data)
+        known = {q["question"]: q for q in world["qa_train"] + world["qa_test"]}
+        unknown = {q["question"] for q in world["qa_unknown"]}
+
+        def gold(prompts: list[str], replies: list[str]) -> list[float]:
+            return [gold_reward(known.get(p, {"answer": None}), r, p in unknown) for p, r in zip(prompts, replies)]
+        return gold
+    if spec.startswith("rm:"):
+        from lmlab.post.rm import batch_ids, load_reward_model, pair_ids
+
+        model, tok = load_reward_model(spec[3:], device)
+        pad = tok.pad_id if tok.pad_id is not None else 0
+
+        @torch.no_grad()
+        def rm(prompts: list[str], replies: list[str]) -> list[float]:
+            seqs = [pair_ids(tok, {"prompt": p}, r) for p, r in zip(prompts, replies)]
+            ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, ["rollout"] * len(seqs), pad)
+            return model(ids.to(device), mask.to(device)).float().tolist()
+        return rm
+    if spec.startswith("python:"):
+        module, _, name = spec[7:].rpartition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise LmlabError(f"reward {spec!r}: cannot load {name!r} from module {module!r} ({e})") from None
+        return lambda prompts, replies: [float(fn(p, r)) for p, r in zip(prompts, replies)]
+    raise LmlabError(f"reward must be 'gold', 'rm:PATH' or 'python:module:function', got {spec!r}")
+
+
+def load_prompts(data: str, seed: int) -> list[str]:
+    """Training prompts: a world's training split (the questions DPO also trains on), or a JSONL of {"prompt"}."""
+    from lmlab.post.world_data import is_world_dir, preference_pairs
+
+    if is_world_dir(data):
+        from lmlab.data.world import load_world
+
+        return [p["prompt"] for p in preference_pairs(load_world(data), seed)["train"]]
+    prompts = []
+    for n, obj in read_jsonl(data):
+        if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise LmlabError(f"{data}:{n}: a record needs a non-empty string 'prompt'")
+        prompts.append(obj["prompt"])
+    return prompts
+
+
+@dataclass
+class RLConfig:
+    init: str = "runs/quickstart/sft/checkpoint"
+    """The policy to start from (usually the SFT model); it is also the reference unless `ref` is set."""
+    ref: str | None = None
+    """The frozen reference for the KL penalty (None = a copy of init)."""
+    data: str = "runs/quickstart/world"
+    """Prompts: a world directory (its training questions) or a JSONL file of {"prompt": ...}."""
+    reward: str = "gold"
+    """'gold' (the world's facts), 'rm:PATH' (a reward model from lmlab rm) or 'python:module:function'."""
+    out: str = "runs/rl"
+    """Run directory: checkpoint/, metrics.jsonl, summary.json."""
+    algo: str = "grpo"
+    """'ppo' (value head, GAE, clipped losses) or 'grpo' (group-normalised advantages, no value model)."""
+    prompts_per_step: int = 16
+    """Prompts sampled per step."""
+    group_size: int = 4
+    """Replies per prompt (GRPO's group; PPO samples this many too)."""
+    max_new_tokens: int = 24
+    """Longest reply."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference: in the per-token reward (PPO) or the loss (GRPO)."""
+    kl_estimator: str = "k3"
+    """'k1' (log pi - log ref) or 'k3' ((ref/pi) - 1 - log(ref/pi)); PPO's reward uses it per token."""
+    clip: float = 0.2
+    """PPO/GRPO ratio clip epsilon (and PPO's value clip)."""
+    epochs: int = 2
+    """Optimisation passes over each step's rollouts."""
+    gamma: float = 1.0
+    """PPO discount."""
+    lam: float = 0.95
+    """PPO GAE lambda."""
+    vf_coef: float = 0.5
+    """PPO value-loss weight."""
+    eval_questions: int = 100
+    """With a world as data: questions per group for the evaluation before and after."""
+    train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=60, lr=3e-5, min_lr=3e-6,
+                                                                           warmup_steps=5, log_interval=5))
+    """Optimisation settings (steps = rollout rounds; batch_size unused)."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise LmlabError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise LmlabError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        for key in ("prompts_per_step", "group_size", "max_new_tokens", "epochs"):
+            if getattr(self, key) < 1:
+                raise LmlabError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.algo == "grpo" and self.group_size < 2:
+            raise LmlabError("grpo needs group_size >= 2 (advantages compare replies to the same prompt)")
+        if not self.temperature > 0:
+            raise LmlabError(f"temperature must be positive, got {self.temperature}")
+
+
+def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
+    """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row)."""
+    from lmlab.infer.engine import Engine
+    from lmlab.infer.sampling import SamplingParams
+
+    eot = tok.token_to_id(END_OF_TURN)
+    texts = [render([{"role": "user", "content": p}]) for p in prompts]
+    outs = Engine(model, tok, device=device).generate(texts, SamplingParams(
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=seed,
+        stop_token_ids=[eot], ignore_eos=True))
+    seqs, replies, row_prompts = [], [], []
+    for p, text, o in zip(prompts, texts, outs):
+        prompt_ids = tok.encode(text)
+        for c in o.completions:
+            reply = c.token_ids + ([eot] if c.finish_reason == "stop" else [])
+            seqs.append((prompt_ids + reply, [IGNORE] * len(prompt_ids) + reply))
+            replies.append(c.text.strip())
+            row_prompts.append(p)
+    return pad_batch(seqs, tok.pad_id if tok.pad_id is not None else 0), replies, row_prompts
+
+
+def rl(cfg: RLConfig) -> dict[str, Any]:
+    from lmlab.post.evaluate import policy_report
+
+    tc = cfg.train
+    device = setup(tc)
+    policy, ck = load_policy(cfg.init, device)
+    ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
+    ref.eval().requires_grad_(False)
+    tok = Tokenizer.load(ck.tokenizer_path)
+    reward_fn = load_reward(cfg.reward, cfg.data, device)
+    prompts = load_prompts(cfg.data, tc.seed)
+    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    model = PolicyWithValue(policy).to(device)
+    # one optimizer step per epoch of each rollout round: the schedule spans them all
+    opt = Optimizer(model, replace(tc, steps=tc.steps * cfg.epochs, warmup_steps=tc.warmup_steps * cfg.epochs),
+                    device)
+    out = Path(cfg.out)
+    log = Log(out / "metrics.jsonl")
+    rng = random.Random(tc.seed + 1)
+    tokens, flops, t0, row = 0, 0.0, time.perf_counter(), {}
+    for step in range(1, tc.steps + 1):
+        batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
+        batch, replies, row_prompts = rollouts(policy, tok, batch_prompts, cfg, device, tc.seed * 100_003 + step)
+        mask = (batch["labels"][:, 1:] != IGNORE).to(device)
+        rewards = torch.tensor(reward_fn(row_prompts, replies), dtype=torch.float32, device=device)
+        with torch.no_grad():
+            model.eval()
+            old_logp, _, old_v = model(batch, device)
+            ref_logp = _ref_logp(ref, batch, device)
+            kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+            if cfg.algo == "ppo":
+                last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
+                token_rewards = -cfg.kl_coef * kl
+                token_rewards[torch.arange(len(rewards)), last] += rewards
+                adv, returns = gae(token_rewards, old_v * mask, mask, cfg.gamma, cfg.lam)
+                m = mask.float()
+                mean = (adv * m).sum() / m.sum()
+                std = (((adv - mean) ** 2 * m).sum() / m.sum()).sqrt()
+                adv = (adv - mean) / (std + 1e-8) * m
+            else:
+                adv = grpo_advantages(rewards, cfg.group_size)[:, None] * mask
+        model.train()
+        stats = []
+        for _ in range(cfg.epochs):
+            with opt.autocast():
+                logp, entropy, v = model(batch, device)
+            pg, clipped = ppo_policy_loss(logp, old_logp, adv, mask, cfg.clip)
+            loss = pg
+            if cfg.algo == "ppo":
+                vl = ppo_value_loss(v, old_v, returns, mask, cfg.clip)
+                loss = loss + cfg.vf_coef * vl
+            else:
+                vl = torch.zeros(())
+                m = mask.float()
+                loss = loss + cfg.kl_coef * ((kl_per_token(logp, ref_logp, "k3") * m).sum() / m.sum())
+            if not math.isfinite(loss.item()):
+                raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
+            loss.backward()
+            lr, norm = opt.apply()
+            stats.append((pg.item(), vl.item(), clipped, (entropy * mask).sum().item() / mask.sum().item()))
+        n_tok = int(batch["mask"].sum())
+        tokens += n_tok * cfg.epochs
+        flops += train_flops_per_token(policy.cfg, batch["ids"].shape[1]) * n_tok * (cfg.epochs + 2 / 3)
+        if step % tc.log_interval == 0 or step == tc.steps:
+            row = {"step": step, "reward": rewards.mean().item(), "kl": (kl.sum(1)).mean().item(),
+                   "policy_loss": stats[-1][0], "value_loss": stats[-1][1], "clip_fraction": stats[-1][2],
+                   "entropy": stats[-1][3], "lr": lr, "grad_norm": norm,
+                   "reply_tokens": mask.sum().item() / len(rewards)}
+            log.write(row)
+    log.close()
+    wall = time.perf_counter() - t0
+    weights = {k.removeprefix("policy."): v for k, v in opt.weights(model).items() if not k.startswith("value_head")}
+    ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path,
+                            meta={"stage": "rl", "algo": cfg.algo, "init": str(cfg.init), "reward": cfg.reward})
+    after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    summary = {"algo": cfg.algo, "reward": cfg.reward, "steps": tc.steps, "final": row, "train_tokens": tokens,
+               "train_flops": flops, "wall_s": round(wall, 2), "checkpoint": str(out / "checkpoint"),
+               "before": before, "after": after}
+    update_summary(out / "summary.json", "rl", summary)
+    return summary
+
+
+def _ref_logp(ref, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
+    logits = ref(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
+    target = batch["labels"][:, 1:].to(device).clamp(min=0)
+    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def run_rl(cfg: RLConfig) -> dict[str, Any]:
+    """`lmlab rl`."""
+    from lmlab.post.evaluate import print_report
+
+    s = rl(cfg)
+    f = s["final"]
+    print(f"rl ({s['algo']}, reward {s['reward']}): {s['steps']} steps, {s['wall_s']:.0f} s; last step: reward "
+          f"{f['reward']:+.3f}, KL {f['kl']:.3f}, entropy {f['entropy']:.3f}, clip fraction {f['clip_fraction']:.2f}")
+    print_report(s["before"], s["after"])
+    print(f"checkpoint {s['checkpoint']}")
+    return {**s, "_printed": True}

@@ -1,0 +1,94 @@
+"""RL: KL estimators, GAE, the PPO and GRPO pieces against hand computation, and short PPO/GRPO runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmlab.config import from_dict
+from lmlab.errors import LmlabError
+from lmlab.post.rl import RLConfig, gae, grpo_advantages, kl_per_token, load_reward, ppo_policy_loss, ppo_value_loss, rl
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    assert kl_per_token(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    r = [math.exp(-0.5), math.exp(1.0)]  # ref / pi
+    assert kl_per_token(logp, ref, "k3").tolist() == pytest.approx([x - 1 - math.log(x) for x in r])
+    assert (kl_per_token(torch.randn(100), torch.randn(100), "k3") >= 0).all()
+
+
+def test_gae_matches_hand_computation():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    gamma, lam = 0.9, 0.8
+    d2 = 1.0 + 0 - 0.7
+    d1 = 0.0 + gamma * 0.7 - 0.6
+    d0 = 0.0 + gamma * 0.6 - 0.5
+    a2, a1 = d2, d1 + gamma * lam * d2
+    a0 = d0 + gamma * lam * a1
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    assert adv[0, :3].tolist() == pytest.approx([a0, a1, a2]) and adv[0, 3] == 0
+    assert ret[0, :3].tolist() == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7])
+
+
+def test_ppo_losses_match_hand_computation():
+    logp = torch.tensor([[math.log(1.5), math.log(0.5), 0.0]])
+    old = torch.zeros(1, 3)
+    adv = torch.tensor([[1.0, 1.0, -1.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss, clipped = ppo_policy_loss(logp, old, adv, mask, 0.2)
+    # ratio 1.5 clipped to 1.2 (A > 0): -1.2; ratio 0.5, A > 0: min(0.5, 0.8) = 0.5 -> -0.5
+    assert loss.item() == pytest.approx((-1.2 - 0.5) / 2) and clipped == pytest.approx(1.0)
+    v, old_v, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[0.0, 1.0]])
+    vl = ppo_value_loss(v, old_v, ret, torch.tensor([[True, True]]), 0.2)
+    # row 0: max((1-0)^2, (0.7-0)^2) = 1; row 1: max(1, 1) = 1 -> 0.5 x mean(1, 1)
+    assert vl.item() == pytest.approx(0.5)
+
+
+def test_grpo_advantages_are_normalised_within_groups():
+    adv = grpo_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0, 5.0, 5.0, 5.0, 5.0]), 4)
+    assert adv[:4].tolist() == pytest.approx([1, -1, 1, -1], abs=1e-4)
+    assert adv[4:].tolist() == pytest.approx([0, 0, 0, 0])  # no signal when every reply scores the same
+
+
+def test_bad_settings_and_rewards_are_refused(tmp_path):
+    with pytest.raises(LmlabError, match="grpo needs group_size >= 2"):
+        RLConfig(group_size=1)
+    with pytest.raises(LmlabError, match="algo must be one of ppo, grpo"):
+        RLConfig(algo="a2c")
+    with pytest.raises(LmlabError, match="reward must be 'gold'"):
+        load_reward("bleu", str(tmp_path), "cpu")
+    with pytest.raises(LmlabError, match="needs a world directory"):
+        load_reward("gold", str(tmp_path), "cpu")
+    with pytest.raises(LmlabError, match="cannot load 'nope'"):
+        load_reward("python:math:nope", str(tmp_path), "cpu")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_short_rl_run_raises_the_reward_of_a_python_function(tiny_data, tiny_model, tmp_path, algo):
+    # Reward: the reply is short. Easy to learn, checkable, and independent of any learned model.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "Tell me about person {i}."}}\n' for i in range(8)))
+    (tmp_path / "short_reward.py").write_text("def reward(prompt, reply):\n    return -len(reply) / 20\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = from_dict(RLConfig, {
+            "init": str(tiny_model), "data": str(prompts), "reward": "python:short_reward:reward", "algo": algo,
+            "out": str(tmp_path / algo), "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 12,
+            "train": {"steps": 25, "lr": 1e-3, "min_lr": 1e-3, "warmup_steps": 0, "device": "cpu", "threads": 1,
+                      "log_interval": 1}})
+        s = rl(cfg)
+    finally:
+        sys.path.remove(str(tmp_path))
+    import json
+    rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["reward"] for r in rows[:5]) / 5
+    last = sum(r["reward"] for r in rows[-5:]) / 5
+    assert last > first + 0.1, (first, last)
+    assert all(math.isfinite(r["kl"]) and 0 <= r["clip_fraction"] <= 1 for r in rows)
+    assert s["final"]["kl"] > 0 and (tmp_path / algo / "checkpoint" / "model.safetensors").is_file()
