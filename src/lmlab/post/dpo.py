@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from lmlab.data.conversations import IGNORE, encode
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.post.rm import conversation, load_pairs
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
@@ -133,8 +132,7 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     policy, ck = load_policy(cfg.init, device)
     ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
-    tok = Tokenizer.load(ck.tokenizer_path)
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    tok, pad = tokenizer_of(ck)
     train, heldout = load_pairs(cfg.data, tc.seed)
     if not train:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
@@ -150,17 +148,11 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     opt = Optimizer(policy, tc, device)
     out = Path(cfg.out)
     log = Log(out / "metrics.jsonl")
-    rng = random.Random(tc.seed + 1)
-    order: list[int] = []
+    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     policy.train()
     for step in range(1, tc.steps + 1):
-        if len(order) < tc.batch_size:
-            more = list(range(len(train)))
-            rng.shuffle(more)
-            order += more
-        idx = order[:tc.batch_size]
-        del order[:tc.batch_size]
+        idx = next(batches)
         batch = pair_batch(tok, [train[i] for i in idx], max_len, pad)
         n = len(idx)
         if ref_scores is not None:

@@ -4,7 +4,9 @@ optimizer step with lmlab's precision modes, schedule, logging and checkpoints."
 from __future__ import annotations
 
 import json
+import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,27 @@ def load_policy(path: str | Path, device: torch.device) -> tuple[Transformer, ck
     if ck.tokenizer_path is None:
         raise LmlabError(f"{path} has no tokenizer.json; post-training needs the model's tokenizer")
     return ckpt_io.build_model(ck, device), ck
+
+
+def tokenizer_of(ck: ckpt_io.Checkpoint):
+    """The checkpoint's tokenizer and the id to pad batches with."""
+    from lmlab.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(ck.tokenizer_path)
+    return tok, tok.pad_id if tok.pad_id is not None else 0
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of indices into n examples: every example once per pass, each pass reshuffled."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            more = list(range(n))
+            rng.shuffle(more)
+            order += more
+        yield order[:batch_size]
+        del order[:batch_size]
 
 
 class Optimizer:

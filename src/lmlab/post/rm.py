@@ -25,7 +25,7 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 
@@ -178,8 +178,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     tc = cfg.train
     device = setup(tc)
     backbone, ck = load_policy(cfg.init, device)
-    tok = Tokenizer.load(ck.tokenizer_path)
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    tok, pad = tokenizer_of(ck)
     model = RewardModel(backbone).to(device)
     train, heldout = load_pairs(cfg.data, tc.seed)
     if not train:
@@ -187,17 +186,12 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     opt = Optimizer(model, tc, device)
     out = Path(cfg.out)
     log = Log(out / "metrics.jsonl")
-    rng = random.Random(tc.seed + 1)
-    order: list[int] = []
+    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     model.train()
     for step in range(1, tc.steps + 1):
-        if len(order) < tc.batch_size:
-            more = list(range(len(train)))
-            rng.shuffle(more)
-            order += more
-        pairs = [train[i] for i in order[:tc.batch_size]]
-        del order[:tc.batch_size]
+        idx = next(batches)
+        pairs = [train[i] for i in idx]
         with opt.autocast():
             c, r = score_pairs(model, tok, pairs, device, pad)
         margin = torch.tensor([float(p.get("margin", 0.0)) for p in pairs], device=device) if cfg.margin else 0.0

@@ -22,7 +22,7 @@ from lmlab.data.conversations import IGNORE, collate, examples, read_conversatio
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 
@@ -85,8 +85,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     tc = cfg.train
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
-    tok = Tokenizer.load(ck.tokenizer_path)
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    tok, pad = tokenizer_of(ck)
     convs, world = load_data(cfg)
     rows = examples(tok, convs, model.cfg.max_seq_len, cfg.data)
     random.Random(tc.seed).shuffle(rows)
@@ -98,8 +97,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     before = evaluate_chat(model, tok, world, cfg.eval_questions, device)
     opt = Optimizer(model, tc, device)
     log = Log(out / "metrics.jsonl")
-    rng = random.Random(tc.seed + 1)
-    order: list[int] = []
+    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
     tokens = response_tokens = 0
     flops = 0.0
     t0 = time.perf_counter()
@@ -121,12 +119,8 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
 
     model.train()
     for step in range(1, tc.steps + 1):
-        if len(order) < tc.batch_size:
-            more = list(range(len(train)))
-            rng.shuffle(more)
-            order += more
-        batch = collate([train[i] for i in order[:tc.batch_size]], pad, cfg.pack, model.cfg.max_seq_len)
-        del order[:tc.batch_size]
+        idx = next(batches)
+        batch = collate([train[i] for i in idx], pad, cfg.pack, model.cfg.max_seq_len)
         with opt.autocast():
             loss = response_loss(model, batch, device)
         if not math.isfinite(loss.item()):
