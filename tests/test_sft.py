@@ -68,8 +68,10 @@ def test_bad_conversation_files_name_file_and_line(tmp_path, line, match):
 
 def test_too_long_conversation_is_refused(tok):
     long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
-    with pytest.raises(LmlabError, match="conversation 1 is .* tokens, longer than the context of 65"):
+    with pytest.raises(LmlabError, match="f.jsonl: conversation 1: the conversation is .* context of 65"):
         examples(tok, [long], 64, "f.jsonl")
+    with pytest.raises(LmlabError, match="f.jsonl:7: the conversation is"):
+        examples(tok, [long], 64, ["f.jsonl:7"])
 
 
 def test_sft_teaches_the_model_to_stop_at_end_of_turn(tiny_data, tiny_model, tmp_path):

@@ -57,7 +57,12 @@ def to_messages(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
 
 
 def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
-    return [to_messages(obj, f"{path}:{n}") for n, obj in read_jsonl(path)]
+    return [msgs for _, msgs in read_located(path)]
+
+
+def read_located(path: str | Path) -> list[tuple[str, list[dict[str, str]]]]:
+    """("file:line", messages) for every record, so later errors can point at the line."""
+    return [(f"{path}:{n}", to_messages(obj, f"{path}:{n}")) for n, obj in read_jsonl(path)]
 
 
 def encode(tok, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -89,14 +94,17 @@ class Example:
     labels: list[int]
 
 
-def examples(tok, conversations: list[list[dict[str, str]]], max_len: int, where: str) -> list[Example]:
+def examples(tok, conversations: list[list[dict[str, str]]], max_len: int,
+             where: str | list[str]) -> list[Example]:
     """Encoded conversations, next-token aligned (inputs ids[:-1], targets labels[1:]); one longer than the
-    context is an error naming it (truncating would cut off the very response being trained)."""
+    context is an error naming it (truncating would cut off the very response being trained). `where`:
+    the source, or one location ("file:line") per conversation."""
     out = []
     for i, msgs in enumerate(conversations):
         ids, labels = encode(tok, msgs)
         if len(ids) - 1 > max_len:
-            raise LmlabError(f"{where}: conversation {i + 1} is {len(ids)} tokens, longer than the context of "
+            at = where[i] if isinstance(where, list) else f"{where}: conversation {i + 1}"
+            raise LmlabError(f"{at}: the conversation is {len(ids)} tokens, longer than the context of "
                              f"{max_len + 1}; shorten it or raise max_seq_len")
         out.append(Example(ids[:-1], labels[1:]))
     return out

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.conversations import IGNORE, collate, examples, read_conversations
+from lmlab.data.conversations import IGNORE, collate, examples, read_located
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
@@ -51,15 +51,18 @@ class SFTConfig:
             raise LmlabError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
-def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], dict[str, Any] | None]:
+def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], list[str], dict[str, Any] | None]:
+    """(conversations, where each comes from, the world if the data is one)."""
     from lmlab.post.world_data import is_world_dir, sft_conversations
 
     if is_world_dir(cfg.data):
         from lmlab.data.world import load_world
 
         world = load_world(cfg.data)
-        return sft_conversations(world), world
-    return read_conversations(cfg.data), None
+        convs = sft_conversations(world)
+        return convs, [f"{cfg.data}/qa_train.jsonl:{i + 1}" for i in range(len(convs))], world
+    located = read_located(cfg.data)
+    return [m for _, m in located], [w for w, _ in located], None
 
 
 def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -86,8 +89,8 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
-    convs, world = load_data(cfg)
-    rows = examples(tok, convs, model.cfg.max_seq_len, cfg.data)
+    convs, where, world = load_data(cfg)
+    rows = examples(tok, convs, model.cfg.max_seq_len, where)
     random.Random(tc.seed).shuffle(rows)
     n_val = max(1, int(len(rows) * cfg.val_fraction)) if cfg.val_fraction > 0 and len(rows) > 1 else 0
     val, train = rows[:n_val], rows[n_val:]
