@@ -33,7 +33,7 @@ class SFTConfig:
     """Checkpoint to fine-tune (pretrained, imported with import-hf, or already post-trained)."""
     data: str = "runs/quickstart/world"
     """Conversations: a JSONL file ({"messages": [...]} or {"prompt", "response"} per line), or a world
-    directory (its QA-train questions become the conversations)."""
+    directory (its QA-train questions with their answers, and half the unknown people's with "I don't know.")."""
     out: str = "runs/sft"
     """Run directory: checkpoint/, metrics.jsonl, summary.json."""
     pack: bool = False
@@ -59,8 +59,8 @@ def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], list[str], di
         from lmlab.data.world import load_world
 
         world = load_world(cfg.data)
-        convs = sft_conversations(world)
-        return convs, [f"{cfg.data}/qa_train.jsonl:{i + 1}" for i in range(len(convs))], world
+        convs = sft_conversations(world, cfg.train.seed)
+        return convs, [f"{cfg.data}: world conversation {i + 1}" for i in range(len(convs))], world
     located = read_located(cfg.data)
     return [m for _, m in located], [w for w, _ in located], None
 

@@ -1,13 +1,16 @@
 """Post-training data from the built-in world, whose ground truth is known.
 
-SFT: the QA-train questions as (prompt, response) conversations. Preferences: for a question about a
-known person, chosen = the true answer and rejected = a plausible wrong value of the same attribute (a
-fabrication); for an unknown person, chosen = an abstention and rejected = a plausible made-up value.
-The gold reward scores any reply against the world's facts, independently of any learned model.
+SFT: the QA-train questions as (prompt, response) conversations, and abstentions ("I don't know.") for
+half of the unknown people: a model can only be rewarded for abstaining, by DPO or RL, once it produces
+abstentions at all. Preferences: for a question about a known person, chosen = the true answer and
+rejected = a plausible wrong value of the same attribute (a fabrication); for an unknown person, chosen
+= an abstention and rejected = a plausible made-up value. The gold reward scores any reply against the
+world's facts, independently of any learned model.
 
-Splits, so that held-out numbers mean something: preference pairs are trained on 80% of the QA-train
-questions and half of the unknown people; held out are the other 20% of QA-train questions, the other
-unknown people, and (reported apart: facts seen only in biographies) the QA-test people.
+Splits, so that held-out numbers mean something: SFT and the preference pairs use the same half of the
+unknown people; preference pairs are trained on 80% of the QA-train questions; held out are the other
+20% of QA-train questions, the other unknown people, and (reported apart: facts seen only in
+biographies) the QA-test people.
 """
 
 from __future__ import annotations
@@ -22,9 +25,21 @@ ABSTAIN = "I don't know."
 """The reply that declines to answer about someone the model has never read about."""
 
 
-def sft_conversations(world: dict[str, Any]) -> list[list[dict[str, str]]]:
+def sft_conversations(world: dict[str, Any], seed: int = 0) -> list[list[dict[str, str]]]:
+    """The QA-train questions with their answers, and the training half of the unknown people's questions
+    with an abstention (the same half as the preference pairs', so the other half stays unseen)."""
+    train_unknown, _ = unknown_split(world, seed)
     return [[{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["answer"]}]
-            for q in world["qa_train"]]
+            for q in world["qa_train"]] + \
+        [[{"role": "user", "content": q["question"]}, {"role": "assistant", "content": ABSTAIN}]
+         for q in world["qa_unknown"] if q["person"] in train_unknown]
+
+
+def unknown_split(world: dict[str, Any], seed: int) -> tuple[set[str], set[str]]:
+    """Unknown people for training (half) and for held-out evaluation (the other half)."""
+    people = sorted({q["person"] for q in world["qa_unknown"]})
+    random.Random(seed + 1).shuffle(people)
+    return set(people[: len(people) // 2]), set(people[len(people) // 2:])
 
 
 def is_world_dir(path: str | Path) -> bool:
@@ -52,9 +67,7 @@ def preference_pairs(world: dict[str, Any], seed: int = 0) -> dict[str, list[dic
     rng = random.Random(seed)
     known = shuffled(world["qa_train"], seed)
     cut = int(0.8 * len(known))
-    unknown_people = sorted({q["person"] for q in world["qa_unknown"]})
-    random.Random(seed + 1).shuffle(unknown_people)
-    train_unknown = set(unknown_people[: len(unknown_people) // 2])
+    train_unknown, _ = unknown_split(world, seed)
 
     def fact(q: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": q["question"], "chosen": q["answer"], "rejected": wrong_value(world, q, rng),

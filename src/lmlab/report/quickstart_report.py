@@ -153,8 +153,9 @@ def write_report(out: Path, samples: list[str]) -> Path:
         lines += [
             "## Supervised fine-tuning (chat format)",
             "",
-            f"{ft['steps']} steps on {_fmt(ft['conversations'])} QA-train conversations (loss on the assistant's "
-            f"tokens and its end of turn), {_fmt(ft['wall_s'], '.0f')} s. Greedy replies to questions in the chat "
+            f"{ft['steps']} steps on {_fmt(ft['conversations'])} conversations (the QA-train questions, and half the "
+            f"unknown people's answered \"I don't know.\"; loss on the assistant's tokens and its end of turn), "
+            f"{_fmt(ft['wall_s'], '.0f')} s. Greedy replies to questions in the chat "
             "template, before (the pretrained model) and after:",
             "",
             "| group | stops at end of turn | exact match / fabrication |",
