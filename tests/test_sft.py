@@ -87,3 +87,44 @@ def test_sft_teaches_the_model_to_stop_at_end_of_turn(tiny_data, tiny_model, tmp
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())["sft"]
     assert summary["after"]["train"]["stop_rate"] >= 0.9
     assert (tmp_path / "sft" / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_resize_vocab_keeps_old_logits(tie):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=2, max_seq_len=16,
+                                    tie_embeddings=tie)).eval()
+    x = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        before = model(x)
+        model.resize_vocab(54)
+        after = model(x)
+    assert after.shape[-1] == 54 and model.cfg.vocab_size == 54
+    torch.testing.assert_close(after[..., :50], before)
+    assert (model.head.weight is model.tok_emb.weight) == tie
+
+
+def test_sft_adds_chat_tokens_to_a_foreign_tokenizer(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from lmlab.train.checkpoint import load_checkpoint, model_state, save_checkpoint
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    texts = ["Where was Ada born? Saltmarsh.", "Hello there, how are you?"] * 50
+    hf.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    (tmp_path / "tok").mkdir()
+    hf.save(str(tmp_path / "tok" / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=hf.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
+    save_checkpoint(tmp_path / "base", model_state(Transformer(cfg)), cfg, tmp_path / "tok" / "tokenizer.json")
+    data = write(tmp_path / "c.jsonl", [{"prompt": "Where was Ada born?", "response": "Saltmarsh"}] * 20)
+    s = sft(from_dict(SFTConfig, {"init": str(tmp_path / "base"), "data": str(data), "out": str(tmp_path / "sft"),
+                                  "train": {"steps": 5, "batch_size": 4, "device": "cpu", "threads": 1}}))
+    ck = load_checkpoint(s["checkpoint"])
+    tok = Tokenizer.load(ck.tokenizer_path)
+    assert tok.token_to_id("<|end_of_turn|>") is not None and tok.token_to_id("<|assistant|>") is not None
+    assert ck.config.vocab_size == tok.vocab_size == hf.get_vocab_size() + 4

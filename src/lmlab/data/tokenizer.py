@@ -224,6 +224,16 @@ class Tokenizer:
             ids = ids.tolist()  # type: ignore[union-attr]
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+    def with_tokens(self, tokens: Sequence[str]) -> tuple[Tokenizer, list[str]]:
+        """A copy with the given special tokens added where missing (new ids after the existing ones), and
+        the tokens it added: how a foreign tokenizer gets lmlab's chat markers."""
+        missing = [t for t in tokens if self.hf.token_to_id(t) is None]
+        if not missing:
+            return self, []
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        return Tokenizer(hf, self.kind), missing
+
     # ---- files -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write `tokenizer.json` atomically (to `path`, or into it if it is a directory)."""

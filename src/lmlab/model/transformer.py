@@ -279,6 +279,31 @@ class Transformer(nn.Module):
             hidden = hidden / self.cfg.width_mult
         return self.head(hidden)
 
+    @torch.no_grad()
+    def resize_vocab(self, n: int) -> None:
+        """Grow the token table (and an untied head) to n rows, the new rows set to the mean of the old ones
+        (a neutral start for tokens added after training, such as chat markers)."""
+        old = self.cfg.vocab_size
+        if n < old:
+            raise ValueError(f"resize_vocab only grows the vocabulary ({old} -> {n})")
+        if n == old:
+            return
+        emb = nn.Embedding(n, self.cfg.d_model).to(self.tok_emb.weight)
+        emb.weight[:old] = self.tok_emb.weight
+        emb.weight[old:] = self.tok_emb.weight.mean(0)
+        self.tok_emb = emb
+        head = nn.Linear(self.cfg.d_model, n, bias=self.head.bias is not None).to(self.head.weight)
+        if self.cfg.tie_embeddings:
+            head.weight = self.tok_emb.weight
+        else:
+            head.weight[:old] = self.head.weight
+            head.weight[old:] = self.head.weight.mean(0)
+        if head.bias is not None:
+            head.bias[:old] = self.head.bias
+            head.bias[old:] = self.head.bias.mean()
+        self.head = head
+        self.cfg.vocab_size = n
+
     def moe_aux_loss(self) -> torch.Tensor | None:
         """Mean over blocks of the mixture-of-experts load-balancing loss of the last forward (None if dense)."""
         losses = [b.mlp.aux_loss for b in self.blocks if isinstance(b.mlp, MoE) and b.mlp.aux_loss is not None]

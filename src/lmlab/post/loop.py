@@ -79,6 +79,21 @@ def tokenizer_of(ck: ckpt_io.Checkpoint):
     return tok, tok.pad_id if tok.pad_id is not None else 0
 
 
+def add_chat_tokens(model: Transformer, tok, out: Path):
+    """Give a model whose tokenizer lacks lmlab's chat markers (e.g. one imported from Hugging Face) those
+    tokens, growing its embedding if needed; returns the tokenizer and the path of its saved tokenizer.json
+    (None if nothing changed)."""
+    from lmlab.data.chat import END_OF_TURN, ROLES
+
+    tok, added = tok.with_tokens([*ROLES.values(), END_OF_TURN])
+    if not added:
+        return tok, None
+    model.resize_vocab(max(model.cfg.vocab_size, tok.vocab_size))
+    print(f"added the chat tokens {', '.join(added)} to the tokenizer (ids from {tok.vocab_size - len(added)}); "
+          f"model vocabulary now {model.cfg.vocab_size}")
+    return tok, tok.save(out / "tokenizer.json")
+
+
 def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     """Endless batches of indices into n examples: every example once per pass, each pass reshuffled."""
     rng = random.Random(seed)

@@ -22,7 +22,16 @@ from lmlab.data.conversations import IGNORE, collate, examples, read_located
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
+from lmlab.post.loop import (
+    Log,
+    Optimizer,
+    PostTrainConfig,
+    add_chat_tokens,
+    load_policy,
+    setup,
+    shuffled_batches,
+    tokenizer_of,
+)
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 
@@ -89,6 +98,9 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
+    out = Path(cfg.out)
+    tok, new_tok = add_chat_tokens(model, tok, out)
+    tok_path = new_tok or ck.tokenizer_path
     convs, where, world = load_data(cfg)
     rows = examples(tok, convs, model.cfg.max_seq_len, where)
     random.Random(tc.seed).shuffle(rows)
@@ -96,7 +108,6 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     val, train = rows[:n_val], rows[n_val:]
     if not train:
         raise LmlabError(f"{cfg.data}: no conversations left to train on after holding out {n_val}")
-    out = Path(cfg.out)
     before = evaluate_chat(model, tok, world, cfg.eval_questions, device)
     opt = Optimizer(model, tc, device)
     log = Log(out / "metrics.jsonl")
@@ -140,7 +151,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
             log.write({"step": step, "eval": True, "val_loss": val_loss})
     log.close()
     wall = time.perf_counter() - t0
-    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, ck.tokenizer_path,
+    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path,
                             meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
     after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
     summary = {"steps": tc.steps, "conversations": len(train), "val_conversations": len(val),
