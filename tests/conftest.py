@@ -37,7 +37,7 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_model")
     pretrain(from_dict(PretrainConfig, {
         "data": str(tiny_data), "out": str(out),
-        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 64},
+        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 96},
         "train": dict(steps=150, batch_size=8, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
                       eval_interval=0, eval_batches=2, precision="fp32", threads=1, progress=False)}))
     return out / "checkpoint"

@@ -49,7 +49,7 @@ def test_left_and_right_padding_give_the_same_log_probs(tiny_data):
     torch.testing.assert_close(left, right, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(alone, right, rtol=1e-5, atol=1e-4)
     # only response tokens count: the reply's tokens and its end of turn
-    assert all(sum(t != -100 for t in labels) == len(tok.encode(r)) + 1
+    assert all(sum(t != -100 for t in labels) == len(tok.encode(" " + r)) + 1
                for (_, labels), r in zip(seqs, ("Saltmarsh", "Hello, how can I help you today?")))
 
 

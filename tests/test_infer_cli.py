@@ -79,7 +79,7 @@ def test_chat_reads_turns_and_streams(ckpt):
 
 def test_chat_template():
     text = render([{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
-    assert text == "<|system|>S<|end_of_turn|><|user|>Hi<|end_of_turn|><|assistant|>"
+    assert text == "<|system|> S<|end_of_turn|><|user|> Hi<|end_of_turn|><|assistant|>"
     with pytest.raises(LmlabError, match="role"):
         render([{"role": "robot", "content": "x"}])
 

@@ -30,7 +30,7 @@ def test_encoding_equals_the_rendered_text_and_labels_only_the_reply(tok):
     assert ids == tok.encode(render(CONV, add_generation_prompt=False))
     eot = tok.token_to_id("<|end_of_turn|>")
     trained = [t for t in labels if t != IGNORE]
-    assert trained == tok.encode("Saltmarsh") + [eot]  # the reply and its end of turn, nothing else
+    assert trained == tok.encode(" Saltmarsh") + [eot]  # the reply and its end of turn, nothing else
     assert labels[-len(trained):] == trained
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lmlab.data.chat import END_OF_TURN, ROLES
+from lmlab.data.chat import END_OF_TURN, ROLES, SPACE
 from lmlab.errors import LmlabError
 
 IGNORE = -100
@@ -76,7 +76,7 @@ def encode(tok, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     labels: list[int] = []
     for m in messages:
         role = tok.token_to_id(ROLES[m["role"]])
-        body = tok.encode(m["content"]) + [eot]
+        body = tok.encode(SPACE + m["content"]) + [eot]
         ids += [role] + body
         labels += [IGNORE] + (body if m["role"] == "assistant" else [IGNORE] * len(body))
     return ids, labels

@@ -111,4 +111,4 @@ def run_chat(cfg: ChatConfig) -> None:
             print(d.text, end="", flush=True)
             reply.append(d.text)
         print(flush=True)
-        history.append({"role": "assistant", "content": "".join(reply)})
+        history.append({"role": "assistant", "content": "".join(reply).strip()})
