@@ -66,15 +66,18 @@ def pad_batch(seqs: list[tuple[list[int], list[int]]], pad: int, left: bool = Fa
     return out
 
 
+def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p of each next token, 0 outside the response; mask of the response tokens), both (B, T-1)."""
+    logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
+    target = batch["labels"][:, 1:].to(device)
+    keep = target != IGNORE
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return lp * keep, keep
+
+
 def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
     """Sum over each row's response tokens of log p(token | everything before it)."""
-    ids, labels = batch["ids"].to(device), batch["labels"].to(device)
-    logits = model(ids, attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * keep).sum(dim=1)
+    return token_logprobs(model, batch, device)[0].sum(dim=1)
 
 
 def pair_batch(tok: Tokenizer, pairs: list[dict[str, Any]], max_len: int, pad: int) -> dict[str, torch.Tensor]:

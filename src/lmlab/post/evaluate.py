@@ -18,22 +18,13 @@ from lmlab.data.conversations import IGNORE
 from lmlab.post.world_data import gold_reward, is_world_dir, preference_pairs
 
 
-def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p of each next token, mask of the response tokens), both (B, T-1)."""
-    logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
-    target = batch["labels"][:, 1:].to(device)
-    keep = target != IGNORE
-    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return lp * keep, keep
-
-
 @torch.no_grad()
 def kl_to_reference(policy, ref, tok, prompts: list[str], device, seed: int = 0,
                     max_new_tokens: int = 24) -> dict[str, float]:
     """KL(policy || ref) per reply, estimated on one reply sampled (temperature 1) from the policy per prompt."""
     from lmlab.infer.engine import Engine
     from lmlab.infer.sampling import SamplingParams
-    from lmlab.post.dpo import pad_batch
+    from lmlab.post.dpo import pad_batch, token_logprobs
 
     eot = tok.token_to_id(END_OF_TURN)
     engine = Engine(policy, tok, device=device)

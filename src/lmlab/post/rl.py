@@ -33,7 +33,7 @@ from lmlab.data.conversations import IGNORE, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.dpo import pad_batch
+from lmlab.post.dpo import pad_batch, token_logprobs
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
@@ -275,7 +275,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
         with torch.no_grad():
             model.eval()
             old_logp, _, old_v = model(batch, device)
-            ref_logp = _ref_logp(ref, batch, device)
+            ref_logp = token_logprobs(ref, batch, device)[0]
             kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
             if cfg.algo == "ppo":
                 last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
@@ -327,12 +327,6 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
                "before": before, "after": after}
     update_summary(out / "summary.json", "rl", summary)
     return summary
-
-
-def _ref_logp(ref, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    logits = ref(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
-    target = batch["labels"][:, 1:].to(device).clamp(min=0)
-    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
 
 
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
