@@ -29,13 +29,20 @@ def test_quickstart_end_to_end(tmp_path):
             "tokenizer.vocab_size=300", "pretrain.train.steps=30", "pretrain.train.batch_size=4",
             "pretrain.train.eval_interval=15", "pretrain.train.eval_batches=2", "pretrain.train.progress=false",
             "pretrain.model.d_model=32", "pretrain.model.n_layers=1", "pretrain.model.n_heads=2",
-            "probe_questions=3", "samples=2", "bidirectional_people=5"]
+            "pretrain.model.max_seq_len=320",
+            "probe_questions=3", "samples=2", "bidirectional_people=5", "solver.train.steps=10",
+            "verifier.problems=15", "verifier.train.steps=4", "testtime.n=[1,2]", "testtime.time_problems=1",
+            "testtime.max_tokens=24", "verifier.max_tokens=24"]
     cfg = load(QuickstartConfig, None, sets + [f"out={tmp_path / 'qs'}"])
     result = quickstart(cfg)
     out = tmp_path / "qs"
     summary = json.loads((out / "summary.json").read_text())
-    assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling", "masked_lm", "bidirectional"} <= set(
-        summary)
+    assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling", "masked_lm", "bidirectional",
+            "solver", "testtime"} <= set(summary)
+    tt = summary["testtime"]
+    assert tt["problems"] == 5 and tt["n"] == [1, 2] and 0 <= tt["greedy_accuracy"] <= 1
+    assert {"greedy", "sample", "logprob", "vote", "oracle"} <= {r["method"] for r in tt["rows"]}
+    assert (out / "testtime" / "testtime.png").is_file()
     bi = summary["bidirectional"]
     assert bi["snippets"] == 5 * 6 and bi["value_tokens"] >= bi["snippets"]
     assert all(0 <= bi[k][m] <= 1 for k in ("causal", "masked_left", "masked_right")
@@ -46,7 +53,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert summary["probe"]["knowledge"]["test"]["n"] == 3
     report = (out / "report.md").read_text()
     for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Sampling", "## Causal vs masked",
-                    "## Greedy samples"):
+                    "## Test-time compute", "## Greedy samples"):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")
@@ -59,3 +66,11 @@ def test_quickstart_end_to_end(tmp_path):
     changed = load(QuickstartConfig, None, sets + [f"out={out}", "world.seed=1"])
     quickstart(changed)
     assert json.loads((out / "summary.json").read_text())["pretrain"]["steps_this_run"] == 30
+
+
+def test_rl_recipe_loads():
+    from lmlab.post.rl import RLConfig
+
+    cfg = load(RLConfig, CONFIGS / "rl_world.yaml")
+    assert cfg.algo == "grpo" and cfg.group_size == 8 and cfg.train.steps == 150
+    assert cfg.reward == "rm:runs/quickstart/rm/checkpoint" and cfg.train.lr == RLConfig().train.lr

@@ -90,3 +90,31 @@ def test_reward_model_learns_world_preferences_and_scores(tiny_data, tiny_model,
     assert model.value_head.weight.shape == (1, 64)
     with pytest.raises(LmlabError, match="not a reward model"):
         load_reward_model(tiny_model)
+
+
+def test_logprob_feature_adds_the_backbones_mean_reply_logprob(tiny_data, tiny_model, tmp_path):
+    """With a zero head, the score is exactly the backbone's mean log-probability of the reply's tokens
+    (and end of turn), and it survives a save/load round trip with its learned scale."""
+    from lmlab.data.conversations import prompt_ids
+    from lmlab.post.loop import Optimizer, PostTrainConfig
+    from lmlab.post.rm import conversation, save_reward_model
+    from lmlab.train.checkpoint import load_model
+
+    tok = Tokenizer.load(tiny_model / "tokenizer.json")
+    rm = RewardModel(load_model(tiny_model, "cpu"), logprob_feature=True)
+    torch.nn.init.zeros_(rm.value_head.weight)
+    prompts, replies = ["Where was Ann born?", "Hi"], ["In Paris.", "Hello there, friend"]
+    got = rm.score(tok, prompts, replies)
+    for p, r, g in zip(prompts, replies, got):
+        ids = pair_ids(tok, {"prompt": p}, r)
+        start = len(prompt_ids(tok, conversation({"prompt": p}, r)))
+        with torch.no_grad():
+            logp = torch.log_softmax(rm.backbone(torch.tensor([ids]))[0].float(), -1)
+        want = sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))) / (len(ids) - start)
+        assert g == pytest.approx(want, abs=1e-4)
+    rm.logprob_scale.data.fill_(0.5)
+    opt = Optimizer(rm, PostTrainConfig(precision="fp32", device="cpu"), torch.device("cpu"))
+    save_reward_model(tmp_path / "ck", rm, opt, tiny_model / "tokenizer.json", {})
+    back, _ = load_reward_model(tmp_path / "ck")
+    assert back.logprob_scale.item() == 0.5
+    assert back.score(tok, prompts, replies) == pytest.approx([0.5 * g + 0 for g in got], abs=1e-4)

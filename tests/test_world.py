@@ -282,3 +282,27 @@ def test_thousand_people_generate_fast(tmp_path: Path) -> None:
     stats = generate_world(WorldConfig(out=str(tmp_path), people=1000, unknown=100))
     assert time.perf_counter() - start < 5.0
     assert stats["bios"] == 5000 and stats["people_unknown"] == 100
+
+
+def test_split_solutions_take_a_second_route_to_the_same_answer(tmp_path) -> None:
+    """With arith_split_share, + and - steps may go through a round number in two moves; every move is
+    right, the two parts add up to the number in the question, and the answer is unchanged."""
+    base = WorldConfig(out=str(tmp_path / "a"), seed=3, **SMALL)
+    split = WorldConfig(out=str(tmp_path / "b"), seed=3, arith_split_share=1.0, **SMALL)
+    generate_world(base)
+    generate_world(split)
+    plain, routed = load_world(base.out), load_world(split.out)
+    two_moves = re.compile(r"(\d+) ([+-]) (\d+) = (\d+), then (\d+) ([+-]) (\d+) = (\d+)\.")
+    n_split = 0
+    for p in routed["arith_train"] + routed["arith_test"]:
+        for a, op, k1, c, c2, op2, k2, b in two_moves.findall(p["solution"]):
+            a, k1, c, c2, k2, b = map(int, (a, k1, c, c2, k2, b))
+            sign = 1 if op == "+" else -1
+            assert op2 == op and c == c2 == a + sign * k1 and b == c + sign * k2 and b >= 0
+            assert c % 10 == 0 or k1 == 10
+            assert f"{k1 + k2}" in p["question"]
+            n_split += 1
+        assert extract_answer(p["solution"]) == p["answer"]
+    assert n_split > 100
+    # Splitting changes how solutions are written, not how many problems there are.
+    assert len(routed["arith_train"]) == len(plain["arith_train"])

@@ -62,6 +62,10 @@ VERBS: dict[str, tuple[str, str]] = {
             "lmlab.post.dpo:DPOConfig:run_dpo"),
     "rl": ("RLHF: PPO or GRPO against a reward model, the world's gold reward or a Python function, KL-leashed",
            "lmlab.post.rl:RLConfig:run_rl"),
+    "testtime run": ("best-of-N (logprob, reward model, scorer) and majority vote: accuracy against N and cost; "
+                     "`lmlab testtime` for short", "lmlab.testtime.run:TestTimeConfig:run_testtime"),
+    "testtime verifier": ("train an outcome verifier (reward model) on the model's own graded samples",
+                          "lmlab.testtime.verifier:VerifierConfig:train_verifier"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }
@@ -97,8 +101,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, verbs
 
 
-DEFAULT_SUBVERB = {"rm": "train"}
-"""A group that is also a verb on its own: `lmlab rm ...` means `lmlab rm train ...`."""
+DEFAULT_SUBVERB = {"rm": "train", "testtime": "run"}
+"""A group that is also a verb on its own: `lmlab rm ...` means `lmlab rm train ...`, `lmlab testtime ...`
+means `lmlab testtime run ...`."""
 
 
 def _which_verb(argv: list[str]) -> str | None:

@@ -93,6 +93,10 @@ class WorldConfig:
     """Share of QA-train pairs mixed into the pretraining text (0..1)."""
     pretrain_arith_share: float = 1.0
     """Share of the arithmetic training problems (with worked solutions) mixed into pretraining (0..1)."""
+    arith_split_share: float = 0.0
+    """Share of + and - steps whose worked solution goes in two moves through a round number
+    (`27 + 8`: `27 + 3 = 30, then 30 + 5 = 35`) instead of one. With several routes to the same answer a
+    model's slips on different routes differ, which is what majority vote over samples needs (0..1)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,6 +116,7 @@ class WorldConfig:
         _check_int("birth_year_max", self.birth_year_max, lo=self.birth_year_min, hi=9999)
         _check_fraction("pretrain_qa_share", self.pretrain_qa_share)
         _check_fraction("pretrain_arith_share", self.pretrain_arith_share)
+        _check_fraction("arith_split_share", self.arith_split_share)
         capacity = name_capacity()
         if self.people + self.unknown > capacity:
             raise LmlabError(
@@ -274,6 +279,19 @@ def _arith_step(rng: random.Random, value: int, cfg: WorldConfig) -> tuple[str, 
     return op, k, value * k
 
 
+def _split(value: int, op: str, k: int) -> tuple[int, int] | None:
+    """(first part of k, value after it) for adding or taking away k in two moves: first to the nearest
+    multiple of ten on the way, else 10 at a time; None when k cannot be split that way (or op is x)."""
+    if op == "x":
+        return None
+    k1 = (10 - value % 10) % 10 if op == "+" else value % 10
+    if not 0 < k1 < k:
+        k1 = 10 if k > 10 else 0
+    if not 0 < k1 < k:
+        return None
+    return k1, value + k1 if op == "+" else value - k1
+
+
 def _arith_problem(rng: random.Random, cfg: WorldConfig) -> dict[str, Any]:
     actor, items = rng.choice(wt.ARITH_ACTORS)
     value = rng.randint(2, cfg.arith_max_number)
@@ -284,7 +302,12 @@ def _arith_problem(rng: random.Random, cfg: WorldConfig) -> dict[str, Any]:
         op, k, result = _arith_step(rng, value, cfg)
         sentence = rng.choice(wt.ARITH_STORY[op]).format(actor=actor, items=items, k=k)
         story.append(sentence if i == 0 else "Then " + sentence[0].lower() + sentence[1:])
-        solution.append(wt.ARITH_SOLUTION_STEP[op].format(k=k, a=value, b=result))
+        split = _split(value, op, k) if cfg.arith_split_share and rng.random() < cfg.arith_split_share else None
+        if split is None:
+            solution.append(wt.ARITH_SOLUTION_STEP[op].format(k=k, a=value, b=result))
+        else:
+            k1, mid = split
+            solution.append(wt.ARITH_SOLUTION_SPLIT[op].format(k=k, a=value, k1=k1, c=mid, k2=k - k1, b=result))
         value = result
     story.append(f"How many {items} does the {actor} have now?")
     solution.append(f"The answer is {value}.")

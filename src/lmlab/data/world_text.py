@@ -243,6 +243,10 @@ ARITH_STORY: dict[str, list[str]] = {
         "The {actor}'s pile of {items} becomes {k} times as big.",
     ],
 }
+ARITH_SOLUTION_SPLIT = {
+    "+": "Adding {k} gives {a} + {k1} = {c}, then {c} + {k2} = {b}.",
+    "-": "Taking away {k} leaves {a} - {k1} = {c}, then {c} - {k2} = {b}.",
+}
 ARITH_SOLUTION_STEP = {
     "+": "Adding {k} gives {a} + {k} = {b}.",
     "-": "Taking away {k} leaves {a} - {k} = {b}.",

@@ -133,17 +133,10 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
             return [gold_reward(known.get(p, {"answer": None}), r, p in unknown) for p, r in zip(prompts, replies)]
         return gold
     if spec.startswith("rm:"):
-        from lmlab.post.rm import batch_ids, load_reward_model, pair_ids
+        from lmlab.post.rm import load_reward_model
 
         model, tok = load_reward_model(spec[3:], device)
-        pad = tok.pad_id if tok.pad_id is not None else 0
-
-        @torch.no_grad()
-        def rm(prompts: list[str], replies: list[str]) -> list[float]:
-            seqs = [pair_ids(tok, {"prompt": p}, r) for p, r in zip(prompts, replies)]
-            ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, ["rollout"] * len(seqs), pad)
-            return model(ids.to(device), mask.to(device)).float().tolist()
-        return rm
+        return lambda prompts, replies: model.score(tok, list(prompts), list(replies))
     if spec.startswith("python:"):
         module, _, name = spec[7:].rpartition(":")
         try:

@@ -31,19 +31,56 @@ from lmlab.train import checkpoint as ckpt_io
 
 
 class RewardModel(nn.Module):
-    """Backbone + linear head on the last real token: (B, T) ids, (B, T) mask -> (B,) scores."""
+    """Backbone + linear head on the last real token: (B, T) ids, (B, T) mask -> (B,) scores.
 
-    def __init__(self, backbone: Transformer) -> None:
+    With `logprob_feature`, the score also adds a learned multiple of the backbone's own mean log-probability
+    of the reply's tokens. A fresh head reads one hidden state and, trained on a few hundred pairs, learns
+    which (prompt, reply) pairs it was shown; what the backbone already believes about a reply is in its
+    next-token predictions, and this feature hands it to the score directly (on the world: held-out
+    pairwise accuracy 74% without it; see docs/benchmarks.md).
+    """
+
+    def __init__(self, backbone: Transformer, logprob_feature: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.value_head = nn.Linear(backbone.cfg.d_model, 1)
         nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(backbone.cfg.d_model))
         nn.init.zeros_(self.value_head.bias)
+        self.logprob_scale = nn.Parameter(torch.ones(())) if logprob_feature else None
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, reply_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(ids, attn_mask=mask, return_hidden=True)
         last = mask.long().sum(dim=1) - 1  # right padding: the last real token of each row
-        return self.value_head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
+        score = self.value_head(hidden[torch.arange(ids.shape[0], device=ids.device), last]).squeeze(-1)
+        if self.logprob_scale is not None:
+            if reply_mask is None:
+                raise LmlabError("this reward model also reads the reply's log-probability: pass reply_mask")
+            score = score + self.logprob_scale * mean_reply_logprob(self.backbone, hidden, ids, reply_mask)
+        return score
+
+    @torch.no_grad()
+    def score(self, tok: Tokenizer, prompts: list[str], replies: list[str], batch: int = 64,
+              truncate: bool = False) -> list[float]:
+        """Scores of (prompt, reply) chats; with `truncate`, a chat longer than the context is cut at its end
+        instead of being an error."""
+        device = next(self.parameters()).device
+        pad = tok.pad_id if tok.pad_id is not None else 0
+        out: list[float] = []
+        for i in range(0, len(prompts), batch):
+            items = [({"prompt": p}, r) for p, r in zip(prompts[i:i + batch], replies[i:i + batch])]
+            ids, mask, reply = reply_batch(tok, items, self.backbone.cfg.max_seq_len,
+                                           [f"reply {j + 1}" for j in range(i, i + len(items))], pad, truncate)
+            out += self(ids.to(device), mask.to(device), reply.to(device)).float().tolist()
+        return out
+
+
+def mean_reply_logprob(backbone: Transformer, hidden: torch.Tensor, ids: torch.Tensor,
+                       reply_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) mean log-probability of each row's reply tokens (reply_mask True) under the backbone."""
+    logp = torch.log_softmax(backbone.logits(hidden[:, :-1]).float(), dim=-1)
+    tok_lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    m = reply_mask[:, 1:].float()
+    return (tok_lp * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 0.0,
@@ -111,13 +148,31 @@ def batch_ids(tok: Tokenizer, seqs: list[list[int]], max_len: int, where: list[s
     return ids, mask
 
 
+def reply_batch(tok: Tokenizer, items: list[tuple[dict[str, Any], str]], max_len: int, where: list[str], pad: int,
+                truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, padding mask, reply mask) of (pair, reply) chats; the reply mask covers the reply's tokens and
+    its end of turn."""
+    from lmlab.data.conversations import prompt_ids
+
+    seqs, starts = [], []
+    for pair, reply in items:
+        ids = pair_ids(tok, pair, reply)
+        seqs.append(ids[:max_len] if truncate else ids)
+        starts.append(len(prompt_ids(tok, conversation(pair, reply))))
+    ids, mask = batch_ids(tok, seqs, max_len, where, pad)
+    reply = mask.clone()
+    for i, s in enumerate(starts):
+        reply[i, :s] = False
+    return ids, mask, reply
+
+
 def score_pairs(model: RewardModel, tok: Tokenizer, pairs: list[dict[str, Any]], device: torch.device,
                 pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen scores, rejected scores) of a batch of pairs, one forward pass over both."""
-    seqs = [pair_ids(tok, p, p[k]) for k in ("chosen", "rejected") for p in pairs]
+    items = [(p, p[k]) for k in ("chosen", "rejected") for p in pairs]
     where = [p.get("where", "pair") for p in pairs] * 2
-    ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, where, pad)
-    r = model(ids.to(device), mask.to(device)).float()
+    ids, mask, reply = reply_batch(tok, items, model.backbone.cfg.max_seq_len, where, pad)
+    r = model(ids.to(device), mask.to(device), reply.to(device)).float()
     return r[: len(pairs)], r[len(pairs):]
 
 
@@ -151,6 +206,9 @@ class RMConfig:
     """Use each pair's "margin" field in the loss: -log sigmoid(r_c - r_r - margin)."""
     centring: float = 0.0
     """Reward centring coefficient: adds coef x (r_c + r_r)^2 (0.01 is usual; 0 = off)."""
+    logprob_feature: bool = False
+    """Add a learned multiple of the backbone's mean log-probability of the reply to the head's score (what
+    the model already believes about the reply)."""
     train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=200, lr=3e-4, min_lr=3e-5))
     """Optimisation settings (batch_size counts pairs)."""
 
@@ -167,8 +225,11 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
     head = {k: ck.weights.pop(k) for k in ("value_head.weight", "value_head.bias") if k in ck.weights}
     if len(head) != 2:
         raise LmlabError(f"{path} is not a reward model (no value_head.* weights); train one with `lmlab rm`")
-    model = RewardModel(ckpt_io.build_model(ck))
+    scale = ck.weights.pop("logprob_scale", None)
+    model = RewardModel(ckpt_io.build_model(ck), logprob_feature=scale is not None)
     model.value_head.load_state_dict({k.split(".")[1]: v for k, v in head.items()})
+    if scale is not None:
+        model.logprob_scale.data.copy_(scale)
     if ck.tokenizer_path is None:
         raise LmlabError(f"{path} has no tokenizer.json")
     return model.to(device).eval(), Tokenizer.load(ck.tokenizer_path)
@@ -179,7 +240,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     device = setup(tc)
     backbone, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
-    model = RewardModel(backbone).to(device)
+    model = RewardModel(backbone, cfg.logprob_feature).to(device)
     train, heldout = load_pairs(cfg.data, tc.seed)
     if not train:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
@@ -264,14 +325,7 @@ def run_rm_score(cfg: RMScoreConfig) -> dict[str, Any]:
             raise LmlabError("give --prompt and --responses (a list), or --file with prompt/response records")
         items = [{"prompt": cfg.prompt, "response": r, "where": f"response {i + 1}"}
                  for i, r in enumerate(cfg.responses)]
-    pad = tok.pad_id if tok.pad_id is not None else 0
-    scores = []
-    with torch.no_grad():
-        for i in range(0, len(items), 64):
-            chunk = items[i:i + 64]
-            seqs = [pair_ids(tok, x, x["response"]) for x in chunk]
-            ids, mask = batch_ids(tok, seqs, model.backbone.cfg.max_seq_len, [x["where"] for x in chunk], pad)
-            scores += model(ids.to(device), mask.to(device)).float().tolist()
+    scores = model.score(tok, [x["prompt"] for x in items], [x["response"] for x in items])
     for x, s in zip(items, scores):
         print(f"{s:+.3f}  {x['prompt'][:60]!r} -> {x['response'][:60]!r}")
     return {"scores": [{"prompt": x["prompt"], "response": x["response"], "score": s} for x, s in zip(items, scores)],

@@ -208,6 +208,7 @@ def write_report(out: Path, samples: list[str]) -> Path:
             f"| KL to the SFT model per reply (k3) | 0 | {a['kl']['kl_k3']:.2f} |",
             "",
         ]
+    lines += _testtime_section(s)
     pre = s.get("pretrain", {}).get("train_flops")
     post = {k: s[k]["train_flops"] for k in ("sft", "rm", "dpo") if s.get(k, {}).get("train_flops")}
     if pre and post:
@@ -222,3 +223,46 @@ def write_report(out: Path, samples: list[str]) -> Path:
     path = out / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def _testtime_section(s: dict) -> list[str]:
+    """Accuracy against N per selection method, with the cost per problem."""
+    tt, solver, ver = s.get("testtime", {}), s.get("solver", {}), s.get("verifier", {})
+    if not tt.get("rows"):
+        return []
+    ns = tt["n"]
+    lines = [
+        "## Test-time compute: best-of-N and majority vote",
+        "",
+        f"The solver is the pretrained model fine-tuned on {_fmt(solver.get('conversations'))} arithmetic problems "
+        f"with worked solutions ({solver.get('steps')} steps, {_fmt(solver.get('wall_s'), '.0f')} s). Its verifier "
+        f"is a reward model trained on {_fmt(ver.get('pairs'))} (right, wrong) pairs of the solver's own samples on "
+        f"training problems ({ver.get('sample_accuracy', float('nan')):.0%} of those samples right; held-out "
+        f"pairwise accuracy {ver.get('heldout_accuracy', float('nan')):.1%}). Then {tt['problems']} held-out problems, "
+        f"N samples each at temperature {tt['temperature']:g}; accuracy by how the answer is chosen "
+        "(a response without a `The answer is N.` line is wrong):",
+        "",
+        "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
+        "|---|" + "---|" * len(ns),
+    ]
+    for method in dict.fromkeys(r["method"] for r in tt["rows"]):
+        acc = {r["n"]: r["accuracy"] for r in tt["rows"] if r["method"] == method}
+        cells = [f"{acc[n]:.1%}" if n in acc else "" for n in ns]
+        if method in ("greedy", "sample"):
+            cells = [f"{acc[1]:.1%}"] + [""] * (len(ns) - 1)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    top = max(ns)
+    cost = {r["method"]: r for r in tt["rows"] if r["n"] == top or r["method"] in ("greedy", "sample")}
+    lines += ["", f"Against greedy on the same problems, and the cost per problem (greedy and one sample; the others "
+              f"at N={top}):", "",
+              "| method | accuracy | vs greedy (paired s.e.) | generated tokens | GFLOPs | wall s |",
+              "|---|---|---|---|---|---|"]
+    for m, r in cost.items():
+        fl = "" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}"
+        vs = "" if r.get("vs_greedy") is None else f"{r['vs_greedy']:+.1%} ({r['vs_greedy_stderr']:.1%})"
+        lines.append(f"| {m} | {r['accuracy']:.1%} | {vs} | {r['gen_tokens']:.0f} | {fl} | {r['wall_s']:.3f} |")
+    lines += ["", "logprob: the sample with the highest mean token log-probability; rm: the verifier's top score; "
+              "vote: the most frequent answer (ties to the higher mean log-probability, then the first seen); "
+              "oracle: right if any of the N is (the ceiling).", "", "![accuracy against N](testtime/testtime.png)",
+              ""]
+    return lines
