@@ -246,10 +246,9 @@ def _test_time(cfg: QuickstartConfig, out: Path) -> None:
                               world=str(out / "world"), out=str(out / "testtime")))
     tt.pop("_printed", None)
     update_summary(out / "summary.json", "testtime", {**tt, "wall_s": round(time.perf_counter() - t, 2)})
-    greedy, vote = tt.get("greedy_accuracy"), tt.get("vote", {}).get(str(max(cfg.testtime.n)))
-    if greedy is not None and vote is not None:
-        print(f"   greedy {greedy:.1%}, one sample {tt['sample_accuracy']:.1%}, majority of "
-              f"{max(cfg.testtime.n)} {vote:.1%}")
+    votes = ", ".join(f"majority of {n} {a:.1%}" for n, a in tt.get("vote", {}).items() if int(n) in (16, 32))
+    if tt.get("greedy_accuracy") is not None and votes:
+        print(f"   greedy {tt['greedy_accuracy']:.1%}, one sample {tt['sample_accuracy']:.1%}, {votes}")
 
 
 def _probe(engine: Engine, world: dict[str, Any], cfg: QuickstartConfig) -> dict[str, Any]:

@@ -144,6 +144,10 @@ def _plot(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
         for ax, xkey in zip(axes, ("n", "gen_tokens")):
             ax.errorbar([r[xkey] for r in rs], [r["accuracy"] for r in rs], yerr=[r["stderr"] for r in rs],
                         label=method, capsize=2, **style)
+    greedy = next((r["accuracy"] for r in rows if r["method"] == "greedy"), None)
+    if greedy is not None:  # the line every sampling method has to beat
+        for ax in axes:
+            ax.axhline(greedy, color="C0", linestyle="--", linewidth=0.8, alpha=0.6)
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlabel("N (samples per problem)")
     axes[1].set_xscale("log")
@@ -156,15 +160,21 @@ def _plot(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
     return save_png(fig, out)
 
 
-def _wall_per_problem(gen, prompts: list[str], base: Request, ns: list[int], k: int) -> dict[int, float]:
-    """Seconds per problem to generate N samples, measured afresh at each N on the first k prompts."""
+def _wall_per_problem(gen, prompts: list[str], base: Request, ns: list[int], k: int,
+                      greedy: bool) -> dict[int | str, float]:
+    """Seconds per problem to generate N samples (and, with `greedy`, one greedy answer), measured afresh
+    on the first k prompts, so every method's time comes from batches of the same size."""
     if k <= 0:
         return {}
     sub = prompts[:k]
     gen.generate(sub[:1], Request(n=1, temperature=base.temperature, max_tokens=8, stop=base.stop))  # warm-up
-    return {n: gen.generate(sub, Request(n=n, temperature=base.temperature, top_p=base.top_p,
-                                         max_tokens=base.max_tokens, stop=base.stop, seed=base.seed + 1)
-                            ).wall_s / len(sub) for n in ns}
+    walls: dict[int | str, float] = {n: gen.generate(sub, Request(
+        n=n, temperature=base.temperature, top_p=base.top_p, max_tokens=base.max_tokens, stop=base.stop,
+        seed=base.seed + 1)).wall_s / len(sub) for n in ns}
+    if greedy:
+        walls["greedy"] = gen.generate(sub, Request(n=1, temperature=0.0, max_tokens=base.max_tokens,
+                                                    stop=base.stop)).wall_s / len(sub)
+    return walls
 
 
 def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
@@ -238,7 +248,9 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
             t = time.perf_counter()
             scores["scorer"] = [[float(fn(task.questions[i], s.text)) for s in row] for i, row in enumerate(g.samples)]
             extra_wall["scorer"] = (time.perf_counter() - t) / (P * M)
-        walls = _wall_per_problem(gen, prompts, base, ns, min(cfg.time_problems, P))
+        walls = _wall_per_problem(gen, prompts, base, ns, min(cfg.time_problems, P), "greedy" in cfg.methods)
+        if "greedy" in walls and rows and rows[0]["method"] == "greedy":
+            rows[0]["wall_s"] = walls["greedy"]
         tok = np.array([[s.tokens for s in row] for row in g.samples], dtype=float)
         dec = np.array([[flops_of(g, i, j) for j in range(M)] for i in range(P)])
         pre = np.array([prefill(g, i) for i in range(P)])
