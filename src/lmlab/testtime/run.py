@@ -104,6 +104,8 @@ class TestTimeConfig:
             raise LmlabError("method 'scorer' needs --scorer module:function")
         if "rm" in self.methods and not self.rm:
             raise LmlabError("method 'rm' needs --rm PATH (a reward model checkpoint)")
+        if self.split not in ("test", "train"):
+            raise LmlabError(f"split must be 'test' or 'train', got {self.split!r}")
         if self.problems < 1:
             raise LmlabError(f"problems must be >= 1, got {self.problems}")
         if self.draws < 1:
@@ -177,6 +179,78 @@ def _wall_per_problem(gen, prompts: list[str], base: Request, ns: list[int], k: 
     return walls
 
 
+class _Flops:
+    """Forward FLOPs of generation on a local model (NaN for a remote one, whose shape is unknown)."""
+
+    def __init__(self, model_cfg) -> None:
+        self.cfg = model_cfg
+
+    def _per_token(self, context: int) -> float:
+        from lmlab.plan.flops import forward_flops_per_token
+
+        return forward_flops_per_token(self.cfg, max(1, context))
+
+    def prefill(self, prompt_tokens: int) -> float:
+        return float("nan") if self.cfg is None else prompt_tokens * self._per_token(prompt_tokens // 2)
+
+    def decode(self, prompt_tokens: int, new_tokens: int) -> float:
+        return float("nan") if self.cfg is None else new_tokens * self._per_token(prompt_tokens + new_tokens // 2)
+
+
+def _greedy_row(gen, task: Task, prompts: list[str], cfg: TestTimeConfig, stop: list[str], fl: _Flops
+                ) -> tuple[dict[str, Any], np.ndarray]:
+    g = gen.generate(prompts, Request(n=1, temperature=0.0, max_tokens=cfg.max_tokens, stop=stop))
+    ok = np.array([task.correct(i, task.answer_of(row[0].text)) for i, row in enumerate(g.samples)], dtype=float)
+    P = len(prompts)
+    return {"method": "greedy", "n": 1, "accuracy": float(ok.mean()), "stderr": float(ok.std() / math.sqrt(P)),
+            "vs_greedy": 0.0, "vs_greedy_stderr": 0.0,
+            "gen_tokens": float(np.mean([row[0].tokens for row in g.samples])),
+            "flops": float(np.mean([fl.prefill(p) + fl.decode(p, row[0].tokens)
+                                    for p, row in zip(g.prompt_tokens, g.samples)])),
+            "wall_s": g.wall_s / P}, ok
+
+
+def _scores(cfg: TestTimeConfig, task: Task, g: Generation, methods: list[str]
+            ) -> tuple[dict[str, list[list[float]]], dict[str, float], dict[str, float]]:
+    """Per-sample scores of the score-based methods, and each one's extra FLOPs and seconds per sample."""
+    P, M = len(g.samples), len(g.samples[0])
+    lp = [[(s.mean_logprob if cfg.logprob == "mean" else s.total_logprob) for s in row] for row in g.samples]
+    if "logprob" in methods and all(math.isnan(x) for row in lp for x in row):
+        raise LmlabError("the backend returned no token log-probabilities, so best-of-N by logprob is impossible")
+    scores, extra_flops, extra_wall = {"logprob": lp}, dict.fromkeys(METHODS, 0.0), dict.fromkeys(METHODS, 0.0)
+    if "rm" in methods:
+        from lmlab.post.rm import load_reward_model
+        from lmlab.testtime.verifier import score_responses
+
+        t = time.perf_counter()
+        rm, rtok = load_reward_model(cfg.rm, _device(cfg.device))
+        flat, rm_flops = score_responses(rm, rtok, [task.questions[i] for i in range(P) for _ in range(M)],
+                                         [s.text for row in g.samples for s in row])
+        scores["rm"] = [flat[i * M:(i + 1) * M] for i in range(P)]
+        extra_wall["rm"], extra_flops["rm"] = (time.perf_counter() - t) / (P * M), rm_flops / (P * M)
+    if "scorer" in methods:
+        fn = import_function(cfg.scorer, "scorer")
+        t = time.perf_counter()
+        scores["scorer"] = [[float(fn(task.questions[i], s.text)) for s in row] for i, row in enumerate(g.samples)]
+        extra_wall["scorer"] = (time.perf_counter() - t) / (P * M)
+    return scores, extra_flops, extra_wall
+
+
+def _accuracies(method: str, n: int, correct, answers, scores, cfg: TestTimeConfig) -> np.ndarray:
+    """Per-problem expected accuracy of one method at N = n."""
+    M = len(correct[0])
+    per = []
+    for i in range(len(correct)):
+        if method in ("sample", "oracle"):  # one sample is pass@1; the oracle is pass@n
+            per.append(pass_at(M, sum(correct[i]), n))
+        elif method == "vote":
+            per.append(expected_accuracy(correct[i], pick_vote(answers[i], scores["logprob"][i]), n, cfg.draws,
+                                         cfg.seed + i))
+        else:
+            per.append(expected_accuracy(correct[i], pick_best(scores[method][i]), n, cfg.draws, cfg.seed + i))
+    return np.array(per)
+
+
 def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     task = load_task(cfg.task, cfg.world, cfg.problems, cfg.split, cfg.answer_regex, cfg.extractor,
@@ -186,105 +260,49 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
     stop = [] if gen.chat else task.stop
     P, M, ns = len(prompts), max(cfg.n), sorted(set(cfg.n))
     out = Path(cfg.out)
+    fl = _Flops(getattr(getattr(gen, "engine", None), "cfg", None))
     rows: list[dict[str, Any]] = []
     greedy_ok = None
-    local_cfg = getattr(getattr(gen, "engine", None), "cfg", None)
-
-    def flops_of(g: Generation, i: int, j: int) -> float:
-        from lmlab.plan.flops import forward_flops_per_token
-
-        if local_cfg is None:
-            return float("nan")
-        p = g.prompt_tokens[i]
-        return g.samples[i][j].tokens * forward_flops_per_token(local_cfg, p + max(1, g.samples[i][j].tokens // 2))
-
-    def prefill(g: Generation, i: int) -> float:
-        from lmlab.plan.flops import forward_flops_per_token
-
-        return float("nan") if local_cfg is None else \
-            g.prompt_tokens[i] * forward_flops_per_token(local_cfg, max(1, g.prompt_tokens[i] // 2))
-
-    base = Request(n=M, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop,
-                   seed=cfg.seed)
     summary: dict[str, Any] = {"task": task.name, "problems": P, "generator": gen.name, "chat": gen.chat,
                                "temperature": cfg.temperature, "top_p": cfg.top_p, "n": ns}
     if "greedy" in cfg.methods:
-        g = gen.generate(prompts, Request(n=1, temperature=0.0, max_tokens=cfg.max_tokens, stop=stop))
-        ok = [task.correct(i, task.answer_of(row[0].text)) for i, row in enumerate(g.samples)]
-        greedy_ok = np.array(ok, dtype=float)
-        rows.append({"method": "greedy", "n": 1, "accuracy": float(np.mean(ok)),
-                     "stderr": float(np.std(ok) / math.sqrt(P)), "vs_greedy": 0.0, "vs_greedy_stderr": 0.0,
-                     "gen_tokens": float(np.mean([row[0].tokens for row in g.samples])),
-                     "flops": float(np.mean([prefill(g, i) + flops_of(g, i, 0) for i in range(P)])),
-                     "wall_s": g.wall_s / P})
-        summary["greedy_accuracy"] = rows[-1]["accuracy"]
+        row, greedy_ok = _greedy_row(gen, task, prompts, cfg, stop, fl)
+        rows.append(row)
+        summary["greedy_accuracy"] = row["accuracy"]
     sampled = [m for m in cfg.methods if m != "greedy"]
     if sampled:
+        base = Request(n=M, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, stop=stop,
+                       seed=cfg.seed)
         g = gen.generate(prompts, base)
         answers = [[task.answer_of(s.text) for s in row] for row in g.samples]
         correct = [[task.correct(i, a) for a in row] for i, row in enumerate(answers)]
         summary["unparsed_share"] = _warn_unparsed(task, answers)
         summary["sampling_wall_s"] = round(g.wall_s, 2)
-        lp = [[(s.mean_logprob if cfg.logprob == "mean" else s.total_logprob) for s in row] for row in g.samples]
-        if "logprob" in sampled and all(math.isnan(x) for row in lp for x in row):
-            raise LmlabError(f"{gen.name} returned no token log-probabilities, so best-of-N by logprob is impossible")
-        scores: dict[str, list[list[float]]] = {"logprob": lp}
-        extra_flops = {m: [[0.0] * M for _ in range(P)] for m in METHODS}
-        extra_wall = dict.fromkeys(METHODS, 0.0)
-        if "rm" in sampled:
-            from lmlab.post.rm import load_reward_model
-            from lmlab.testtime.verifier import score_responses
-
-            t = time.perf_counter()
-            rm, rtok = load_reward_model(cfg.rm, _device(cfg.device))
-            flat_q = [task.questions[i] for i in range(P) for _ in range(M)]
-            flat_r = [s.text for row in g.samples for s in row]
-            flat, rm_flops = score_responses(rm, rtok, flat_q, flat_r)
-            scores["rm"] = [flat[i * M:(i + 1) * M] for i in range(P)]
-            extra_wall["rm"] = (time.perf_counter() - t) / (P * M)
-            extra_flops["rm"] = [[rm_flops / (P * M)] * M for _ in range(P)]
-        if "scorer" in sampled:
-            fn = import_function(cfg.scorer, "scorer")
-            t = time.perf_counter()
-            scores["scorer"] = [[float(fn(task.questions[i], s.text)) for s in row] for i, row in enumerate(g.samples)]
-            extra_wall["scorer"] = (time.perf_counter() - t) / (P * M)
-        walls = _wall_per_problem(gen, prompts, base, ns, min(cfg.time_problems, P), "greedy" in cfg.methods)
-        if "greedy" in walls and rows and rows[0]["method"] == "greedy":
+        scores, extra_flops, extra_wall = _scores(cfg, task, g, sampled)
+        walls = _wall_per_problem(gen, prompts, base, ns, min(cfg.time_problems, P), greedy_ok is not None)
+        if "greedy" in walls:
             rows[0]["wall_s"] = walls["greedy"]
-        tok = np.array([[s.tokens for s in row] for row in g.samples], dtype=float)
-        dec = np.array([[flops_of(g, i, j) for j in range(M)] for i in range(P)])
-        pre = np.array([prefill(g, i) for i in range(P)])
+        tokens = np.mean([[s.tokens for s in row] for row in g.samples])
+        pre = np.array([fl.prefill(p) for p in g.prompt_tokens])
+        dec = np.array([np.mean([fl.decode(p, s.tokens) for s in row]) for p, row in zip(g.prompt_tokens, g.samples)])
         for method in sampled:
             for n in ([1] if method == "sample" else ns):
-                per = []
-                for i in range(P):
-                    if method in ("sample", "oracle"):
-                        per.append(pass_at(M, sum(correct[i]), n))
-                    elif method == "vote":
-                        per.append(expected_accuracy(correct[i], pick_vote(answers[i], lp[i]), n, cfg.draws,
-                                                     cfg.seed + i))
-                    else:
-                        per.append(expected_accuracy(correct[i], pick_best(scores[method][i]), n, cfg.draws,
-                                                     cfg.seed + i))
-                ef = np.array(extra_flops[method]).mean(axis=1)
+                per = _accuracies(method, n, correct, answers, scores, cfg)
                 # Paired with greedy on the same problems: the difference and its standard error.
-                diff = np.array(per) - greedy_ok if greedy_ok is not None else None
-                rows.append({"method": method, "n": n, "accuracy": float(np.mean(per)),
-                             "stderr": float(np.std(per) / math.sqrt(P)),
+                diff = None if greedy_ok is None else per - greedy_ok
+                rows.append({"method": method, "n": n, "accuracy": float(per.mean()),
+                             "stderr": float(per.std() / math.sqrt(P)),
                              "vs_greedy": None if diff is None else float(diff.mean()),
                              "vs_greedy_stderr": None if diff is None else float(diff.std() / math.sqrt(P)),
-                             "gen_tokens": float(n * tok.mean()),
-                             "flops": float(np.mean(pre + n * (dec.mean(axis=1) + ef))),
+                             "gen_tokens": float(n * tokens),
+                             "flops": float(np.mean(pre + n * (dec + extra_flops[method]))),
                              "wall_s": walls.get(n, g.wall_s / P * n / M) + n * extra_wall[method]})
         _write_samples(out / "samples.jsonl", task, g, answers, correct, scores)
     for r in rows:
-        summary.setdefault(r["method"], {})
-        if isinstance(summary[r["method"]], dict):
-            summary[r["method"]][str(r["n"])] = round(r["accuracy"], 4)
-    summary["sample_accuracy"] = next((r["accuracy"] for r in rows if r["method"] == "sample"), None)
-    for r in rows:  # unknown FLOPs (a remote model) are left empty, not written as NaN
-        if math.isnan(r["flops"]):
+        summary.setdefault(r["method"], {})[str(r["n"])] = round(r["accuracy"], 4)
+        if math.isnan(r["flops"]):  # unknown FLOPs (a remote model) are left empty, not written as NaN
             r["flops"] = None
+    summary["sample_accuracy"] = next((r["accuracy"] for r in rows if r["method"] == "sample"), None)
     _write_csv(out / "testtime.csv", rows)
     png = _plot(rows, out / "testtime.png", f"{task.name}: {P} problems, {gen.name}, T={cfg.temperature}")
     summary.update({"rows": rows, "csv": str(out / "testtime.csv"), "png": str(png),
