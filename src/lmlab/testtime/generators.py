@@ -49,7 +49,6 @@ class Generation:
     wall_s: float
     flops: float | None = None
     """Forward FLOPs of the prefills and every decoded token (None when the backend cannot tell)."""
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

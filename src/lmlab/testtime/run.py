@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +87,6 @@ class TestTimeConfig:
     """'auto', 'cpu' or 'cuda' (local model and reward model)."""
     out: str = "runs/testtime"
     """Output directory: testtime.csv, testtime.png, samples.jsonl, summary.json."""
-    POSITIONAL: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         if not self.n:
@@ -223,7 +222,9 @@ def _scores(cfg: TestTimeConfig, task: Task, g: Generation, methods: list[str]
         from lmlab.testtime.verifier import score_responses
 
         t = time.perf_counter()
-        rm, rtok = load_reward_model(cfg.rm, _device(cfg.device))
+        from lmlab.device import pick_device
+
+        rm, rtok = load_reward_model(cfg.rm, pick_device(cfg.device))
         flat, rm_flops = score_responses(rm, rtok, [task.questions[i] for i in range(P) for _ in range(M)],
                                          [s.text for row in g.samples for s in row])
         scores["rm"] = [flat[i * M:(i + 1) * M] for i in range(P)]
@@ -313,12 +314,6 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
     _print_table(rows)
     print(f"{out / 'testtime.csv'}, {png}")
     return {**summary, "_printed": True}
-
-
-def _device(name: str):
-    from lmlab.device import pick_device
-
-    return pick_device(name)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -23,9 +23,11 @@ Extractor = Callable[[str], "str | None"]
 
 
 def normalise(answer: str) -> str:
-    """Case, spacing, a trailing period and digit-group commas do not make two answers differ."""
-    text = " ".join(str(answer).strip().rstrip(".").split()).lower()
-    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    """The chat evaluation's normal form (case, spacing, a trailing period), and digit-group commas
+    dropped, so that `1,234` and `1234` are one answer."""
+    from lmlab.evals.chat import normalise as chat_normalise
+
+    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", chat_normalise(str(answer)))
 
 
 def regex_extractor(pattern: str) -> Extractor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from lmlab.errors import LmlabError
 from lmlab.post.loop import PostTrainConfig
@@ -74,7 +74,6 @@ class VerifierConfig:
     """Sampling seed."""
     train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=150, lr=1e-4, min_lr=1e-5))
     """Reward-model training (batch_size counts pairs)."""
-    POSITIONAL: ClassVar[tuple[str, ...]] = ()
 
 
 def train_verifier(cfg: VerifierConfig) -> dict[str, Any]:
