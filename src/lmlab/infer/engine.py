@@ -10,6 +10,7 @@ streaming holds back any text that could still turn into a stop string.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +102,16 @@ class Engine:
     """Generation and scoring for one model and its tokenizer."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, device: str | torch.device = "cpu",
-                 weights: str = "fp32") -> None:
+                 weights: str = "fp32", backend: str = "auto") -> None:
         """`device`: 'cpu', 'cuda', ... or 'auto' (the GPU if there is one). `weights`: 'fp32', 'bf16', or
-        'int8' (weight-only int8 linears, bf16 activations in the matmuls)."""
+        'int8' (weight-only int8 linears, bf16 activations in the matmuls). `backend` for the decode steps:
+        'torch' (the model's forward), 'native' (the C step in `lmlab.infer.native`: small dense fp32 models
+        on the CPU), or 'auto' (native where it applies and the model is small enough for operator overhead
+        to dominate, else torch). Prefill and scoring always run the model's forward."""
         if weights not in ("fp32", "bf16", "int8"):
             raise LmlabError(f"weights must be 'fp32', 'bf16' or 'int8', got {weights!r}")
+        if backend not in ("auto", "torch", "native"):
+            raise LmlabError(f"backend must be 'auto', 'torch' or 'native', got {backend!r}")
         device = pick_device(device)
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
@@ -117,15 +123,36 @@ class Engine:
         self.device = device
         self.cfg = model.cfg
         self.start_id = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+        self.backend = backend
+        if backend == "native":
+            self._native()  # fail now, not at the first generate
+
+    def _native(self):
+        """A `NativeDecoder` for the model as it is now, or None when decoding should use torch."""
+        if self.backend == "torch":
+            return None
+        from lmlab.infer import native
+
+        why = native.unsupported(self.model)
+        if why is None and self.backend == "auto" and sum(p.numel() for p in self.model.parameters()) > \
+                native.MAX_NATIVE_PARAMS:
+            return None
+        lib = native.load() if why is None else None
+        if lib is None:
+            if self.backend == "native":
+                raise LmlabError(f"backend 'native' is not available for this model: {why or native.load_error()}")
+            return None
+        return native.NativeDecoder(self.model, lib)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32") -> Engine:
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
+                        backend: str = "auto") -> Engine:
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(path)
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
-        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights)
+        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights, backend)
 
     # -- prompts -------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -208,6 +235,7 @@ class Engine:
         cache = KVCache.for_model(self.cfg, len(prompt_ids), dtype=next(self.model.parameters()).dtype,
                                   device=self.device)
         last = self._prefill(prompt_ids, cache)
+        decoder = self._native() if any(r.limit > 1 for r in rows) else None
         order = torch.tensor([r.prompt for r in rows], device=self.device)
         cache.select(order)
         last = last[order]
@@ -229,37 +257,41 @@ class Engine:
             seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
             for i, r in enumerate(rows):
                 seen[i, prompt_ids[r.prompt]] = True
-        step = 0
-        while live:
-            lg = last
-            if plain:
-                processed, nxt = None, lg.argmax(-1)
-            else:
-                sub = torch.tensor(live, device=self.device)
-                processed = process_logits(lg.clone(), [rows[i].params for i in live],
-                                           counts[sub] if tracked else None, seen[sub] if tracked else None)
-                nxt = sample_from(processed, [None] * len(live), [rows[i].params.greedy for i in live],
-                                  uniforms[live, step])
-            want_lp = any(rows[i].params.wants_logprobs for i in live)
-            raw_lp = logprobs_of(lg, nxt) if want_lp else None
-            proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
-                       ) if want_lp else None
-            for k, (i, t) in enumerate(zip(live, nxt.tolist())):
-                if tracked:
-                    counts[i, t] += 1
-                    seen[i, t] = True
-                yield from self._accept(rows[i], t, raw_lp, proc_lp, lg, k, streaming)
-            still = [i for i in live if rows[i].finish is None]
-            if not still:
-                break
-            if len(still) != len(live):  # drop finished rows from the cache and the batch
-                keep = torch.tensor([live.index(i) for i in still], device=self.device)
-                cache.select(keep)
-                nxt = nxt[keep]
-            live = still
-            step += 1
-            last = self.model(nxt[:, None], cache=cache)[:, 0].float()
-            cache.advance(1)
+        with decoder.cores() if decoder is not None else contextlib.nullcontext():
+            step = 0
+            while live:
+                lg = last
+                if plain:
+                    processed, nxt = None, lg.argmax(-1)
+                else:
+                    sub = torch.tensor(live, device=self.device) if tracked else None
+                    processed = process_logits(lg.clone(), [rows[i].params for i in live],
+                                               counts[sub] if tracked else None, seen[sub] if tracked else None)
+                    u = uniforms[:, step] if len(live) == len(rows) else uniforms[live, step]
+                    nxt = sample_from(processed, [None] * len(live), [rows[i].params.greedy for i in live], u)
+                want_lp = any(rows[i].params.wants_logprobs for i in live)
+                raw_lp = logprobs_of(lg, nxt) if want_lp else None
+                proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
+                           ) if want_lp else None
+                for k, (i, t) in enumerate(zip(live, nxt.tolist())):
+                    if tracked:
+                        counts[i, t] += 1
+                        seen[i, t] = True
+                    yield from self._accept(rows[i], t, raw_lp, proc_lp, lg, k, streaming)
+                still = [i for i in live if rows[i].finish is None]
+                if not still:
+                    break
+                if len(still) != len(live):  # drop finished rows from the cache and the batch
+                    keep = torch.tensor([live.index(i) for i in still], device=self.device)
+                    cache.select(keep)
+                    nxt = nxt[keep]
+                live = still
+                step += 1
+                if decoder is not None:
+                    last = decoder.step(nxt, cache)
+                else:
+                    last = self.model(nxt[:, None], cache=cache)[:, 0].float()
+                cache.advance(1)
         yield self._outputs(prompt_ids, rows)
 
     def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int,

@@ -333,21 +333,23 @@ def process_logits(logits: torch.Tensor, params: SamplingParams | Sequence[Sampl
             raise ValueError("presence_penalty / frequency_penalty need the token history: pass counts")
         x = apply_presence_frequency(x, counts, pres, freq)
 
-    greedy = torch.tensor([p.greedy for p in plist], device=x.device)
     temps = [p.temperature for p in plist]
     if any(t != 1 for t in temps):
         x = apply_temperature(x, temps)  # greedy rows become one-hot here
-    sampled = ~greedy
-    if sampled.any():
+    rows = [p for p in plist if not p.greedy]
+    if any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in rows):
         # Filters only on the sampled rows (on a one-hot row they would be no-ops anyway).
-        y = x[sampled]
-        rows = [p for p in plist if not p.greedy]
+        every = len(rows) == b
+        sampled = None if every else ~torch.tensor([p.greedy for p in plist], device=x.device)
+        y = x if every else x[sampled]
         if any(p.top_k > 0 for p in rows):
             y = apply_top_k(y, [p.top_k for p in rows])
         if any(p.top_p < 1 for p in rows):
             y = apply_top_p(y, [p.top_p for p in rows])
         if any(p.min_p > 0 for p in rows):
             y = apply_min_p(y, [p.min_p for p in rows])
+        if every:
+            return y
         x[sampled] = y
     return x
 
@@ -381,27 +383,33 @@ def sample_from(logits_processed: torch.Tensor, generators: Sequence[torch.Gener
     if len(flags) != b:
         raise ValueError(f"got {len(flags)} greedy flags for a batch of {b} rows")
 
-    out = torch.argmax(x, dim=-1)
     rows = [i for i in range(b) if not flags[i]]
     if not rows:
-        return out
+        return torch.argmax(x, dim=-1)
     dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    sel = torch.tensor(rows, device=x.device)
-    probs = torch.softmax(x[sel].to(dtype), dim=-1)
-    positive = probs > 0
-    if not bool(positive.any(dim=-1).all()):
-        bad = rows[int((~positive.any(dim=-1)).nonzero()[0])]
-        raise ValueError(f"row {bad} has no finite logits to sample from")
+    every = len(rows) == b  # the common case: no row gathering or scattering needed
+    sel = None if every else torch.tensor(rows, device=x.device)
+    probs = torch.softmax((x if every else x[sel]).to(dtype), dim=-1)
     cdf = probs.cumsum(dim=-1)
+    if not bool((cdf[:, -1] > 0).all()):
+        bad = rows[int((~(cdf[:, -1] > 0)).nonzero()[0])]
+        raise ValueError(f"row {bad} has no finite logits to sample from")
     if uniforms is not None:
-        u = uniforms.to(x.device, dtype)[sel]
+        u = uniforms.to(x.device, dtype)
+        u = u if every else u[sel]
     else:
         u = torch.stack([_uniform(gens[i]) for i in rows]).to(x.device, dtype)
     target = (u * cdf[:, -1]).unsqueeze(1)
     idx = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    # u * total can round up to total: fall back to the last token with positive probability.
-    last = (v - 1) - torch.argmax(positive.flip(-1).to(torch.uint8), dim=-1)
-    out[sel] = torch.minimum(idx, last)
+    # The first token whose cumulative probability exceeds the target has positive probability, unless
+    # u * total rounded up to total (idx == v): then take the last token with positive probability.
+    if bool((idx == v).any()):
+        last = (v - 1) - torch.argmax((probs > 0).flip(-1).to(torch.uint8), dim=-1)
+        idx = torch.minimum(idx, last)
+    if every:
+        return idx
+    out = torch.argmax(x, dim=-1)
+    out[sel] = idx
     return out
 
 
