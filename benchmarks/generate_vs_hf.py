@@ -7,11 +7,13 @@ best of `--repeats` runs. Cases (from the inference issue):
 
   a) tiny shape (4 layers, width 128, vocab 65), batch 1, 200 new tokens, greedy
   b) the same, batch 16, sampling (temperature 1)
-  c) GPT-2 124M shape, batch 1, 100 new tokens, greedy (fp32; bf16 also timed, its
+  c) GPT-2 124M shape, batch 1, 100 new tokens, greedy (fp32; bf16 and int8 also timed, their
      change in outputs measured against fp32)
 
-It also checks that greedy tokens agree between the two implementations, and
-reports lmlab's per-token decode latency early vs late in a long generation.
+lmlab decodes through its native C step wherever the engine's 'auto' backend picks it
+(each row says which); cases a) and b) also time lmlab's PyTorch decode path. It also
+checks that greedy tokens agree between the two implementations, and reports lmlab's
+per-token decode latency early vs late in a long generation.
 Needs the optional `transformers` package (`pip install -e .[bench]`). Ends
 with one JSON line of figures including each `ratio` (lmlab tokens/s / HF's).
 """
@@ -91,7 +93,8 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8):
+def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8, torch_engine=None):
+    """Time HF and lmlab (and, if given, lmlab's PyTorch decode path) on the same prompts."""
     from lmlab.infer.sampling import SamplingParams
 
     g = torch.Generator().manual_seed(1)
@@ -104,25 +107,52 @@ def case(name, hf, engine, batch, new, sample, repeats, prompt_len=8):
     plist = [p.tolist() for p in prompts]
     t_lm = best_of(lambda: engine.generate(plist, params), repeats)
     tok = batch * new
-    row = {"case": name, "batch": batch, "new_tokens": new, "hf_tokens_per_s": round(tok / t_hf, 1),
+    backend = "native" if engine._native(batch) is not None else "torch"
+    row = {"case": name, "batch": batch, "new_tokens": new, "backend": backend, "hf_tokens_per_s": round(tok / t_hf, 1),
            "lmlab_tokens_per_s": round(tok / t_lm, 1), "ratio": round(t_hf / t_lm, 3)}
+    if torch_engine is not None:
+        t_torch = best_of(lambda: torch_engine.generate(plist, params), repeats)
+        row["lmlab_torch_path_tokens_per_s"] = round(tok / t_torch, 1)
+        row["torch_path_ratio"] = round(t_hf / t_torch, 3)
     if not sample:
         with torch.inference_mode():
             ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), **kw)[:, prompt_len:].tolist()
         ours = [o.completions[0].token_ids for o in engine.generate(plist, params)]
         row["greedy_tokens_equal"] = ref == ours
-    print(f"{name:28s} HF {row['hf_tokens_per_s']:9.1f} tok/s   lmlab {row['lmlab_tokens_per_s']:9.1f} tok/s   "
-          f"ratio {row['ratio']:.2f}" + (f"   greedy equal: {row['greedy_tokens_equal']}" if not sample else ""))
+    print(f"{name:28s} HF {row['hf_tokens_per_s']:9.1f} tok/s   lmlab ({backend}) "
+          f"{row['lmlab_tokens_per_s']:9.1f} tok/s   "
+          f"ratio {row['ratio']:.2f}" + (f"   greedy equal: {row['greedy_tokens_equal']}" if not sample else "")
+          + (f"   (torch path {row['lmlab_torch_path_tokens_per_s']:.1f} tok/s, ratio {row['torch_path_ratio']:.2f})"
+             if torch_engine is not None else ""))
     return row
 
 
+def decode_logprobs(engine, x: torch.Tensor) -> torch.Tensor:
+    """(N, T, V) next-token log-probs computed the way the engine decodes: one token at a time through the
+    native step when the engine uses it (its numerics differ from the model's forward), else the forward."""
+    from lmlab.model.kv_cache import KVCache
+
+    decoder = engine._native(1)  # as the engine decodes the timed batch-1 case
+    with torch.no_grad():
+        if decoder is None:
+            return torch.log_softmax(engine.model(x).float(), -1)
+        cache = KVCache.for_model(engine.cfg, x.shape[0], dtype=torch.float32, device=engine.device)
+        steps = [engine.model(x[:, :1], cache=cache)[:, -1].float()]
+        cache.advance(1)
+        for t in range(1, x.shape[1]):
+            steps.append(decoder.step(x[:, t], cache))
+            cache.advance(1)
+    return torch.log_softmax(torch.stack(steps, 1), -1)
+
+
 def output_change(ref, other, n_prompts: int = 8, length: int = 32) -> dict:
-    """How much reduced-precision weights change the next-token distribution, on random prompts."""
+    """How much reduced-precision weights change the next-token distribution, on random prompts (each
+    engine computing the way it decodes)."""
     g = torch.Generator().manual_seed(2)
     x = torch.randint(0, ref.cfg.vocab_size, (n_prompts, length), generator=g).to(ref.device)
     with torch.no_grad():
-        a = torch.log_softmax(ref.model(x).float(), -1)
-        b = torch.log_softmax(other.model(x).float(), -1)
+        a = decode_logprobs(ref, x)
+        b = decode_logprobs(other, x)
     kl = (a.exp() * (a - b)).sum(-1)
     return {"output_change": {"top1_agreement": round(float((a.argmax(-1) == b.argmax(-1)).float().mean()), 4),
                               "mean_kl_nats": round(float(kl.mean()), 6),
@@ -157,8 +187,9 @@ def main() -> None:
     hf, model = build(4, 128, 4, 65, 256)
     hf = hf.to(args.device)
     engine = Engine(model, _Tok(), args.device)
-    rows.append(case("a) tiny, batch 1, greedy", hf, engine, 1, 200, False, args.repeats))
-    rows.append(case("b) tiny, batch 16, sampling", hf, engine, 16, 200, True, args.repeats))
+    torch_path = Engine(model, _Tok(), args.device, backend="torch")
+    rows.append(case("a) tiny, batch 1, greedy", hf, engine, 1, 200, False, args.repeats, torch_engine=torch_path))
+    rows.append(case("b) tiny, batch 16, sampling", hf, engine, 16, 200, True, args.repeats, torch_engine=torch_path))
     latency = decode_latency(engine)
     print(f"tiny decode latency: {latency}")
     if not args.skip_124m:

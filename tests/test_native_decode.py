@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -41,14 +43,9 @@ def lib():
     return lib
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_native_step_matches_full_recomputation(lib, name):
-    """Rows of different lengths (9 rows: the step splits them over threads), every decode step compared
-    with the logits of a fresh full forward pass over the whole sequence."""
-    model = _model(**CONFIGS[name])
-    assert native.unsupported(model) is None
-    decoder = native.NativeDecoder(model, lib)
-    decoder.threads = 2
+def _check_against_recomputation(model, decoder, ref_model):
+    """Rows of different lengths, every decode step compared with the logits of a fresh full forward pass of
+    `ref_model` over the whole sequence."""
     g = torch.Generator().manual_seed(1)
     lengths = [5, 1, 9, 3, 7, 2, 4, 8, 6]
     seqs = [torch.randint(0, model.cfg.vocab_size, (n,), generator=g).tolist() for n in lengths]
@@ -57,7 +54,7 @@ def test_native_step_matches_full_recomputation(lib, name):
     for i, s in enumerate(seqs):
         x[i, : len(s)] = torch.tensor(s)
     with torch.no_grad():
-        model(x, cache=cache)
+        ref_model(x, cache=cache)
         cache.advance(torch.tensor(lengths))
         nxt = torch.randint(0, model.cfg.vocab_size, (len(seqs),), generator=g)
         for _ in range(12):
@@ -65,9 +62,32 @@ def test_native_step_matches_full_recomputation(lib, name):
             cache.advance(1)
             for i, s in enumerate(seqs):
                 s.append(int(nxt[i]))
-                ref = model(torch.tensor([s]))[0, -1]
-                assert torch.allclose(got[i], ref, atol=1e-4, rtol=0), (name, i, (got[i] - ref).abs().max())
+                ref = ref_model(torch.tensor([s]))[0, -1]
+                assert torch.allclose(got[i], ref, atol=1e-4, rtol=0), (i, (got[i] - ref).abs().max())
             nxt = got.argmax(-1)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_native_step_matches_full_recomputation(lib, monkeypatch, name, threads):
+    """9 rows of different lengths; with several threads every phase of the step is split between them."""
+    monkeypatch.setattr(native, "MIN_MACS_PER_THREAD", 0)
+    model = _model(**CONFIGS[name])
+    assert native.unsupported(model) is None
+    decoder = native.NativeDecoder(model, lib)
+    decoder.threads = threads
+    _check_against_recomputation(model, decoder, model)
+
+
+def test_native_step_with_bf16_weights(lib, monkeypatch):
+    """bf16 weights, fp32 activations and cache: exactly an fp32 model holding the bf16-rounded weights."""
+    monkeypatch.setattr(native, "MIN_MACS_PER_THREAD", 0)
+    for name in ("gpt2-bias", "llama-gqa-rope-swiglu"):
+        model = _model(**CONFIGS[name]).to(torch.bfloat16)
+        assert native.unsupported(model) is None
+        decoder = native.NativeDecoder(model, lib)
+        decoder.threads = 2
+        _check_against_recomputation(model, decoder, copy.deepcopy(model).float())
 
 
 def test_engine_native_and_torch_agree(lib, tiny_data):
@@ -108,8 +128,8 @@ def test_unsupported_models_keep_the_torch_path(lib, tiny_data):
         Engine(moe, tok, backend="native")
     out = Engine(moe, tok).generate("A", SamplingParams(temperature=0, max_new_tokens=3, ignore_eos=True))
     assert len(out[0].completions[0].token_ids) == 3  # auto falls back to torch
-    bf16 = Engine(_model(vocab_size=tok.vocab_size), tok, weights="bf16")
-    assert bf16._native() is None
+    int8 = Engine(_model(vocab_size=tok.vocab_size), tok, weights="int8")
+    assert int8._native() is None and "int8" in native.unsupported(int8.model)
     with pytest.raises(LmlabError, match="backend must be"):
         Engine(_model(vocab_size=tok.vocab_size), tok, backend="fast")
 

@@ -23,7 +23,7 @@ class EngineOptions(SamplingParams):
     weights: str = "fp32"
     """Weights for inference: 'fp32', 'bf16', or 'int8' (weight-only, 4x less memory traffic per token)."""
     backend: str = "auto"
-    """Decode steps: 'torch', 'native' (a compiled C step for small dense fp32 models on the CPU, many times
+    """Decode steps: 'torch', 'native' (a compiled C step for dense fp32 or bf16 models on the CPU, several times
     faster token by token), or 'auto' (native where it applies)."""
 
     def engine(self):

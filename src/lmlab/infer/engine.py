@@ -105,9 +105,9 @@ class Engine:
                  weights: str = "fp32", backend: str = "auto") -> None:
         """`device`: 'cpu', 'cuda', ... or 'auto' (the GPU if there is one). `weights`: 'fp32', 'bf16', or
         'int8' (weight-only int8 linears, bf16 activations in the matmuls). `backend` for the decode steps:
-        'torch' (the model's forward), 'native' (the C step in `lmlab.infer.native`: small dense fp32 models
-        on the CPU), or 'auto' (native where it applies and the model is small enough for operator overhead
-        to dominate, else torch). Prefill and scoring always run the model's forward."""
+        'torch' (the model's forward), 'native' (the C step in `lmlab.infer.native`: dense pre-norm models
+        with fp32 or bf16 weights on the CPU, decoding into an fp32 KV cache), or 'auto' (native where it
+        applies, else torch). Prefill and scoring always run the model's forward."""
         if weights not in ("fp32", "bf16", "int8"):
             raise LmlabError(f"weights must be 'fp32', 'bf16' or 'int8', got {weights!r}")
         if backend not in ("auto", "torch", "native"):
@@ -127,22 +127,22 @@ class Engine:
         if backend == "native":
             self._native()  # fail now, not at the first generate
 
-    def _native(self):
-        """A `NativeDecoder` for the model as it is now, or None when decoding should use torch."""
+    def _native(self, rows: int = 1):
+        """A `NativeDecoder` for the model as it is now, or None when decoding `rows` rows should use torch."""
         if self.backend == "torch":
             return None
         from lmlab.infer import native
 
         why = native.unsupported(self.model)
-        if why is None and self.backend == "auto" and sum(p.numel() for p in self.model.parameters()) > \
-                native.MAX_NATIVE_PARAMS:
-            return None
         lib = native.load() if why is None else None
         if lib is None:
             if self.backend == "native":
                 raise LmlabError(f"backend 'native' is not available for this model: {why or native.load_error()}")
             return None
-        return native.NativeDecoder(self.model, lib)
+        decoder = native.NativeDecoder(self.model, lib)
+        if self.backend == "auto" and rows * decoder.macs > native.MAX_AUTO_MACS:
+            return None
+        return decoder
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
@@ -232,10 +232,10 @@ class Engine:
         prompt_ids = [self.encode(p) for p in prompts]
         rows = self._rows(prompt_ids, plist)
         V = self.cfg.vocab_size
-        cache = KVCache.for_model(self.cfg, len(prompt_ids), dtype=next(self.model.parameters()).dtype,
-                                  device=self.device)
+        decoder = self._native(len(rows)) if any(r.limit > 1 for r in rows) else None
+        dtype = torch.float32 if decoder is not None else next(self.model.parameters()).dtype
+        cache = KVCache.for_model(self.cfg, len(prompt_ids), dtype=dtype, device=self.device)
         last = self._prefill(prompt_ids, cache)
-        decoder = self._native() if any(r.limit > 1 for r in rows) else None
         order = torch.tensor([r.prompt for r in rows], device=self.device)
         cache.select(order)
         last = last[order]
