@@ -77,7 +77,12 @@ def load() -> ctypes.CDLL | None:
     path = cache_dir() / f"decode-{key}.so"
     try:
         if not path.exists():
-            _compile(path)
+            try:
+                _compile(path)
+            except PermissionError:  # a read-only home: build in the temporary directory instead
+                path = Path(tempfile.gettempdir()) / f"lmlab-{os.getuid()}" / "native" / path.name
+                if not path.exists():
+                    _compile(path)
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError) as e:
         _lib_error = str(e)
