@@ -140,7 +140,7 @@ class Engine:
                 raise LmlabError(f"backend 'native' is not available for this model: {why or native.load_error()}")
             return None
         decoder = native.NativeDecoder(self.model, lib)
-        if self.backend == "auto" and rows * decoder.macs > native.MAX_AUTO_MACS:
+        if self.backend == "auto" and (rows > native.MAX_AUTO_ROWS or rows * decoder.macs > native.MAX_AUTO_MACS):
             return None
         return decoder
 
