@@ -165,3 +165,25 @@ def test_incremental_detokenisation_handles_split_characters(engine):
         seen.append(engine._incremental_text(row))
     assert seen[-1] == text
     assert all(text.startswith(s.rstrip("\ufffd")) for s in seen)
+
+
+@pytest.mark.parametrize("limits", [[30, 30, 2, 17, 12, 25, 14, 12, 30], [3, 30, 2, 17, 0, 25, 1, 12, 30]])
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_rows_finishing_at_different_times_match_rows_run_alone(engine, backend, limits):
+    """Finished rows stay in the cache until a quarter of it is finished, then it is compacted; a row whose
+    long prompt would outgrow the cache while finished forces the compaction early. Either way every row
+    gets exactly what it gets alone (greedy), including rows with nothing to generate."""
+    if backend == "native":
+        from lmlab.infer import native
+
+        if native.load() is None:
+            pytest.skip("no native decode step here")
+    eng = Engine(engine.model, engine.tok, backend=backend)
+    long_prompt = list(range(5, 5 + 58))  # 58 of the 64 positions: finished after 2 tokens, then it must go
+    prompts = [PROMPTS[0], PROMPTS[1], long_prompt, PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[2], "B", "C"]
+    params = [SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True) for n in limits]
+    together = eng.generate(prompts, params)
+    for prompt, p, out in zip(prompts, params, together):
+        alone = eng.generate([prompt], p)[0].completions[0].token_ids
+        assert out.completions[0].token_ids == alone
+        assert len(alone) == min(p.max_new_tokens, eng.cfg.max_seq_len - len(eng.encode(prompt)))

@@ -257,10 +257,14 @@ class Engine:
             seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
             for i, r in enumerate(rows):
                 seen[i, prompt_ids[r.prompt]] = True
+        # Cache row of each engine row. A finished row stays in the cache (decoding a dummy token) until a
+        # quarter of the cache is finished rows: compacting copies the whole cache, which at a few hundred
+        # rows costs as much as a couple of decode steps, and rows finish one by one.
+        where = list(range(len(rows)))
         with decoder.cores() if decoder is not None else contextlib.nullcontext():
             step = 0
             while live:
-                lg = last
+                lg = last if len(live) == cache.batch else last[torch.tensor([where[i] for i in live])]
                 if plain:
                     processed, nxt = None, lg.argmax(-1)
                 else:
@@ -281,11 +285,20 @@ class Engine:
                 still = [i for i in live if rows[i].finish is None]
                 if not still:
                     break
-                if len(still) != len(live):  # drop finished rows from the cache and the batch
-                    keep = torch.tensor([live.index(i) for i in still], device=self.device)
-                    cache.select(keep)
-                    nxt = nxt[keep]
+                if len(still) != len(live):
+                    nxt = nxt[torch.tensor([k for k, i in enumerate(live) if rows[i].finish is None])]
                 live = still
+                if len(live) != cache.batch:
+                    finished = cache.batch - len(live)
+                    # a finished row keeps advancing: compact before it could outgrow the cache
+                    if finished > cache.batch // 4 or int(cache.lengths.max()) >= cache.max_len:
+                        cache.select(torch.tensor([where[i] for i in live], device=self.device))
+                        for j, i in enumerate(live):
+                            where[i] = j
+                    else:
+                        tokens = torch.zeros(cache.batch, dtype=nxt.dtype, device=self.device)
+                        tokens[torch.tensor([where[i] for i in live], device=self.device)] = nxt
+                        nxt = tokens
                 step += 1
                 if decoder is not None:
                     last = decoder.step(nxt, cache)
