@@ -20,13 +20,18 @@ from lmlab.post.rm import RMConfig
 
 
 def score_responses(model, tok, questions: list[str], responses: list[str]) -> tuple[list[float], float]:
-    """Reward-model scores of (question, response) chats, and the forward FLOPs spent. A response too
-    long for the reward model's context is cut at its end (it is then an unfinished answer anyway)."""
+    """Reward-model scores of (question, response) chats, and the forward FLOPs of one pass per response. A
+    response too long for the reward model's context is cut at its end (it is then an unfinished answer
+    anyway). Identical (question, response) pairs are scored once: N samples of a confident model repeat
+    themselves (the FLOPs still count every response, as a verifier without that cache would spend)."""
     from lmlab.plan.flops import forward_flops_per_token
     from lmlab.post.rm import pair_ids
 
     cfg = model.backbone.cfg
-    scores = model.score(tok, questions, responses, truncate=True)
+    keys = list(zip(questions, responses))
+    distinct = list(dict.fromkeys(keys))
+    found = dict(zip(distinct, model.score(tok, [q for q, _ in distinct], [r for _, r in distinct], truncate=True)))
+    scores = [found[k] for k in keys]
     lengths = [min(len(pair_ids(tok, {"prompt": q}, r)), cfg.max_seq_len) for q, r in zip(questions, responses)]
     return scores, float(sum(n * forward_flops_per_token(cfg, max(1, n // 2)) for n in lengths))
 
