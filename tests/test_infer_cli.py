@@ -43,6 +43,21 @@ def test_generate_json_with_every_control(ckpt, tmp_path, capsys):
         assert r["usage"]["completion_tokens"] == sum(len(c["token_ids"]) for c in r["completions"])
 
 
+def test_generate_backends_agree_and_a_bad_backend_is_named(ckpt, capsys):
+    """--backend torch and native give the same greedy text; an unknown backend is one clear error."""
+    from lmlab.infer import native
+
+    args = ["generate", "--checkpoint", str(ckpt), "--prompt", "Question: Where", "--temperature", "0",
+            "--max_new_tokens", "12", "--json"]
+    texts = []
+    for backend in ("torch", "native") if native.load() is not None else ("torch",):
+        assert main(args + ["--backend", backend]) == 0
+        texts.append(json.loads(capsys.readouterr().out)["results"][0]["completions"][0]["text"])
+    assert len(set(texts)) == 1
+    assert main(args + ["--backend", "gpu"]) == 2
+    assert "backend must be 'auto', 'torch' or 'native'" in capsys.readouterr().err
+
+
 def test_generate_bad_sampling_value(ckpt, capsys):
     code = main(["generate", "--checkpoint", str(ckpt), "--prompt", "x", "--top_p", "1.5"])
     assert code == 2
