@@ -128,6 +128,10 @@ def test_unsupported_models_keep_the_torch_path(lib, tiny_data):
         Engine(moe, tok, backend="native")
     out = Engine(moe, tok).generate("A", SamplingParams(temperature=0, max_new_tokens=3, ignore_eos=True))
     assert len(out[0].completions[0].token_ids) == 3  # auto falls back to torch
+    strided = _model(vocab_size=tok.vocab_size)
+    w = strided.blocks[0].attn.qkv.weight
+    w.data = w.data.t().contiguous().t()  # same values, column-major
+    assert native.unsupported(strided) == "needs contiguous parameters"
     int8 = Engine(_model(vocab_size=tok.vocab_size), tok, weights="int8")
     assert int8._native() is None and "int8" in native.unsupported(int8.model)
     with pytest.raises(LmlabError, match="backend must be"):

@@ -129,9 +129,10 @@ class Engine:
 
     def _native(self, rows: int = 1):
         """A `NativeDecoder` for the model as it is now, or None when decoding `rows` rows should use torch."""
-        if self.backend == "torch":
-            return None
         from lmlab.infer import native
+
+        if self.backend == "torch" or (self.backend == "auto" and rows > native.MAX_AUTO_ROWS):
+            return None
 
         why = native.unsupported(self.model)
         lib = native.load() if why is None else None
@@ -140,7 +141,7 @@ class Engine:
                 raise LmlabError(f"backend 'native' is not available for this model: {why or native.load_error()}")
             return None
         decoder = native.NativeDecoder(self.model, lib)
-        if self.backend == "auto" and (rows > native.MAX_AUTO_ROWS or rows * decoder.macs > native.MAX_AUTO_MACS):
+        if self.backend == "auto" and rows * decoder.macs > native.MAX_AUTO_MACS:
             return None
         return decoder
 
@@ -257,19 +258,17 @@ class Engine:
             seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
             for i, r in enumerate(rows):
                 seen[i, prompt_ids[r.prompt]] = True
-        # Cache row of each engine row. A finished row stays in the cache (decoding a dummy token) until a
-        # quarter of the cache is finished rows: compacting copies the whole cache, which at a few hundred
-        # rows costs as much as a couple of decode steps, and rows finish one by one.
-        where = list(range(len(rows)))
+        where = list(range(len(rows)))  # the cache row of each engine row
         with decoder.cores() if decoder is not None else contextlib.nullcontext():
             step = 0
             while live:
-                lg = last if len(live) == cache.batch else last[torch.tensor([where[i] for i in live])]
+                lg = last if len(live) == cache.batch else \
+                    last[torch.tensor([where[i] for i in live], device=self.device)]
                 if plain:
                     processed, nxt = None, lg.argmax(-1)
                 else:
                     sub = torch.tensor(live, device=self.device) if tracked else None
-                    processed = process_logits(lg.clone(), [rows[i].params for i in live],
+                    processed = process_logits(lg, [rows[i].params for i in live],  # it works on a copy
                                                counts[sub] if tracked else None, seen[sub] if tracked else None)
                     u = uniforms[:, step] if len(live) == len(rows) else uniforms[live, step]
                     nxt = sample_from(processed, [None] * len(live), [rows[i].params.greedy for i in live], u)
@@ -286,19 +285,10 @@ class Engine:
                 if not still:
                     break
                 if len(still) != len(live):
-                    nxt = nxt[torch.tensor([k for k, i in enumerate(live) if rows[i].finish is None])]
+                    nxt = nxt[torch.tensor([k for k, i in enumerate(live) if rows[i].finish is None],
+                                           device=self.device)]
                 live = still
-                if len(live) != cache.batch:
-                    finished = cache.batch - len(live)
-                    # a finished row keeps advancing: compact before it could outgrow the cache
-                    if finished > cache.batch // 4 or int(cache.lengths.max()) >= cache.max_len:
-                        cache.select(torch.tensor([where[i] for i in live], device=self.device))
-                        for j, i in enumerate(live):
-                            where[i] = j
-                    else:
-                        tokens = torch.zeros(cache.batch, dtype=nxt.dtype, device=self.device)
-                        tokens[torch.tensor([where[i] for i in live], device=self.device)] = nxt
-                        nxt = tokens
+                nxt = self._cache_inputs(cache, where, live, nxt)
                 step += 1
                 if decoder is not None:
                     last = decoder.step(nxt, cache)
@@ -306,6 +296,26 @@ class Engine:
                     last = self.model(nxt[:, None], cache=cache)[:, 0].float()
                 cache.advance(1)
         yield self._outputs(prompt_ids, rows)
+
+    def _cache_inputs(self, cache: KVCache, where: list[int], live: list[int], nxt: torch.Tensor) -> torch.Tensor:
+        """The next token of every cache row, given the live rows' tokens `nxt`.
+
+        A finished row stays in the cache, decoding a dummy token, until a quarter of the cache is finished
+        rows: compacting copies the whole cache, which at a few hundred rows costs as much as a couple of
+        decode steps, and rows finish one by one. A finished row keeps advancing, so the cache is also
+        compacted before one could outgrow it. `where` (engine row -> cache row) is updated in place.
+        """
+        if len(live) == cache.batch:
+            return nxt
+        rows = torch.tensor([where[i] for i in live], device=self.device)
+        if cache.batch - len(live) > cache.batch // 4 or int(cache.lengths.max()) >= cache.max_len:
+            cache.select(rows)
+            for j, i in enumerate(live):
+                where[i] = j
+            return nxt
+        tokens = torch.zeros(cache.batch, dtype=nxt.dtype, device=self.device)
+        tokens[rows] = nxt
+        return tokens
 
     def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int,
                 streaming: bool) -> Iterator[Delta]:

@@ -114,6 +114,8 @@ def unsupported(model: torch.nn.Module) -> str | None:
     if any(p.device.type != "cpu" for p in model.parameters()) or len(dtypes) != 1 or \
             dtypes.pop() not in (torch.float32, torch.bfloat16):
         return "needs fp32 or bf16 weights on the CPU"
+    if not all(t.is_contiguous() for t in [*model.parameters(), *model.buffers()]):
+        return "needs contiguous parameters"
     if not cfg.causal or cfg.norm_position != "pre" or cfg.moe:
         return "covers causal pre-norm dense models only"
     if cfg.embed_norm or cfg.type_vocab_size or cfg.head_transform or model.head.bias is not None:
@@ -136,18 +138,11 @@ class NativeDecoder:
                                   int(cfg.positions == "rope"),
                                   int(model.tok_emb.weight.dtype == torch.bfloat16)], dtype=torch.int64)
         self.fcfg = torch.tensor([cfg.norm_eps, cfg.attn_scale, 1.0 / cfg.width_mult], dtype=torch.float64)
-        self._keep: list[torch.Tensor] = []
         self.threads = torch.get_num_threads()
         self.macs = sum(p.numel() for p in model.parameters() if p.dim() == 2)  # multiply-adds per row, roughly
 
-        def ptr(t: torch.Tensor | None) -> int:
-            if t is None:
-                return 0
-            t = t.detach()
-            if not t.is_contiguous():
-                raise ValueError("native decode needs contiguous parameters")
-            self._keep.append(t)
-            return t.data_ptr()
+        def ptr(t: torch.Tensor | None) -> int:  # the model (kept in self.model) owns the memory
+            return 0 if t is None else t.data_ptr()
 
         rope = cfg.positions == "rope"
         ptrs = [ptr(model.tok_emb.weight), ptr(model.pos_emb.weight if model.pos_emb is not None else None),

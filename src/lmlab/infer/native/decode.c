@@ -43,17 +43,11 @@ enum { L_N1W, L_N1B, L_QKVW, L_QKVB, L_PROJW, L_PROJB, L_N2W, L_N2B, L_UPW, L_UP
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 typedef int32_t v8i __attribute__((vector_size(32), aligned(4)));
 typedef uint32_t v8u __attribute__((vector_size(32), aligned(4)));
-typedef uint16_t v8h __attribute__((vector_size(16), aligned(2)));
 
 static inline float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
-/* Eight weights from fp32 or bf16 storage (bf16 is the top half of an fp32). `bf` is a constant
- * wherever this is inlined, so each kernel below is compiled once per storage type. */
-static inline __attribute__((always_inline)) v8 ld(const void *p, size_t i, int bf) {
-    if (!bf) return *(const v8 *)((const float *)p + i);
-    v8u u = __builtin_convertvector(*(const v8h *)((const uint16_t *)p + i), v8u) << 16;
-    return (v8)u;
-}
+/* Eight fp32 weights (bf16 ones are read sixteen at a time by ld16). */
+static inline v8 ld(const void *p, size_t i) { return *(const v8 *)((const float *)p + i); }
 
 /* Sixteen bf16 weights as two fp32 vectors without a shuffle: as 32-bit words, the even-indexed
  * weight is the low half (shift it up) and the odd-indexed one the high half (mask it). The inputs
@@ -80,6 +74,7 @@ static void deinterleave(const float *x, int B, int n, float *out) {
     }
 }
 
+/* One weight from fp32 or bf16 storage (bf16 is the top half of an fp32). */
 static inline __attribute__((always_inline)) float ld1(const void *p, size_t i, int bf) {
     if (!bf) return ((const float *)p)[i];
     uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
@@ -152,7 +147,7 @@ static inline __attribute__((always_inline)) void tile4x4(const float *x, int in
     } else {
         for (; i + 8 <= in; i += 8) {
             v8 wv[4], xv[4];
-            for (int r = 0; r < 4; r++) wv[r] = ld(W, (o + r) * in + i, bf);
+            for (int r = 0; r < 4; r++) wv[r] = ld(W, (o + r) * in + i);
             for (int b = 0; b < 4; b++) xv[b] = *(const v8 *)(x + (size_t)b * in + i);
             for (int b = 0; b < 4; b++)
                 for (int r = 0; r < 4; r++) a[b][r] += wv[r] * xv[b];
@@ -188,7 +183,7 @@ static inline __attribute__((always_inline)) void tile1x8(const float *x, int in
             v8 xv = *(const v8 *)(x + i);
             for (int r = 0; r < 8; r++) {
                 __builtin_prefetch((const float *)W + (o + 8 + r) * in + i);
-                a[r] += ld(W, (o + r) * in + i, bf) * xv;
+                a[r] += ld(W, (o + r) * in + i) * xv;
             }
         }
     }
