@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmlab.model import cpu_kernels
 from lmlab.model.config import ModelConfig
 from lmlab.model.kv_cache import KVCache
 
@@ -31,15 +32,26 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_kernels.usable(x, self.weight):
+            return cpu_kernels.norm(x, self.weight, None, self.eps, rms=True)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.to(x.dtype) * self.weight
 
 
+class LayerNorm(nn.LayerNorm):
+    """PyTorch's LayerNorm, through the fused CPU kernel where it applies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_kernels.usable(x, self.weight, self.bias):
+            return cpu_kernels.norm(x, self.weight, self.bias, self.eps, rms=False)
+        return super().forward(x)
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+    return LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 def gelu(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -79,6 +91,11 @@ class Attention(nn.Module):
                 attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x)
+        p = self.cfg.dropout if self.training else 0.0
+        if kv is None and attn_mask is None and rope is None and p == 0 and self.hd <= cpu_kernels.MAX_HEAD_DIM \
+                and cpu_kernels.usable(qkv):
+            y = cpu_kernels.attention(qkv, self.n_heads, self.n_kv, self.hd, self.cfg.attn_scale, self.cfg.causal)
+            return self.proj(y)
         dtype = qkv.dtype
         if qkv.device.type == "cpu" and dtype != torch.float32:
             # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
@@ -98,7 +115,6 @@ class Attention(nn.Module):
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        p = self.cfg.dropout if self.training else 0.0
         if attn_mask is not None and attn_mask.dim() == 2:  # (B, T_keys): True = a real token, False = padding
             attn_mask = attn_mask[:, None, None, :]
         # With a cache, a missing mask means "aligned rows": causal for a prefill, open for one new token.

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from lmlab import cbuild
 from lmlab.model.config import ModelConfig
 
 _SOURCE = Path(__file__).with_name("decode.c")
@@ -44,28 +40,6 @@ at 0.8-1.0x torch's speed (32 rows at 1.5x), 16 rows of a 91M-parameter model at
 at 1.2x."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LMLAB_CACHE") or Path.home() / ".cache" / "lmlab") / "native"
-
-
-def _compile(out: Path) -> None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        tmp_so = Path(tmp) / out.name
-        last = ""
-        for arch in (["-march=native"], []):  # -march=native where the compiler knows this CPU
-            r = subprocess.run([cc, *_FLAGS, *arch, "-o", str(tmp_so), str(_SOURCE), "-lm"],
-                               capture_output=True, text=True)
-            if r.returncode == 0:
-                os.replace(tmp_so, out)  # atomic: a concurrent build never sees half a library
-                return
-            last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
-        raise RuntimeError(f"{cc} failed: {last}")
-
-
 def load() -> ctypes.CDLL | None:
     """The compiled library, building it if needed; None (with a one-time warning) if it cannot be built.
     `LMLAB_NATIVE=0` turns the native path off."""
@@ -75,18 +49,8 @@ def load() -> ctypes.CDLL | None:
     if os.environ.get("LMLAB_NATIVE", "1") == "0":
         _lib_error = "turned off by LMLAB_NATIVE=0"
         return None
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + platform.machine().encode()
-                         + platform.node().encode()).hexdigest()[:16]
-    path = cache_dir() / f"decode-{key}.so"
     try:
-        if not path.exists():
-            try:
-                _compile(path)
-            except PermissionError:  # a read-only home: build in the temporary directory instead
-                path = Path(tempfile.gettempdir()) / f"lmlab-{os.getuid()}" / "native" / path.name
-                if not path.exists():
-                    _compile(path)
-        lib = ctypes.CDLL(str(path))
+        lib = cbuild.build(_SOURCE, _FLAGS)
     except (OSError, RuntimeError) as e:
         _lib_error = str(e)
         warnings.warn(f"lmlab's native decode step is unavailable ({e}); decoding uses PyTorch", stacklevel=2)

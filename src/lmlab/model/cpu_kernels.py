@@ -1,0 +1,182 @@
+"""Fused CPU kernels (C, built on first use) for the Transformer's attention and norms.
+
+At lab sizes PyTorch's CPU kernels for these ops cost several times their arithmetic: attention is
+~10 operator calls per layer (dtype copies, a split, transposes, flash attention, a concatenation in
+the backward) and a bf16 LayerNorm backward makes several passes. `cpu_kernels.c` does each op,
+forward and backward, in one call (fp32 arithmetic on fp32 or bf16 tensors) over PyTorch's own OpenMP
+threads; on the Shakespeare benchmark's model that is about a fifth of a bf16 training step. The model
+uses them on the CPU whenever they apply (`usable`), and PyTorch's ops otherwise: on GPUs, under
+autocast or `torch.compile`, with RoPE, an attention mask or attention dropout, with `LMLAB_NATIVE=0`,
+or where no C compiler is found (a one-time warning). The tests hold them to PyTorch's ops, forward
+and backward. (A fused exact GELU that stored its derivative was measured too: no faster than
+PyTorch's, so it is not here.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from lmlab import cbuild
+
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
+_lib: ctypes.CDLL | None = None
+_lib_error: str | None = None
+MAX_HEAD_DIM = 256  # the attention kernel keeps one output row of the head on the stack
+
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "lmlab_norm_fwd": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _I, _I]),
+    "lmlab_norm_bwd": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]),
+    "lmlab_attn_fwd": (_I, [_P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
+    "lmlab_attn_bwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
+}
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, building them if needed; None (with a one-time warning) if they cannot be
+    built. `LMLAB_NATIVE=0` turns them off."""
+    global _lib, _lib_error
+    if _lib is not None or _lib_error is not None:
+        return _lib
+    if os.environ.get("LMLAB_NATIVE", "1") == "0":
+        _lib_error = "turned off by LMLAB_NATIVE=0"
+        return None
+    try:
+        lib = cbuild.build(_SOURCE, _FLAGS)
+    except (OSError, RuntimeError) as e:
+        _lib_error = str(e)
+        warnings.warn(f"lmlab's fused CPU kernels are unavailable ({e}); the model uses PyTorch's ops",
+                      stacklevel=2)
+        return None
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = restype, argtypes
+    _lib = lib
+    return lib
+
+
+def _autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _mode_active() -> bool:
+    """A dispatch or function mode (FLOP counting, fake tensors, tracing) sees only PyTorch's ops."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """True when the kernels can stand in for PyTorch's ops on these tensors: all on the CPU in one
+    dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP counting),
+    and the library built."""
+    ts = [t for t in tensors if t is not None]
+    dtype = ts[0].dtype
+    if dtype not in (torch.float32, torch.bfloat16) or any(t.device.type != "cpu" or t.dtype != dtype for t in ts):
+        return False
+    if _autocast_on() or torch.compiler.is_compiling() or _mode_active():
+        return False
+    return load() is not None
+
+
+def _require() -> None:
+    if load() is None:
+        raise RuntimeError(f"lmlab's fused CPU kernels are unavailable: {_lib_error}")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _bf(t: torch.Tensor) -> int:
+    return int(t.dtype == torch.bfloat16)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------------------- the norms
+
+class _Norm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float, rms: bool):
+        x = x.contiguous()
+        C = x.shape[-1]
+        N = x.numel() // C
+        y = torch.empty_like(x)
+        mean, rstd = torch.empty(N, dtype=torch.float32), torch.empty(N, dtype=torch.float32)
+        _lib.lmlab_norm_fwd(_ptr(x), _ptr(w.contiguous()), _ptr(None if b is None else b.contiguous()), _ptr(y),
+                            _ptr(mean), _ptr(rstd), N, C, eps, int(rms), _bf(x), _threads())
+        ctx.save_for_backward(x, w, mean, rstd)
+        ctx.rms, ctx.has_bias = rms, b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, w, mean, rstd = ctx.saved_tensors
+        gy = gy.contiguous()
+        C = x.shape[-1]
+        N = x.numel() // C
+        gx = torch.empty_like(x)
+        gw = torch.empty(C, dtype=torch.float32)
+        gb = torch.empty(C, dtype=torch.float32) if ctx.has_bias else None
+        _lib.lmlab_norm_bwd(_ptr(gy), _ptr(x), _ptr(mean), _ptr(rstd), _ptr(w.contiguous()), _ptr(gx), _ptr(gw),
+                            _ptr(gb), N, C, int(ctx.rms), _bf(x), _threads())
+        return gx, gw.to(w.dtype), None if gb is None else gb.to(w.dtype), None, None
+
+
+def norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
+    """LayerNorm over the last dimension (RMSNorm when `rms`: no centring, no bias)."""
+    _require()
+    return _Norm.apply(x, weight, bias, eps, rms)
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, scale: float, causal: bool):
+        qkv = qkv.contiguous()
+        B, T, _ = qkv.shape
+        y = torch.empty(B, T, heads * head_dim, dtype=qkv.dtype)
+        lse = torch.empty(B, heads, T, dtype=torch.float32) if ctx.needs_input_grad[0] else None
+        rc = _lib.lmlab_attn_fwd(_ptr(qkv), _ptr(y), _ptr(lse), B, T, heads, kv_heads, head_dim, scale,
+                                 int(causal), _bf(qkv), _threads())
+        if rc != 0:
+            raise MemoryError("the fused attention kernel could not allocate its scratch memory")
+        ctx.save_for_backward(qkv, lse)
+        ctx.shape = (heads, kv_heads, head_dim, scale, causal)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        qkv, lse = ctx.saved_tensors
+        heads, kv_heads, head_dim, scale, causal = ctx.shape
+        B, T, _ = qkv.shape
+        dy = dy.contiguous()
+        dqkv = torch.empty_like(qkv)
+        rc = _lib.lmlab_attn_bwd(_ptr(qkv), _ptr(lse), _ptr(dy), _ptr(dqkv), B, T, heads, kv_heads, head_dim, scale,
+                                 int(causal), _bf(qkv), _threads())
+        if rc != 0:
+            raise MemoryError("the fused attention kernel could not allocate its scratch memory")
+        return dqkv, None, None, None, None, None
+
+
+def attention(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, scale: float,
+              causal: bool) -> torch.Tensor:
+    """softmax(scale q k^T) v straight from the fused qkv projection (B, T, (heads + 2 kv_heads) * head_dim)
+    to (B, T, heads * head_dim), ready for the output projection; causal or bidirectional, grouped-query
+    when kv_heads < heads. The forward keeps each row's log-sum-exp, and the backward recomputes the
+    probabilities from it (memory O(B heads T), not O(B heads T^2))."""
+    _require()
+    return _Attention.apply(qkv, heads, kv_heads, head_dim, scale, causal)

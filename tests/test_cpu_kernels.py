@@ -1,0 +1,169 @@
+"""The fused CPU kernels (attention, LayerNorm/RMSNorm) against PyTorch's own ops, forward and
+backward, and the model's choice between them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.model import cpu_kernels
+from lmlab.model.config import ModelConfig
+from lmlab.model.transformer import Transformer
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = cpu_kernels.load()
+    if lib is None:
+        pytest.skip(f"no fused CPU kernels here: {cpu_kernels._lib_error}")
+    return lib
+
+
+def _reference_attention(qkv, H, KV, D, scale, causal):
+    B, T, _ = qkv.shape
+    q, k, v = qkv.float().split([H * D, KV * D, KV * D], -1)
+    q = q.view(B, T, H, D).transpose(1, 2)
+    k = k.view(B, T, KV, D).transpose(1, 2).repeat_interleave(H // KV, 1)
+    v = v.view(B, T, KV, D).transpose(1, 2).repeat_interleave(H // KV, 1)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return y.transpose(1, 2).reshape(B, T, H * D)
+
+
+def _grads(fn, inputs, g):
+    for t in inputs:
+        t.grad = None
+    (fn().float() * g.float()).sum().backward()
+    return [t.grad.clone() for t in inputs]
+
+
+# (batch, length, heads, kv heads, head dim, causal): lengths and head sizes off the 16-lane grid,
+# grouped-query attention, and the Shakespeare benchmark's shape.
+SHAPES = [(3, 17, 4, 2, 12, True), (12, 64, 4, 4, 32, True), (2, 9, 2, 2, 32, False), (2, 33, 6, 3, 20, False),
+          (1, 1, 2, 1, 8, True), (2, 40, 2, 2, 64, True)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_attention_matches_sdpa_fp32(lib, shape):
+    B, T, H, KV, D, causal = shape
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, (H + 2 * KV) * D, requires_grad=True)
+    g = torch.randn(B, T, H * D)
+    scale = D ** -0.5
+    ours = cpu_kernels.attention(qkv, H, KV, D, scale, causal)
+    ref = _reference_attention(qkv, H, KV, D, scale, causal)
+    torch.testing.assert_close(ours, ref, atol=2e-6, rtol=1e-5)
+    (d_ours,) = _grads(lambda: cpu_kernels.attention(qkv, H, KV, D, scale, causal), [qkv], g)
+    (d_ref,) = _grads(lambda: _reference_attention(qkv, H, KV, D, scale, causal), [qkv], g)
+    torch.testing.assert_close(d_ours, d_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_attention_bf16_is_fp32_arithmetic_rounded_once(lib, shape):
+    B, T, H, KV, D, causal = shape
+    torch.manual_seed(1)
+    qkv = torch.randn(B, T, (H + 2 * KV) * D).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(B, T, H * D).to(torch.bfloat16)
+    ours = cpu_kernels.attention(qkv, H, KV, D, 0.3, causal)
+    assert ours.dtype == torch.bfloat16
+    exact = _reference_attention(qkv.detach().float(), H, KV, D, 0.3, causal)
+    torch.testing.assert_close(ours.float(), exact, atol=1e-6, rtol=2 ** -8)  # within half a bf16 step
+    (d_ours,) = _grads(lambda: cpu_kernels.attention(qkv, H, KV, D, 0.3, causal), [qkv], g)
+    q32 = qkv.detach().float().requires_grad_()
+    (d_exact,) = _grads(lambda: _reference_attention(q32, H, KV, D, 0.3, causal), [q32], g)
+    torch.testing.assert_close(d_ours.float(), d_exact, atol=1e-5, rtol=2 ** -8)
+
+
+@pytest.mark.parametrize(("rms", "bias"), [(False, False), (False, True), (True, False)])
+def test_norm_matches_torch(lib, rms, bias):
+    torch.manual_seed(2)
+    C = 131
+    x = (torch.randn(5, 7, C) * 3 + 1).requires_grad_()
+    w = (1 + 0.1 * torch.randn(C)).requires_grad_()
+    b = (0.1 * torch.randn(C)).requires_grad_() if bias else None
+    params = [t for t in (x, w, b) if t is not None]
+
+    def ref():
+        if rms:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+        return F.layer_norm(x, (C,), w, b, 1e-5)
+
+    g = torch.randn(5, 7, C)
+    torch.testing.assert_close(cpu_kernels.norm(x, w, b, 1e-5, rms), ref(), atol=1e-5, rtol=1e-5)
+    ours = _grads(lambda: cpu_kernels.norm(x, w, b, 1e-5, rms), params, g)
+    for a, r in zip(ours, _grads(ref, params, g)):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-5)
+
+
+def test_norm_bf16_is_at_least_as_accurate_as_torch(lib):
+    torch.manual_seed(3)
+    x = torch.randn(768, 128).to(torch.bfloat16).requires_grad_()
+    w = (1 + 0.1 * torch.randn(128)).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(768, 128).to(torch.bfloat16)
+    ours = _grads(lambda: cpu_kernels.norm(x, w, None, 1e-5, False), [x, w], g)
+    theirs = _grads(lambda: F.layer_norm(x, (128,), w, None, 1e-5), [x, w], g)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    exact = _grads(lambda: F.layer_norm(x64, (128,), w64, None, 1e-5), [x64, w64], g.double())
+    for o, t, e in zip(ours, theirs, exact):
+        assert o.dtype == torch.bfloat16
+        assert (o.double() - e).abs().max() <= (t.double() - e).abs().max()
+
+
+def _model(**kw) -> Transformer:
+    torch.manual_seed(5)
+    cfg = dict(vocab_size=37, d_model=48, n_layers=2, n_heads=4, max_seq_len=24, bias=False, dropout=0.0)
+    return Transformer(ModelConfig(**{**cfg, **kw}))
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": True}, {"causal": False}, {"norm": "rmsnorm", "mlp": "swiglu"},
+                                {"n_kv_heads": 2}])
+def test_model_gradients_match_the_pytorch_ops(lib, monkeypatch, kw):
+    model = _model(**kw)
+    idx = torch.randint(37, (3, 24), generator=torch.Generator().manual_seed(6))
+
+    def run():
+        model.zero_grad()
+        logits = model(idx)
+        F.cross_entropy(logits.view(-1, 37), idx.view(-1)).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    calls = []
+    real = cpu_kernels.attention
+    monkeypatch.setattr(cpu_kernels, "attention", lambda *a: calls.append(1) or real(*a))
+    logits, grads = run()
+    assert calls, "the fused attention kernel was not used"
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *t: False)
+    ref_logits, ref_grads = run()
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_attention_falls_back_where_the_kernel_does_not_apply(lib, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "attention", lambda *a: pytest.fail("fused attention used"))
+    idx = torch.randint(37, (2, 24))
+    _model(positions="rope")(idx)  # rotary positions
+    _model()(idx, attn_mask=torch.ones(2, 24, dtype=torch.bool))  # a padding mask
+    drop = _model(dropout=0.1).train()
+    drop(idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _model()(idx)
+    assert not cpu_kernels.usable(torch.zeros(2, dtype=torch.float16))
+    assert not cpu_kernels.usable(torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16))
+
+
+def test_off_switch_and_missing_compiler(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setattr(cpu_kernels, "_lib_error", None)
+    monkeypatch.setenv("LMLAB_NATIVE", "0")
+    assert cpu_kernels.load() is None and not cpu_kernels.usable(torch.zeros(2))
+    monkeypatch.setattr(cpu_kernels, "_lib_error", None)
+    monkeypatch.delenv("LMLAB_NATIVE")
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.warns(UserWarning, match="fused CPU kernels are unavailable"):
+        assert cpu_kernels.load() is None
+    model = _model()  # the model still trains, through PyTorch's ops
+    model(torch.randint(37, (1, 5))).sum().backward()
+    with pytest.raises(RuntimeError, match="no-such-cc"):
+        cpu_kernels.norm(torch.zeros(3), torch.ones(3), None, 1e-5, rms=False)
