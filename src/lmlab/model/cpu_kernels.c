@@ -111,6 +111,31 @@ static inline v16 vexp(v16 x) {
     return vsel(under, V0, p * (v16)((n + 127) << 23));
 }
 
+/* exp(x) for the softmax's arguments, all <= 0 (scores minus their maximum or log-sum-exp): the same
+ * 2^n * e^r scheme, with AVX-512's rounding and scalef (which flushes to 0 far below) where available. */
+#ifdef __AVX512F__
+static inline v16 vexp_neg(v16 x) {
+    v16i tiny = x < -87.f;  /* -inf (masked) and below: exactly 0, never a (slow) denormal */
+    x = (v16)_mm512_max_ps((__m512)x, _mm512_set1_ps(-87.f));
+    __m512 t = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v16 n = (v16)t;
+    v16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    return vsel(tiny, V0, (v16)_mm512_scalef_ps((__m512)p, t));
+}
+#else
+static inline v16 vexp_neg(v16 x) { return vexp(x); }
+#endif
+
+static const v16 IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+/* lanes k with j + k < n */
+static inline v16i below(int j, int n) { return IOTA < (float)(n - j); }
+
 /* ================================== LayerNorm and RMSNorm ================================== */
 
 /* A row of C elements into fp32 (padded with zeros to a multiple of 16), and back. */
@@ -184,8 +209,7 @@ void lmlab_norm_bwd(const void *gy, const void *x, const float *mean, const floa
             v16 sg = V0, sgx = V0;
             for (int c = 0; c < Cp; c += 16) {
                 v16 gyc = *(v16 *)(g + c), xh = (*(v16 *)(xr + c) - mu) * rs;
-                if (c + 16 > C) xh = vsel(__builtin_convertvector((v16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
-                                                                      14, 15}, v16i) < C - c, xh, V0);
+                if (c + 16 > C) xh = vsel(below(c, C), xh, V0);
                 v16 gc = gyc * *(v16 *)(wf + c);
                 *(v16 *)(pw + c) += gyc * xh;
                 *(v16 *)(pb + c) += gyc;
@@ -310,24 +334,27 @@ static void store_slice(void *dst, size_t base, size_t stride, int T, int D, con
 
 typedef struct {
     int T, D, Tp, Dp;  /* Tp: padded rows and score columns (multiple of 16), Dp: padded head dim (of 16) */
-    float *q, *kt, *v, *s;             /* forward */
+    int ld, ls;        /* leading dimensions of row matrices (q, k, v, ...: ld) and of scores and kt, vt (ls),
+                        * off powers of two so that rows do not alias each other in the L1 cache */
+    float *q, *kt, *v, *s;                     /* forward */
     float *k, *vt, *dout, *dp, *dq, *dk, *dv;  /* backward */
     float *mem;
 } Head;
 
 static int head_init(Head *h, int T, int D, int backward) {
     h->T = T, h->D = D, h->Tp = (T + 15) / 16 * 16, h->Dp = (D + 15) / 16 * 16;
-    size_t td = (size_t)h->Tp * h->Dp, tt = (size_t)h->Tp * h->Tp;
-    size_t n = backward ? 9 * td + 2 * tt : 3 * td + tt;
+    h->ld = h->Dp + 16, h->ls = h->Tp + 16;
+    size_t rows = (size_t)h->Tp * h->ld + 16, cols = (size_t)h->Dp * h->ls + 16, scores = (size_t)h->Tp * h->ls + 16;
+    size_t n = backward ? 7 * rows + 2 * cols + 2 * scores : 2 * rows + cols + scores;
     float *m = aligned_alloc(64, n * sizeof(float));
     if (!m) return -1;
     memset(m, 0, n * sizeof(float));
     h->mem = m;
-    h->q = m, h->kt = m + td, h->v = m + 2 * td, h->s = m + 3 * td;
+    h->q = m, h->v = m + rows, h->kt = m + 2 * rows, h->s = h->kt + cols;
     if (backward) {
-        float *b = h->s + tt;
-        h->k = b, h->vt = b + td, h->dout = b + 2 * td, h->dq = b + 3 * td, h->dk = b + 4 * td, h->dv = b + 5 * td;
-        h->dp = b + 6 * td;
+        float *b = h->s + scores;
+        h->k = b, h->dout = b + rows, h->dq = b + 2 * rows, h->dk = b + 3 * rows, h->dv = b + 4 * rows;
+        h->vt = b + 5 * rows, h->dp = h->vt + cols;
     }
     return 0;
 }
@@ -339,15 +366,15 @@ static inline float softmax_row(float *s, int n, int Tp) {
     v16 mx = V0 - INFINITY;
     for (int j = 0; j < n16; j += 16) {
         v16 x = *(v16 *)(s + j);
-        if (j + 16 > n) x = vsel(__builtin_convertvector((v16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-                                                         v16i) < n - j, x, V0 - INFINITY);
+        if (j + 16 > n) x = vsel(below(j, n), x, V0 - INFINITY);
         mx = vsel(x > mx, x, mx);
         *(v16 *)(s + j) = x;
     }
     float m = hmax(mx);
     v16 acc = V0;
     for (int j = 0; j < n16; j += 16) {
-        v16 e = vexp(*(v16 *)(s + j) - m);
+        v16 e = vexp_neg(*(v16 *)(s + j) - m);
+        if (j + 16 > n) e = vsel(below(j, n), e, V0);
         *(v16 *)(s + j) = e;
         acc += e;
     }
@@ -367,23 +394,23 @@ int lmlab_attn_fwd(const void *qkv, void *y, float *lse, int B, int T, int H, in
         Head w;
         if (head_init(&w, T, D, 0)) fail = 1;
         else {
-            int Tp = w.Tp, Dp = w.Dp;
+            int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
 #pragma omp for schedule(static)
             for (int task = 0; task < B * KV; task++) {
                 int b = task / KV, g = task % KV;
                 size_t base = (size_t)b * T * stride;
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, Tp, 1, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.v, Dp, 0, 1.f, bf);
+                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
+                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.v, ld, 0, 1.f, bf);
                 for (int h = g * rep; h < (g + 1) * rep; h++) {
-                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, Dp, 0, scale, bf);
-                    gemm(w.q, Dp, w.kt, Tp, w.s, Tp, Tp, Tp, Dp, causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE);
+                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, scale, bf);
+                    gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE);
                     for (int i = 0; i < T; i++) {
-                        float l = softmax_row(w.s + (size_t)i * Tp, causal ? i + 1 : T, Tp);
+                        float l = softmax_row(w.s + (size_t)i * ls, causal ? i + 1 : T, Tp);
                         if (lse) lse[((size_t)b * H + h) * T + i] = l;
                     }
                     /* o = p v into q's buffer (q is no longer needed) */
-                    gemm(w.s, Tp, w.v, Dp, w.q, Dp, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
-                    store_slice(y, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.q, Dp, bf);
+                    gemm(w.s, ls, w.v, ld, w.q, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
+                    store_slice(y, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.q, ld, bf);
                 }
             }
             free(w.mem);
@@ -403,52 +430,142 @@ int lmlab_attn_bwd(const void *qkv, const float *lse, const void *dy, void *dqkv
         Head w;
         if (head_init(&w, T, D, 1)) fail = 1;
         else {
-            int Tp = w.Tp, Dp = w.Dp;
+            int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
             int lower = causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE;
 #pragma omp for schedule(static)
             for (int task = 0; task < B * KV; task++) {
                 int b = task / KV, g = task % KV;
                 size_t base = (size_t)b * T * stride;
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, Tp, 1, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.k, Dp, 0, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.vt, Tp, 1, 1.f, bf);
-                memset(w.dk, 0, sizeof(float) * Tp * Dp);
-                memset(w.dv, 0, sizeof(float) * Tp * Dp);
+                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
+                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.k, ld, 0, 1.f, bf);
+                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.vt, ls, 1, 1.f, bf);
+                memset(w.dk, 0, sizeof(float) * Tp * ld);
+                memset(w.dv, 0, sizeof(float) * Tp * ld);
                 for (int h = g * rep; h < (g + 1) * rep; h++) {
-                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, Dp, 0, 1.f, bf);
-                    load_slice(dy, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.dout, Dp, 0, 1.f, bf);
-                    gemm(w.q, Dp, w.kt, Tp, w.s, Tp, Tp, Tp, Dp, lower);
-                    gemm(w.dout, Dp, w.vt, Tp, w.dp, Tp, Tp, Tp, Dp, lower);
+                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, 1.f, bf);
+                    load_slice(dy, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.dout, ld, 0, 1.f, bf);
+                    /* p = exp(scale s - lse), row by row while s is still in L1; masked entries 0 */
+                    gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, lower);
                     const float *L = lse + ((size_t)b * H + h) * T;
-                    for (int i = 0; i < Tp; i++) {
-                        float *p = w.s + (size_t)i * Tp, *dp = w.dp + (size_t)i * Tp;
-                        int n = i >= T ? 0 : causal ? i + 1 : T;
-                        int n16 = (n + 15) / 16 * 16;
-                        v16 acc = V0;
-                        for (int j = 0; j < n16; j += 16) {
-                            v16 e = vexp(*(v16 *)(p + j) * scale - L[i]);
-                            if (j + 16 > n)
-                                e = vsel(__builtin_convertvector((v16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-                                                                       15}, v16i) < n - j, e, V0);
-                            *(v16 *)(p + j) = e;
-                            acc += e * *(v16 *)(dp + j);
+                    for (int i = 0; i < T; i++) {
+                        float *p = w.s + (size_t)i * ls;
+                        int n = causal ? i + 1 : T;
+                        for (int j = 0; j < n; j += 16) {
+                            v16 e = vexp_neg(*(v16 *)(p + j) * scale - L[i]);
+                            *(v16 *)(p + j) = j + 16 > n ? vsel(below(j, n), e, V0) : e;
                         }
+                    }
+                    /* ds = p (dp - rowsum(p dp)) scale, into dp's buffer */
+                    gemm(w.dout, ld, w.vt, ls, w.dp, ls, Tp, Tp, Dp, lower);
+                    for (int i = 0; i < T; i++) {
+                        float *p = w.s + (size_t)i * ls, *dp = w.dp + (size_t)i * ls;
+                        int n16 = ((causal ? i + 1 : T) + 15) / 16 * 16;
+                        v16 acc = V0;
+                        for (int j = 0; j < n16; j += 16) acc += *(v16 *)(p + j) * *(v16 *)(dp + j);
                         float dsum = hsum(acc);
                         for (int j = 0; j < n16; j += 16)
                             *(v16 *)(dp + j) = *(v16 *)(p + j) * (*(v16 *)(dp + j) - dsum) * scale;
-                        for (int j = n16; j < Tp; j += 16) *(v16 *)(p + j) = *(v16 *)(dp + j) = V0;
                     }
-                    gemm(w.dp, Tp, w.k, Dp, w.dq, Dp, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
-                    store_slice(dqkv, base + (size_t)h * D, stride, T, D, w.dq, Dp, bf);
+                    gemm(w.dp, ls, w.k, ld, w.dq, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
+                    store_slice(dqkv, base + (size_t)h * D, stride, T, D, w.dq, ld, bf);
                     /* dk += ds^T q, dv += p^T do (row j of ds^T sums over i >= j when causal) */
-                    gemm_tn_acc(w.dp, Tp, w.q, Dp, w.dk, Dp, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
-                    gemm_tn_acc(w.s, Tp, w.dout, Dp, w.dv, Dp, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
+                    gemm_tn_acc(w.dp, ls, w.q, ld, w.dk, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
+                    gemm_tn_acc(w.s, ls, w.dout, ld, w.dv, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
                 }
-                store_slice(dqkv, base + (size_t)(H + g) * D, stride, T, D, w.dk, Dp, bf);
-                store_slice(dqkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.dv, Dp, bf);
+                store_slice(dqkv, base + (size_t)(H + g) * D, stride, T, D, w.dk, ld, bf);
+                store_slice(dqkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.dv, ld, bf);
             }
             free(w.mem);
         }
     }
     return fail ? -1 : 0;
+}
+
+/* ============================ the optimizer step (bf16 weights, fp32 masters) ============================ */
+
+/* grad[off[i] : off[i] + size[i]] += g[i] (bf16) for each of n parameters: the fp32 master gradients
+ * gather the model's bf16 gradients (and accumulate them over micro-batches). NULL g[i] is skipped. */
+void lmlab_grads_to_master(int n, const uint16_t *const *g, const long *off, const long *size, float *grad, int nt) {
+#pragma omp parallel num_threads(nt)
+    for (int i = 0; i < n; i++) {
+        if (!g[i]) continue;
+        float *dst = grad + off[i];
+        const uint16_t *src = g[i];
+        long m16 = size[i] / 16 * 16;
+#pragma omp for schedule(static) nowait
+        for (long e = 0; e < m16; e += 16) *(v16 *)(dst + e) += get16(src, e, 1);
+#pragma omp single nowait
+        for (long e = m16; e < size[i]; e++) dst[e] += bf2f(src[e]);
+    }
+}
+
+/* One AdamW step (PyTorch's decoupled form) over every parameter, fused with what surrounds it:
+ * the global gradient norm (returned; fp64 partial sums in a fixed order, so runs are reproducible),
+ * clipping to max_norm (> 0) folded into the update, zeroing the gradients, and refreshing the bf16
+ * weights (may be NULL) from the updated fp32 masters. Parameter i lives at master[off[i]..] with its
+ * gradient at grad[off[i]..] and bf16 copy at bf[off[i]..]; m[i], v[i] are its moment buffers and
+ * step[i] its fp32 step counter (incremented here). lr and wd are per parameter (from its group). */
+double lmlab_adamw_step(int n, const long *off, const long *size, float *master, float *grad, uint16_t *bf,
+                        float *const *m, float *const *v, float *const *step, const float *lr, const float *wd,
+                        float beta1, float beta2, float eps, float max_norm, int nt) {
+    long total = off[n - 1] + size[n - 1];
+    double parts[256] = {0};
+    int T = nt < 1 ? 1 : nt > 256 ? 256 : nt;
+#pragma omp parallel num_threads(T)
+    {
+        int me = omp_get_thread_num(), k = omp_get_num_threads();
+        long lo = total * me / k, hi = total * (me + 1) / k;
+        double s = 0.0;
+        v16 acc = V0;
+        long e = lo;
+        for (; e + 16 <= hi; e += 16) {
+            v16 x = *(v16 *)(grad + e);
+            acc += x * x;
+            if (((e - lo) & 1023) == 1008) s += hsum(acc), acc = V0;  /* fp64 every 64 vectors */
+        }
+        s += hsum(acc);
+        for (; e < hi; e++) s += (double)grad[e] * grad[e];
+        parts[me] = s;
+    }
+    double sq = 0.0;
+    for (int t = 0; t < T; t++) sq += parts[t];
+    double norm = sqrt(sq);
+    float clip = max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.f;
+    float *steps = malloc(sizeof(float) * n);
+    if (!steps) return -1.0;
+    for (int i = 0; i < n; i++) steps[i] = step[i][0] + 1.f;
+#pragma omp parallel num_threads(T)
+    for (int i = 0; i < n; i++) {
+        float t = steps[i];
+        float bc1 = 1.f - powf(beta1, t), bc2 = 1.f - powf(beta2, t);
+        float step_size = lr[i] / bc1, decay = 1.f - lr[i] * wd[i], rbc2 = 1.f / sqrtf(bc2);
+        float *p = master + off[i], *g = grad + off[i], *mi = m[i], *vi = v[i];
+        long sz = size[i], s16 = sz / 16 * 16;
+#pragma omp for schedule(static) nowait
+        for (long e = 0; e < s16; e += 16) {
+            v16 gg = *(v16 *)(g + e) * clip;
+            v16 mm = *(v16 *)(mi + e) * beta1 + gg * (1.f - beta1);
+            v16 vv = *(v16 *)(vi + e) * beta2 + gg * gg * (1.f - beta2);
+            v16 den;
+            for (int l = 0; l < 16; l++) den[l] = sqrtf(vv[l]);
+            den = den * rbc2 + eps;
+            v16 pp = *(v16 *)(p + e) * decay - step_size * mm / den;
+            *(v16 *)(mi + e) = mm, *(v16 *)(vi + e) = vv, *(v16 *)(p + e) = pp, *(v16 *)(g + e) = V0;
+            if (bf) put16(bf, off[i] + e, pp, 1);
+        }
+#pragma omp single nowait
+        {
+            for (long e = s16; e < sz; e++) {
+                float gg = g[e] * clip;
+                mi[e] = mi[e] * beta1 + gg * (1.f - beta1);
+                vi[e] = vi[e] * beta2 + gg * gg * (1.f - beta2);
+                p[e] = p[e] * decay - step_size * mi[e] / (sqrtf(vi[e]) * rbc2 + eps);
+                g[e] = 0.f;
+                if (bf) put(bf, off[i] + e, p[e], 1);
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) step[i][0] = steps[i];
+    free(steps);
+    return norm;
 }

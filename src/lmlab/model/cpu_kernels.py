@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from lmlab import cbuild
 
@@ -35,6 +36,8 @@ _SIGNATURES = {
     "lmlab_norm_bwd": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]),
     "lmlab_attn_fwd": (_I, [_P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_attn_bwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
+    "lmlab_grads_to_master": (None, [_I, _P, _P, _P, _P, _I]),
+    "lmlab_adamw_step": (ctypes.c_double, [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _I]),
 }
 
 
@@ -70,22 +73,24 @@ def _autocast_on() -> bool:
 
 def _mode_active() -> bool:
     """A dispatch or function mode (FLOP counting, fake tensors, tracing) sees only PyTorch's ops."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    return _current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
 
-    return _get_current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def usable(*tensors: torch.Tensor | None) -> bool:
     """True when the kernels can stand in for PyTorch's ops on these tensors: all on the CPU in one
     dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP counting),
-    and the library built."""
-    ts = [t for t in tensors if t is not None]
-    dtype = ts[0].dtype
-    if dtype not in (torch.float32, torch.bfloat16) or any(t.device.type != "cpu" or t.dtype != dtype for t in ts):
+    and the library built. (Called for every norm and attention: kept cheap.)"""
+    if _lib is None and (_lib_error is not None or load() is None):
         return False
-    if _autocast_on() or torch.compiler.is_compiling() or _mode_active():
+    dtype = tensors[0].dtype
+    if dtype not in _DTYPES:
         return False
-    return load() is not None
+    for t in tensors:
+        if t is not None and (t.dtype != dtype or t.device.type != "cpu"):
+            return False
+    return not (_autocast_on() or torch.compiler.is_compiling() or _mode_active())
 
 
 def _require() -> None:

@@ -126,10 +126,7 @@ class Optimizer:
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         self.prec.grads_to_master()
-        norm = self.prec.clip_grad_norm(tc.grad_clip)
-        self.opt.step()
-        self.prec.zero_grad()
-        self.prec.master_to_model()
+        norm = self.prec.step(self.opt, tc.grad_clip)
         self.step += 1
         return lr, norm
 

@@ -315,10 +315,7 @@ class Trainer:
             loss.backward()
             self.prec.grads_to_master()
             total += objective.item()
-        norm = self.prec.clip_grad_norm(tc.grad_clip)
-        self.opt.step()
-        self.prec.zero_grad()
-        self.prec.master_to_model()
+        norm = self.prec.step(self.opt, tc.grad_clip)
         self.step += 1
         return total, norm
 
