@@ -3,6 +3,8 @@ backward, and the model's choice between them."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,55 @@ def test_off_switch_and_missing_compiler(monkeypatch, tmp_path):
     model(torch.randint(37, (1, 5))).sum().backward()
     with pytest.raises(RuntimeError, match="no-such-cc"):
         cpu_kernels.norm(torch.zeros(3), torch.ones(3), None, 1e-5, rms=False)
+
+
+# ------------------------------------------------------------------------- the fused optimizer step
+
+def _trained(fused: bool, steps: int, max_norm: float, accum: int = 1, state: dict | None = None):
+    from lmlab.train.optim import make_adamw, param_groups
+    from lmlab.train.precision import Precision
+
+    model = _model(bias=True)
+    prec = Precision(model, "bf16-master", torch.device("cpu"))
+    named = list(zip([n for n, _ in model.named_parameters()], prec.master))
+    opt = make_adamw(param_groups(named, 0.1, False), 3e-3, (0.9, 0.95), 1e-8, torch.device("cpu"))
+    if state is not None:
+        opt.load_state_dict(state)
+    if not fused:
+        prec._lib = None  # PyTorch's clip, AdamW and copies
+    gen = torch.Generator().manual_seed(7)
+    norms = []
+    for _ in range(steps):  # gradients that do not depend on the weights, so only the update is compared
+        for _ in range(accum):
+            for p in prec.model_params:
+                p.grad = (torch.randn(p.shape, generator=gen) * 0.1).to(p.dtype)
+            prec.grads_to_master()
+        norms.append(prec.step(opt, max_norm))
+    return prec, opt, norms
+
+
+@pytest.mark.parametrize(("max_norm", "accum"), [(0.0, 1), (0.5, 1), (1.0, 2)])
+def test_fused_adamw_step_matches_pytorch(lib, max_norm, accum):
+    fused, opt_f, norms_f = _trained(True, 6, max_norm, accum)
+    ref, opt_r, norms_r = _trained(False, 6, max_norm, accum)
+    assert norms_f == pytest.approx(norms_r, rel=1e-5)
+    if max_norm:
+        assert min(norms_r) > max_norm  # clipping was exercised
+    torch.testing.assert_close(fused.flat_master, ref.flat_master, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused.flat_model, fused.flat_master.to(torch.bfloat16), atol=0, rtol=0)
+    assert not fused.flat_grad.any()
+    for p_f, p_r in zip(fused.master, ref.master):
+        s_f, s_r = opt_f.state[p_f], opt_r.state[p_r]
+        assert set(s_f) == set(s_r) and s_f["step"].dtype == s_r["step"].dtype
+        assert float(s_f["step"]) == float(s_r["step"]) == 6
+        torch.testing.assert_close(s_f["exp_avg"], s_r["exp_avg"], atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(s_f["exp_avg_sq"], s_r["exp_avg_sq"], atol=1e-9, rtol=1e-4)
+
+
+def test_fused_step_state_loads_into_pytorch_and_back(lib):
+    _, opt_f, _ = _trained(True, 3, 1.0)
+    # a checkpoint of the fused optimizer resumes under PyTorch's AdamW, and the other way round
+    ref, _, _ = _trained(False, 2, 1.0, state=copy.deepcopy(opt_f.state_dict()))  # (steps are shared otherwise)
+    again, opt_a, _ = _trained(True, 2, 1.0, state=copy.deepcopy(opt_f.state_dict()))
+    assert {float(st["step"]) for st in opt_a.state.values()} == {5.0}
+    torch.testing.assert_close(again.flat_master, ref.flat_master, atol=1e-6, rtol=1e-5)

@@ -48,7 +48,7 @@ def test_generate_backends_agree_and_a_bad_backend_is_named(ckpt, capsys):
     from lmlab.infer import native
 
     args = ["generate", "--checkpoint", str(ckpt), "--prompt", "Question: Where", "--temperature", "0",
-            "--max_new_tokens", "12", "--json"]
+            "--max_new_tokens", "12", "--json", "--device", "cpu"]  # the native step is CPU-only (GPU visible or not)
     texts = []
     for backend in ("torch", "native") if native.load() is not None else ("torch",):
         assert main(args + ["--backend", backend]) == 0

@@ -187,9 +187,10 @@ void lmlab_norm_fwd(const void *x, const void *w, const void *b, void *y, float 
 }
 
 /* gx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = gy * w (RMSNorm: no mean(g) term);
- * gw = sum over rows of gy * xhat, gb = sum of gy (fp32, C each; gb may be NULL). */
+ * gw = sum over rows of gy * xhat, gb = sum of gy (C each, in x's element type, summed in fp32; gb may
+ * be NULL). */
 void lmlab_norm_bwd(const void *gy, const void *x, const float *mean, const float *rstd, const void *w, void *gx,
-                    float *gw, float *gb, int N, int C, int rms, int bf, int nt) {
+                    void *gw, void *gb, int N, int C, int rms, int bf, int nt) {
     int T = nt < 1 ? 1 : nt, Cp = (C + 15) / 16 * 16;
     float *part = aligned_alloc(64, sizeof(float) * (size_t)T * 2 * Cp);
     memset(part, 0, sizeof(float) * (size_t)T * 2 * Cp);
@@ -231,8 +232,8 @@ void lmlab_norm_bwd(const void *gy, const void *x, const float *mean, const floa
             sw += part[(size_t)t * 2 * Cp + c];
             sb += part[(size_t)t * 2 * Cp + Cp + c];
         }
-        gw[c] = sw;
-        if (gb) gb[c] = sb;
+        put(gw, c, sw, bf);
+        if (gb) put(gb, c, sb, bf);
     }
     free(part);
 }

@@ -119,29 +119,29 @@ class _Norm(torch.autograd.Function):
         C = x.shape[-1]
         N = x.numel() // C
         y = torch.empty_like(x)
-        mean, rstd = torch.empty(N, dtype=torch.float32), torch.empty(N, dtype=torch.float32)
-        _lib.lmlab_norm_fwd(_ptr(x), _ptr(w.contiguous()), _ptr(None if b is None else b.contiguous()), _ptr(y),
-                            _ptr(mean), _ptr(rstd), N, C, eps, int(rms), _bf(x), _threads())
-        ctx.save_for_backward(x, w, mean, rstd)
+        stats = torch.empty(2, N, dtype=torch.float32)  # each row's mean and 1/std
+        _lib.lmlab_norm_fwd(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                            stats[0].data_ptr(), stats[1].data_ptr(), N, C, eps, rms, _bf(x), _threads())
+        ctx.save_for_backward(x, w, stats)
         ctx.rms, ctx.has_bias = rms, b is not None
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        x, w, mean, rstd = ctx.saved_tensors
+        x, w, stats = ctx.saved_tensors
         gy = gy.contiguous()
         C = x.shape[-1]
-        N = x.numel() // C
         gx = torch.empty_like(x)
-        gw = torch.empty(C, dtype=torch.float32)
-        gb = torch.empty(C, dtype=torch.float32) if ctx.has_bias else None
-        _lib.lmlab_norm_bwd(_ptr(gy), _ptr(x), _ptr(mean), _ptr(rstd), _ptr(w.contiguous()), _ptr(gx), _ptr(gw),
-                            _ptr(gb), N, C, int(ctx.rms), _bf(x), _threads())
-        return gx, gw.to(w.dtype), None if gb is None else gb.to(w.dtype), None, None
+        gw = torch.empty_like(w)
+        gb = torch.empty_like(w) if ctx.has_bias else None
+        _lib.lmlab_norm_bwd(gy.data_ptr(), x.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), w.data_ptr(),
+                            gx.data_ptr(), gw.data_ptr(), _ptr(gb), x.numel() // C, C, ctx.rms, _bf(x), _threads())
+        return gx, gw, gb, None, None
 
 
 def norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
-    """LayerNorm over the last dimension (RMSNorm when `rms`: no centring, no bias)."""
+    """LayerNorm over the last dimension (RMSNorm when `rms`: no centring, no bias). The weight and bias
+    must be contiguous and of x's dtype (as `usable` checks)."""
     _require()
     return _Norm.apply(x, weight, bias, eps, rms)
 
