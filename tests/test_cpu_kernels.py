@@ -134,6 +134,8 @@ def test_model_gradients_match_the_pytorch_ops(lib, monkeypatch, kw):
     monkeypatch.setattr(cpu_kernels, "attention", lambda *a: calls.append(1) or real(*a))
     logits, grads = run()
     assert calls, "the fused attention kernel was not used"
+    with torch.no_grad():  # evaluation: the forward without the saved statistics
+        torch.testing.assert_close(model(idx), logits, atol=0, rtol=0)
     monkeypatch.setattr(cpu_kernels, "usable", lambda *t: False)
     ref_logits, ref_grads = run()
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
@@ -221,3 +223,23 @@ def test_fused_step_state_loads_into_pytorch_and_back(lib):
     again, opt_a, _ = _trained(True, 2, 1.0, state=copy.deepcopy(opt_f.state_dict()))
     assert {float(st["step"]) for st in opt_a.state.values()} == {5.0}
     torch.testing.assert_close(again.flat_master, ref.flat_master, atol=1e-6, rtol=1e-5)
+
+
+def test_results_do_not_depend_on_the_thread_count(lib):
+    torch.manual_seed(8)
+    qkv = torch.randn(5, 33, 3 * 4 * 16, requires_grad=True)
+    x, w = torch.randn(300, 40, requires_grad=True), torch.randn(40, requires_grad=True)
+    g_att, g_x = torch.randn(5, 33, 64), torch.randn(300, 40)
+    saved = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            att = _grads(lambda: cpu_kernels.attention(qkv, 4, 4, 16, 0.25, True), [qkv], g_att)
+            nrm = _grads(lambda: cpu_kernels.norm(x, w, None, 1e-5, False), [x, w], g_x)
+            out.append((cpu_kernels.attention(qkv, 4, 4, 16, 0.25, True), *att, *nrm))
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(out[0], out[1]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)  # the norm weight gradient: summation order
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])  # attention: bitwise
