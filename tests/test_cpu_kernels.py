@@ -1,4 +1,4 @@
-"""The fused CPU kernels (attention, LayerNorm/RMSNorm) against PyTorch's own ops, forward and
+"""The fused CPU kernels (attention, RMSNorm, the optimizer step) against PyTorch's own ops, forward and
 backward, and the model's choice between them."""
 
 from __future__ import annotations
@@ -76,36 +76,33 @@ def test_attention_bf16_is_fp32_arithmetic_rounded_once(lib, shape):
     torch.testing.assert_close(d_ours.float(), d_exact, atol=1e-5, rtol=2 ** -8)
 
 
-@pytest.mark.parametrize(("rms", "bias"), [(False, False), (False, True), (True, False)])
-def test_norm_matches_torch(lib, rms, bias):
+def _rms_reference(x, w, eps=1e-5):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w  # lmlab's RMSNorm
+
+
+def test_rms_norm_matches_torch(lib):
     torch.manual_seed(2)
-    C = 131
+    C = 131  # off the 16-lane grid
     x = (torch.randn(5, 7, C) * 3 + 1).requires_grad_()
     w = (1 + 0.1 * torch.randn(C)).requires_grad_()
-    b = (0.1 * torch.randn(C)).requires_grad_() if bias else None
-    params = [t for t in (x, w, b) if t is not None]
-
-    def ref():
-        if rms:
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
-        return F.layer_norm(x, (C,), w, b, 1e-5)
-
     g = torch.randn(5, 7, C)
-    torch.testing.assert_close(cpu_kernels.norm(x, w, b, 1e-5, rms), ref(), atol=1e-5, rtol=1e-5)
-    ours = _grads(lambda: cpu_kernels.norm(x, w, b, 1e-5, rms), params, g)
-    for a, r in zip(ours, _grads(ref, params, g)):
+    torch.testing.assert_close(cpu_kernels.rms_norm(x, w, 1e-5), _rms_reference(x, w), atol=1e-5, rtol=1e-5)
+    ours = _grads(lambda: cpu_kernels.rms_norm(x, w, 1e-5), [x, w], g)
+    for a, r in zip(ours, _grads(lambda: _rms_reference(x, w), [x, w], g)):
         torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-5)
 
 
-def test_norm_bf16_is_at_least_as_accurate_as_torch(lib):
+def test_rms_norm_bf16_is_at_least_as_accurate_as_torch(lib):
     torch.manual_seed(3)
     x = torch.randn(768, 128).to(torch.bfloat16).requires_grad_()
     w = (1 + 0.1 * torch.randn(128)).to(torch.bfloat16).requires_grad_()
     g = torch.randn(768, 128).to(torch.bfloat16)
-    ours = _grads(lambda: cpu_kernels.norm(x, w, None, 1e-5, False), [x, w], g)
-    theirs = _grads(lambda: F.layer_norm(x, (128,), w, None, 1e-5), [x, w], g)
+    ours = _grads(lambda: cpu_kernels.rms_norm(x, w, 1e-5), [x, w], g)
+    theirs = _grads(lambda: _rms_reference(x, w), [x, w], g)
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    exact = _grads(lambda: F.layer_norm(x64, (128,), w64, None, 1e-5), [x64, w64], g.double())
+    exact = _grads(lambda: x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * w64, [x64, w64],
+                   g.double())
     for o, t, e in zip(ours, theirs, exact):
         assert o.dtype == torch.bfloat16
         assert (o.double() - e).abs().max() <= (t.double() - e).abs().max()
@@ -170,7 +167,7 @@ def test_off_switch_and_missing_compiler(monkeypatch, tmp_path):
     model = _model()  # the model still trains, through PyTorch's ops
     model(torch.randint(37, (1, 5))).sum().backward()
     with pytest.raises(RuntimeError, match="no-such-cc"):
-        cpu_kernels.norm(torch.zeros(3), torch.ones(3), None, 1e-5, rms=False)
+        cpu_kernels.rms_norm(torch.zeros(3), torch.ones(3), 1e-5)
 
 
 # ------------------------------------------------------------------------- the fused optimizer step
@@ -236,7 +233,7 @@ def test_results_do_not_depend_on_the_thread_count(lib):
         for threads in (1, 3):
             torch.set_num_threads(threads)
             att = _grads(lambda: cpu_kernels.attention(qkv, 4, 4, 16, 0.25, True), [qkv], g_att)
-            nrm = _grads(lambda: cpu_kernels.norm(x, w, None, 1e-5, False), [x, w], g_x)
+            nrm = _grads(lambda: cpu_kernels.rms_norm(x, w, 1e-5), [x, w], g_x)
             out.append((cpu_kernels.attention(qkv, 4, 4, 16, 0.25, True), *att, *nrm))
     finally:
         torch.set_num_threads(saved)

@@ -1,10 +1,10 @@
-/* Fused CPU kernels for training (and evaluating) the Transformer: attention and LayerNorm/RMSNorm,
- * forward and backward.
+/* Fused CPU kernels for training (and evaluating) the Transformer: attention and RMSNorm, forward and
+ * backward, and the optimizer step of bf16 weights with fp32 masters.
  *
  * Why this exists: at lab sizes (width 128, 64-token windows) PyTorch's CPU kernels for these ops
  * cost far more than their arithmetic - attention runs through ~10 operator calls per layer
- * (dtype copies, split, transposes, flash attention, a concatenation in the backward), and a bf16
- * LayerNorm's backward is several passes. Each kernel here is
+ * (dtype copies, split, transposes, flash attention, a concatenation in the backward), RMSNorm six
+ * elementwise ops, and the optimizer step several passes over the parameters. Each kernel here is
  * one pass over its data, in fp32 arithmetic on fp32 or bf16 tensors, parallel over PyTorch's own
  * OpenMP threads (the library links the libgomp PyTorch loaded, so no second thread pool fights it).
  *
@@ -136,7 +136,7 @@ static const v16 IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 /* lanes k with j + k < n */
 static inline v16i below(int j, int n) { return IOTA < (float)(n - j); }
 
-/* ================================== LayerNorm and RMSNorm ================================== */
+/* ========================================= RMSNorm ========================================= */
 
 /* A row of C elements into fp32 (padded with zeros to a multiple of 16), and back. */
 static inline void row_in(const void *src, size_t o, int C, int bf, float *dst) {
@@ -150,90 +150,67 @@ static inline void row_out(void *dst, size_t o, int C, int bf, const float *src)
     if (c < C) put_part(dst, o + c, *(const v16 *)(src + c), C - c, bf);
 }
 
-/* Rows of C: y = (x - mean) * rstd * w (+ b); RMSNorm (rms = 1): mean = 0, no bias.
- * mean and rstd (N each, fp32) are saved for the backward. w and b share x's element type. */
-void lmlab_norm_fwd(const void *x, const void *w, const void *b, void *y, float *mean, float *rstd, int N, int C,
-                    float eps, int rms, int bf, int nt) {
+/* Rows of C: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), saved (N, fp32) for the backward.
+ * w shares x's element type. */
+void lmlab_rmsnorm_fwd(const void *x, const void *w, void *y, float *rstd, int N, int C, float eps, int bf, int nt) {
     int Cp = (C + 15) / 16 * 16;
 #pragma omp parallel num_threads(nt)
     {
-        float *m = aligned_alloc(64, sizeof(float) * 3 * Cp), *row = m, *wf = m + Cp, *bias = m + 2 * Cp;
-        memset(m, 0, sizeof(float) * 3 * Cp);
+        float *m = aligned_alloc(64, sizeof(float) * 2 * Cp), *row = m, *wf = m + Cp;
+        memset(m, 0, sizeof(float) * 2 * Cp);
         row_in(w, 0, C, bf, wf);
-        if (b) row_in(b, 0, C, bf, bias);
 #pragma omp for schedule(static)
         for (int r = 0; r < N; r++) {
             size_t o = (size_t)r * C;
             row_in(x, o, C, bf, row);
-            v16 s = V0;
-            for (int c = 0; c < Cp; c += 16) s += *(v16 *)(row + c);
-            float mu = rms ? 0.f : hsum(s) / C;
             v16 ss = V0;
-            for (int c = 0; c < C / 16 * 16; c += 16) {
-                v16 dv = *(v16 *)(row + c) - mu;
-                ss += dv * dv;
-            }
-            float sq = hsum(ss);
-            for (int c = C / 16 * 16; c < C; c++) sq += (row[c] - mu) * (row[c] - mu);
-            float rs = 1.f / sqrtf(sq / C + eps);
-            mean[r] = mu;
+            for (int c = 0; c < Cp; c += 16) ss += *(v16 *)(row + c) * *(v16 *)(row + c);
+            float rs = 1.f / sqrtf(hsum(ss) / C + eps);
             rstd[r] = rs;
-            for (int c = 0; c < Cp; c += 16)
-                *(v16 *)(row + c) = (*(v16 *)(row + c) - mu) * rs * *(v16 *)(wf + c) + *(v16 *)(bias + c);
+            for (int c = 0; c < Cp; c += 16) *(v16 *)(row + c) = *(v16 *)(row + c) * rs * *(v16 *)(wf + c);
             row_out(y, o, C, bf, row);
         }
         free(m);
     }
 }
 
-/* gx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = gy * w (RMSNorm: no mean(g) term);
- * gw = sum over rows of gy * xhat, gb = sum of gy (C each, in x's element type, summed in fp32; gb may
- * be NULL). */
-void lmlab_norm_bwd(const void *gy, const void *x, const float *mean, const float *rstd, const void *w, void *gx,
-                    void *gw, void *gb, int N, int C, int rms, int bf, int nt) {
+/* gx = rstd * (g - xhat * mean(g * xhat)) with g = gy * w and xhat = x * rstd; gw = sum over rows of
+ * gy * xhat (C, in x's element type, summed in fp32 per thread and then in thread order). */
+void lmlab_rmsnorm_bwd(const void *gy, const void *x, const float *rstd, const void *w, void *gx, void *gw, int N,
+                       int C, int bf, int nt) {
     int T = nt < 1 ? 1 : nt, Cp = (C + 15) / 16 * 16;
-    float *part = aligned_alloc(64, sizeof(float) * (size_t)T * 2 * Cp);
-    memset(part, 0, sizeof(float) * (size_t)T * 2 * Cp);
+    float *part = aligned_alloc(64, sizeof(float) * (size_t)T * Cp);
+    memset(part, 0, sizeof(float) * (size_t)T * Cp);
 #pragma omp parallel num_threads(T)
     {
-        int me = omp_get_thread_num();
-        float *pw = part + (size_t)me * 2 * Cp, *pb = pw + Cp;
-        float *m = aligned_alloc(64, sizeof(float) * 3 * Cp), *xr = m, *g = m + Cp, *wf = m + 2 * Cp;
+        float *pw = part + (size_t)omp_get_thread_num() * Cp;
+        float *m = aligned_alloc(64, sizeof(float) * 3 * Cp), *xh = m, *g = m + Cp, *wf = m + 2 * Cp;
         memset(m, 0, sizeof(float) * 3 * Cp);
         row_in(w, 0, C, bf, wf);
 #pragma omp for schedule(static)
         for (int r = 0; r < N; r++) {
             size_t o = (size_t)r * C;
-            row_in(x, o, C, bf, xr);
+            float rs = rstd[r];
+            row_in(x, o, C, bf, xh);
             row_in(gy, o, C, bf, g);
-            float mu = mean[r], rs = rstd[r];
-            v16 sg = V0, sgx = V0;
-            for (int c = 0; c < Cp; c += 16) {
-                v16 gyc = *(v16 *)(g + c), xh = (*(v16 *)(xr + c) - mu) * rs;
-                if (c + 16 > C) xh = vsel(below(c, C), xh, V0);
-                v16 gc = gyc * *(v16 *)(wf + c);
-                *(v16 *)(pw + c) += gyc * xh;
-                *(v16 *)(pb + c) += gyc;
-                *(v16 *)(xr + c) = xh;
+            v16 sgx = V0;
+            for (int c = 0; c < Cp; c += 16) {  /* padding lanes are 0 in x, gy and w */
+                v16 gyc = *(v16 *)(g + c), xc = *(v16 *)(xh + c) * rs, gc = gyc * *(v16 *)(wf + c);
+                *(v16 *)(pw + c) += gyc * xc;
+                *(v16 *)(xh + c) = xc;
                 *(v16 *)(g + c) = gc;
-                sg += gc;
-                sgx += gc * xh;
+                sgx += gc * xc;
             }
-            float mg = rms ? 0.f : hsum(sg) / C, mgx = hsum(sgx) / C;
-            for (int c = 0; c < Cp; c += 16)
-                *(v16 *)(g + c) = rs * (*(v16 *)(g + c) - mg - *(v16 *)(xr + c) * mgx);
+            float mgx = hsum(sgx) / C;
+            for (int c = 0; c < Cp; c += 16) *(v16 *)(g + c) = rs * (*(v16 *)(g + c) - *(v16 *)(xh + c) * mgx);
             row_out(gx, o, C, bf, g);
         }
         free(m);
     }
     for (int c = 0; c < C; c++) {
-        float sw = 0.f, sb = 0.f;
-        for (int t = 0; t < T; t++) {
-            sw += part[(size_t)t * 2 * Cp + c];
-            sb += part[(size_t)t * 2 * Cp + Cp + c];
-        }
+        float sw = 0.f;
+        for (int t = 0; t < T; t++) sw += part[(size_t)t * Cp + c];
         put(gw, c, sw, bf);
-        if (gb) put(gb, c, sb, bf);
     }
     free(part);
 }

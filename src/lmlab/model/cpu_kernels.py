@@ -1,15 +1,17 @@
-"""Fused CPU kernels (C, built on first use) for the Transformer's attention and norms.
+"""Fused CPU kernels (C, built on first use) for the Transformer's attention and RMSNorm, and the
+optimizer step of bf16-master training.
 
-At lab sizes PyTorch's CPU kernels for these ops cost several times their arithmetic: attention is
-~10 operator calls per layer (dtype copies, a split, transposes, flash attention, a concatenation in
-the backward) and a bf16 LayerNorm backward makes several passes. `cpu_kernels.c` does each op,
-forward and backward, in one call (fp32 arithmetic on fp32 or bf16 tensors) over PyTorch's own OpenMP
-threads; on the Shakespeare benchmark's model that is about a fifth of a bf16 training step. The model
-uses them on the CPU whenever they apply (`usable`), and PyTorch's ops otherwise: on GPUs, under
-autocast or `torch.compile`, with RoPE, an attention mask or attention dropout, with `LMLAB_NATIVE=0`,
-or where no C compiler is found (a one-time warning). The tests hold them to PyTorch's ops, forward
-and backward. (A fused exact GELU that stored its derivative was measured too: no faster than
-PyTorch's, so it is not here.)
+At lab sizes PyTorch's CPU kernels cost several times their arithmetic: attention is ~10 operator
+calls per layer (dtype copies, a split, transposes, flash attention, a concatenation in the backward),
+RMSNorm six elementwise ops, and the optimizer step five passes over the parameters. `cpu_kernels.c`
+does each in one call (fp32 arithmetic on fp32 or bf16 tensors) over PyTorch's own OpenMP threads; on
+the Shakespeare benchmark's model that is about a sixth of a bf16 training step
+(`benchmarks/cpu_kernels_step.py`). The model uses them on the CPU whenever they apply (`usable`), and
+PyTorch's ops otherwise: on GPUs, under autocast or `torch.compile`, with RoPE, an attention mask or
+attention dropout, with `LMLAB_NATIVE=0`, or where no C compiler is found (a one-time warning). The
+tests hold them to PyTorch's ops, forward and backward. Measured and left out: an exact GELU that
+keeps its derivative (memory-bound at these shapes: no faster than PyTorch's) and LayerNorm (no faster
+than PyTorch's own fused LayerNorm inside the step).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ MAX_HEAD_DIM = 256  # the attention kernel keeps one output row of the head on t
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "lmlab_norm_fwd": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _F, _I, _I, _I]),
-    "lmlab_norm_bwd": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]),
+    "lmlab_rmsnorm_fwd": (None, [_P, _P, _P, _P, _I, _I, _F, _I, _I]),
+    "lmlab_rmsnorm_bwd": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_attn_fwd": (_I, [_P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_attn_bwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_grads_to_master": (None, [_I, _P, _P, _P, _P, _I]),
@@ -110,40 +112,37 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-# ----------------------------------------------------------------------------------------- the norms
+# -------------------------------------------------------------------------------------------- RMSNorm
 
-class _Norm(torch.autograd.Function):
+class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, eps: float, rms: bool):
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float):
         x = x.contiguous()
         C = x.shape[-1]
         N = x.numel() // C
         y = torch.empty_like(x)
-        stats = torch.empty(2, N, dtype=torch.float32)  # each row's mean and 1/std
-        _lib.lmlab_norm_fwd(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
-                            stats[0].data_ptr(), stats[1].data_ptr(), N, C, eps, rms, _bf(x), _threads())
-        ctx.save_for_backward(x, w, stats)
-        ctx.rms, ctx.has_bias = rms, b is not None
+        rstd = torch.empty(N, dtype=torch.float32)
+        _lib.lmlab_rmsnorm_fwd(x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr(), N, C, eps, _bf(x),
+                               _threads())
+        ctx.save_for_backward(x, w, rstd)
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
-        x, w, stats = ctx.saved_tensors
+        x, w, rstd = ctx.saved_tensors
         gy = gy.contiguous()
         C = x.shape[-1]
-        gx = torch.empty_like(x)
-        gw = torch.empty_like(w)
-        gb = torch.empty_like(w) if ctx.has_bias else None
-        _lib.lmlab_norm_bwd(gy.data_ptr(), x.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr(), w.data_ptr(),
-                            gx.data_ptr(), gw.data_ptr(), _ptr(gb), x.numel() // C, C, ctx.rms, _bf(x), _threads())
-        return gx, gw, gb, None, None
+        gx, gw = torch.empty_like(x), torch.empty_like(w)
+        _lib.lmlab_rmsnorm_bwd(gy.data_ptr(), x.data_ptr(), rstd.data_ptr(), w.data_ptr(), gx.data_ptr(),
+                               gw.data_ptr(), x.numel() // C, C, _bf(x), _threads())
+        return gx, gw, None
 
 
-def norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
-    """LayerNorm over the last dimension (RMSNorm when `rms`: no centring, no bias). The weight and bias
-    must be contiguous and of x's dtype (as `usable` checks)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension, x / sqrt(mean(x^2) + eps) * weight (rounded once, at the end).
+    The weight must be contiguous and of x's dtype (as `usable` checks)."""
     _require()
-    return _Norm.apply(x, weight, bias, eps, rms)
+    return _RMSNorm.apply(x, weight, eps)
 
 
 # ------------------------------------------------------------------------------------------ attention

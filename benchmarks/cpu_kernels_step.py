@@ -1,0 +1,127 @@
+"""The fused CPU kernels against PyTorch's ops on the Shakespeare benchmark's training step.
+
+One process, the same model and batches, alternating rounds of the two paths (so a slow spell of the
+machine hits both): a bf16-master training step (forward, loss, backward, gradients to the fp32
+masters, clipping, AdamW, bf16 refresh) through PyTorch's ops and through `lmlab.model.cpu_kernels`
+plus the fused optimizer step. Then the kernels alone, per call, at the step's shapes. Ends with one
+JSON line.
+
+    python benchmarks/cpu_kernels_step.py [--rounds 8] [--steps 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from lmlab.model import cpu_kernels  # noqa: E402
+from lmlab.model.config import ModelConfig  # noqa: E402
+from lmlab.model.transformer import Transformer  # noqa: E402
+from lmlab.train.hardware import tune_cpu_allocator  # noqa: E402
+from lmlab.train.optim import make_adamw, param_groups  # noqa: E402
+from lmlab.train.precision import Precision  # noqa: E402
+
+B, T, V = 12, 64, 65  # nanoGPT's CPU recipe: batch 12, block 64, 65 characters
+
+
+def per_call_us(fn, n: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=60, help="training steps per round and path")
+    args = ap.parse_args()
+    if cpu_kernels.load() is None:
+        sys.exit(f"no fused CPU kernels here: {cpu_kernels._lib_error}")
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=128, n_layers=4, n_heads=4, max_seq_len=T, bias=False, dropout=0.0, vocab_size=V)
+    model = Transformer(cfg)
+    prec = Precision(model, "bf16-master", torch.device("cpu"))
+    named = list(zip([n for n, _ in model.named_parameters()], prec.master))
+    opt = make_adamw(param_groups(named, 0.1, True), 1e-3, (0.9, 0.99), 1e-8, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randint(V, (B, T), generator=gen), torch.randint(V, (B, T), generator=gen)) for _ in range(50)]
+    lib, usable = prec._native(), cpu_kernels.usable
+
+    def step(i: int, fused: bool) -> None:
+        cpu_kernels.usable = usable if fused else (lambda *t: False)
+        prec._lib = lib if fused else None
+        x, y = data[i % len(data)]
+        F.cross_entropy(model(x).float().view(-1, V), y.view(-1)).backward()
+        prec.grads_to_master()
+        prec.step(opt, 1.0)
+
+    times: dict[str, list[float]] = {"pytorch": [], "fused": []}
+    try:
+        for i in range(20):
+            step(i, True)
+        for _ in range(args.rounds):
+            for name in times:
+                for i in range(5):
+                    step(i, name == "fused")
+                t = time.perf_counter()
+                for i in range(args.steps):
+                    step(i, name == "fused")
+                times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+    finally:
+        cpu_kernels.usable, prec._lib = usable, lib
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"training step, {k:8s}: median {med[k]:.2f} ms, best {min(v):.2f} ms  (rounds: "
+              + " ".join(f"{x:.1f}" for x in v) + ")")
+    print(f"ratio (pytorch / fused): median {med['pytorch'] / med['fused']:.2f}x, "
+          f"best {min(times['pytorch']) / min(times['fused']):.2f}x")
+
+    # the kernels alone, at the step's shapes, forward + backward through autograd
+    H, D = 4, 32
+    qkv = torch.randn(B, T, 3 * H * D, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(B, T, H * D, dtype=torch.bfloat16)
+
+    def torch_attention():
+        q, k, v = qkv.float().split(H * D, -1)
+        q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y.transpose(1, 2).reshape(B, T, H * D).to(torch.bfloat16).backward(g)
+
+    x = torch.randn(B * T, 128, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(128, dtype=torch.bfloat16, requires_grad=True)
+    gx = torch.randn(B * T, 128, dtype=torch.bfloat16)
+    def rms_reference():  # lmlab's RMSNorm through PyTorch's ops
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * w
+
+    ops = {
+        "attention (per layer)": (lambda: cpu_kernels.attention(qkv, H, H, D, D ** -0.5, True).backward(g),
+                                  torch_attention),
+        "rmsnorm": (lambda: cpu_kernels.rms_norm(x, w, 1e-5).backward(gx), lambda: rms_reference().backward(gx)),
+    }
+    per_op = {}
+    for name, (ours, theirs) in ops.items():
+        a, b = per_call_us(ours), per_call_us(theirs)
+        per_op[name] = {"fused_us": round(a), "pytorch_us": round(b)}
+        print(f"{name}, forward + backward, bf16: fused {a:.0f} us, PyTorch {b:.0f} us ({b / a:.2f}x)")
+    print(json.dumps({"benchmark": "cpu_kernels_step", "threads": torch.get_num_threads(),
+                      "step_ms_median": {k: round(v, 2) for k, v in med.items()},
+                      "step_ms_best": {k: round(min(v), 2) for k, v in times.items()},
+                      "ratio_median": round(med["pytorch"] / med["fused"], 3), "per_op": per_op}))
+
+
+if __name__ == "__main__":
+    main()
