@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 
@@ -55,3 +56,15 @@ def build(source: Path, flags: list[str]) -> ctypes.CDLL:
             if not path.exists():
                 _compile(source, flags, path)
     return ctypes.CDLL(str(path))
+
+
+def try_build(source: Path, flags: list[str], what: str, fallback: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """(library, None), or (None, why) with a warning: "{what} unavailable (why); {fallback}", `what`
+    ending in "is" or "are". `LMLAB_NATIVE=0` turns every native path off (no warning)."""
+    if os.environ.get("LMLAB_NATIVE", "1") == "0":
+        return None, "turned off by LMLAB_NATIVE=0"
+    try:
+        return build(source, flags), None
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"{what} unavailable ({e}); {fallback}", stacklevel=3)
+        return None, str(e)

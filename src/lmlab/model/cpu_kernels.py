@@ -17,8 +17,6 @@ than PyTorch's own fused LayerNorm inside the step).
 from __future__ import annotations
 
 import ctypes
-import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -49,15 +47,9 @@ def load() -> ctypes.CDLL | None:
     global _lib, _lib_error
     if _lib is not None or _lib_error is not None:
         return _lib
-    if os.environ.get("LMLAB_NATIVE", "1") == "0":
-        _lib_error = "turned off by LMLAB_NATIVE=0"
-        return None
-    try:
-        lib = cbuild.build(_SOURCE, _FLAGS)
-    except (OSError, RuntimeError) as e:
-        _lib_error = str(e)
-        warnings.warn(f"lmlab's fused CPU kernels are unavailable ({e}); the model uses PyTorch's ops",
-                      stacklevel=2)
+    lib, _lib_error = cbuild.try_build(_SOURCE, _FLAGS, "lmlab's fused CPU kernels are",
+                                        "the model uses PyTorch's ops")
+    if lib is None:
         return None
     for name, (restype, argtypes) in _SIGNATURES.items():
         f = getattr(lib, name)

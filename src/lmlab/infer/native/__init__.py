@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -46,14 +44,8 @@ def load() -> ctypes.CDLL | None:
     global _lib, _lib_error
     if _lib is not None or _lib_error is not None:
         return _lib
-    if os.environ.get("LMLAB_NATIVE", "1") == "0":
-        _lib_error = "turned off by LMLAB_NATIVE=0"
-        return None
-    try:
-        lib = cbuild.build(_SOURCE, _FLAGS)
-    except (OSError, RuntimeError) as e:
-        _lib_error = str(e)
-        warnings.warn(f"lmlab's native decode step is unavailable ({e}); decoding uses PyTorch", stacklevel=2)
+    lib, _lib_error = cbuild.try_build(_SOURCE, _FLAGS, "lmlab's native decode step is", "decoding uses PyTorch")
+    if lib is None:
         return None
     f = lib.lmlab_decode_step
     f.restype = ctypes.c_int
