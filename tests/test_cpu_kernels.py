@@ -149,6 +149,8 @@ def test_attention_falls_back_where_the_kernel_does_not_apply(lib, monkeypatch):
     drop(idx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _model()(idx)
+    monkeypatch.setattr(cpu_kernels, "MAX_ATTENTION_LEN", 16)  # longer sequences: PyTorch's flash attention
+    _model()(idx)
     assert not cpu_kernels.usable(torch.zeros(2, dtype=torch.float16))
     assert not cpu_kernels.usable(torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16))
 

@@ -28,7 +28,9 @@ _SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
-MAX_HEAD_DIM = 256  # the attention kernel keeps one output row of the head on the stack
+MAX_ATTENTION_LEN = 2048
+"""Longest sequence the attention kernel takes: each thread holds one head's T x T scores and their
+gradient (32 MiB at 2048); beyond that PyTorch's flash attention, which tiles them, is the better tool."""
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
@@ -68,6 +70,7 @@ def _autocast_on() -> bool:
 def _mode_active() -> bool:
     """A dispatch or function mode (FLOP counting, fake tensors, tracing) sees only PyTorch's ops."""
     return _current_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+
 
 _DTYPES = (torch.float32, torch.bfloat16)
 

@@ -85,7 +85,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         qkv = self.qkv(x)
         p = self.cfg.dropout if self.training else 0.0
-        if kv is None and attn_mask is None and rope is None and p == 0 and self.hd <= cpu_kernels.MAX_HEAD_DIM \
+        if kv is None and attn_mask is None and rope is None and p == 0 and T <= cpu_kernels.MAX_ATTENTION_LEN \
                 and cpu_kernels.usable(qkv):
             y = cpu_kernels.attention(qkv, self.n_heads, self.n_kv, self.hd, self.cfg.attn_scale, self.cfg.causal)
             return self.proj(y)
