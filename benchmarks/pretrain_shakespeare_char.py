@@ -180,6 +180,8 @@ def main() -> None:
         "repeats": args.repeats,
         "lmlab_walls_s": [round(r["wall_s"], 2) for r in lms],
         "nanogpt_walls_s": [round(r["wall_s"], 2) for r in nanos],
+        # each nanoGPT run against the lmlab run right after it: the spread shows the machine's noise
+        "pair_ratios": [round(n["wall_s"] / m["wall_s"], 3) for n, m in zip(nanos, lms)],
         "threads": torch.get_num_threads(),
         "val_loss": round(lm["val_loss"], 4), "wall_s": round(lm["wall_s"], 2),
         "nanogpt_val_loss": nano["val_loss"], "nanogpt_wall_s": round(nano["wall_s"], 2),
@@ -203,6 +205,8 @@ def main() -> None:
     print(f"ratio (nanoGPT wall / lmlab wall): {fig['ratio']:.2f}x; MFU {fig['mfu_vs_fp32_peak']:.1%} of fp32 peak "
           f"({fig['peak_fp32_gflops']:.0f} GFLOP/s), {fig['mfu_vs_bf16_peak']:.1%} of bf16 peak "
           f"({fig['peak_bf16_gflops']:.0f} GFLOP/s)")
+    if args.repeats > 1:
+        print("per pair (nanoGPT run / the lmlab run after it): " + ", ".join(f"{r:.2f}x" for r in fig["pair_ratios"]))
     print(f"time to val loss <= {TARGET_LOSS}: lmlab {fig['time_to_target_s']} s, nanoGPT "
           f"{fig['nanogpt_time_to_target_s']} s (ratio {fig['ratio_to_target']})")
     print(json.dumps(fig))
