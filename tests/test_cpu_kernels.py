@@ -242,3 +242,10 @@ def test_results_do_not_depend_on_the_thread_count(lib):
     for a, b in zip(out[0], out[1]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)  # the norm weight gradient: summation order
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])  # attention: bitwise
+
+
+def test_rms_norm_takes_a_strided_weight(lib):
+    torch.manual_seed(9)
+    x, w = torch.randn(6, 40), torch.randn(40, 2)[:, 0]  # a weight view with stride 2
+    assert not w.is_contiguous()
+    torch.testing.assert_close(cpu_kernels.rms_norm(x, w, 1e-5), _rms_reference(x, w), atol=1e-5, rtol=1e-5)

@@ -136,6 +136,13 @@ static const v16 IOTA = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 /* lanes k with j + k < n */
 static inline v16i below(int j, int n) { return IOTA < (float)(n - j); }
 
+/* Per-thread scratch, allocated before a parallel region (so a failed allocation is one early return,
+ * never a thread missing from a worksharing loop): nt slices of n floats, 64-byte aligned. */
+static float *scratch(int nt, size_t n) {
+    size_t bytes = ((size_t)nt * n * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes);
+}
+
 /* ========================================= RMSNorm ========================================= */
 
 /* A row of C elements into fp32 (padded with zeros to a multiple of 16), and back. */
@@ -152,12 +159,14 @@ static inline void row_out(void *dst, size_t o, int C, int bf, const float *src)
 
 /* Rows of C: y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps), saved (N, fp32) for the backward.
  * w shares x's element type. */
-void lmlab_rmsnorm_fwd(const void *x, const void *w, void *y, float *rstd, int N, int C, float eps, int bf, int nt) {
+int lmlab_rmsnorm_fwd(const void *x, const void *w, void *y, float *rstd, int N, int C, float eps, int bf, int nt) {
     int Cp = (C + 15) / 16 * 16;
+    float *mem = scratch(nt, 2 * (size_t)Cp);
+    if (!mem) return -1;
 #pragma omp parallel num_threads(nt)
     {
-        float *m = aligned_alloc(64, sizeof(float) * 2 * Cp), *row = m, *wf = m + Cp;
-        memset(m, 0, sizeof(float) * 2 * Cp);
+        float *row = mem + (size_t)omp_get_thread_num() * 2 * Cp, *wf = row + Cp;
+        memset(row, 0, sizeof(float) * 2 * Cp);
         row_in(w, 0, C, bf, wf);
 #pragma omp for schedule(static)
         for (int r = 0; r < N; r++) {
@@ -170,22 +179,22 @@ void lmlab_rmsnorm_fwd(const void *x, const void *w, void *y, float *rstd, int N
             for (int c = 0; c < Cp; c += 16) *(v16 *)(row + c) = *(v16 *)(row + c) * rs * *(v16 *)(wf + c);
             row_out(y, o, C, bf, row);
         }
-        free(m);
     }
+    free(mem);
+    return 0;
 }
 
 /* gx = rstd * (g - xhat * mean(g * xhat)) with g = gy * w and xhat = x * rstd; gw = sum over rows of
  * gy * xhat (C, in x's element type, summed in fp32 per thread and then in thread order). */
-void lmlab_rmsnorm_bwd(const void *gy, const void *x, const float *rstd, const void *w, void *gx, void *gw, int N,
-                       int C, int bf, int nt) {
+int lmlab_rmsnorm_bwd(const void *gy, const void *x, const float *rstd, const void *w, void *gx, void *gw, int N,
+                      int C, int bf, int nt) {
     int T = nt < 1 ? 1 : nt, Cp = (C + 15) / 16 * 16;
-    float *part = aligned_alloc(64, sizeof(float) * (size_t)T * Cp);
-    memset(part, 0, sizeof(float) * (size_t)T * Cp);
+    float *mem = scratch(T, 4 * (size_t)Cp);  /* per thread: its partial gw, then x-hat, g and w rows */
+    if (!mem) return -1;
 #pragma omp parallel num_threads(T)
     {
-        float *pw = part + (size_t)omp_get_thread_num() * Cp;
-        float *m = aligned_alloc(64, sizeof(float) * 3 * Cp), *xh = m, *g = m + Cp, *wf = m + 2 * Cp;
-        memset(m, 0, sizeof(float) * 3 * Cp);
+        float *pw = mem + (size_t)omp_get_thread_num() * 4 * Cp, *xh = pw + Cp, *g = pw + 2 * Cp, *wf = pw + 3 * Cp;
+        memset(pw, 0, sizeof(float) * 4 * Cp);
         row_in(w, 0, C, bf, wf);
 #pragma omp for schedule(static)
         for (int r = 0; r < N; r++) {
@@ -205,14 +214,14 @@ void lmlab_rmsnorm_bwd(const void *gy, const void *x, const float *rstd, const v
             for (int c = 0; c < Cp; c += 16) *(v16 *)(g + c) = rs * (*(v16 *)(g + c) - *(v16 *)(xh + c) * mgx);
             row_out(gx, o, C, bf, g);
         }
-        free(m);
     }
-    for (int c = 0; c < C; c++) {
+    for (int c = 0; c < C; c++) {  /* a thread that got no rows left its partial at 0 */
         float sw = 0.f;
-        for (int t = 0; t < T; t++) sw += part[(size_t)t * Cp + c];
+        for (int t = 0; t < T; t++) sw += mem[(size_t)t * 4 * Cp + c];
         put(gw, c, sw, bf);
     }
-    free(part);
+    free(mem);
+    return 0;
 }
 
 /* ======================================== attention ======================================== */
@@ -316,25 +325,27 @@ typedef struct {
                         * off powers of two so that rows do not alias each other in the L1 cache */
     float *q, *kt, *v, *s;                     /* forward */
     float *k, *vt, *dout, *dp, *dq, *dk, *dv;  /* backward */
-    float *mem;
 } Head;
 
-static int head_init(Head *h, int T, int D, int backward) {
+/* Floats of one thread's Head (backward: with the gradient buffers). */
+static size_t head_floats(int T, int D, int backward) {
+    size_t Tp = (T + 15) / 16 * 16, Dp = (D + 15) / 16 * 16;
+    size_t rows = Tp * (Dp + 16) + 16, cols = Dp * (Tp + 16) + 16, scores = Tp * (Tp + 16) + 16;
+    return backward ? 7 * rows + 2 * cols + 2 * scores : 2 * rows + cols + scores;
+}
+
+/* Lay a Head out over m (head_floats(T, D, backward) floats), zeroed: the padding must read as 0. */
+static void head_init(Head *h, int T, int D, int backward, float *m) {
     h->T = T, h->D = D, h->Tp = (T + 15) / 16 * 16, h->Dp = (D + 15) / 16 * 16;
     h->ld = h->Dp + 16, h->ls = h->Tp + 16;
     size_t rows = (size_t)h->Tp * h->ld + 16, cols = (size_t)h->Dp * h->ls + 16, scores = (size_t)h->Tp * h->ls + 16;
-    size_t n = backward ? 7 * rows + 2 * cols + 2 * scores : 2 * rows + cols + scores;
-    float *m = aligned_alloc(64, n * sizeof(float));
-    if (!m) return -1;
-    memset(m, 0, n * sizeof(float));
-    h->mem = m;
+    memset(m, 0, head_floats(T, D, backward) * sizeof(float));
     h->q = m, h->v = m + rows, h->kt = m + 2 * rows, h->s = h->kt + cols;
     if (backward) {
         float *b = h->s + scores;
         h->k = b, h->dout = b + rows, h->dq = b + 2 * rows, h->dk = b + 3 * rows, h->dv = b + 4 * rows;
         h->vt = b + 5 * rows, h->dp = h->vt + cols;
     }
-    return 0;
 }
 
 /* Row i of scores s (ld Tp), its first n entries valid: softmax in place, zeros after n; returns the
@@ -365,98 +376,98 @@ static inline float softmax_row(float *s, int n, int Tp) {
 /* y = softmax(scale q k^T (+ causal mask)) v for every (batch row, head); lse may be NULL (no backward). */
 int lmlab_attn_fwd(const void *qkv, void *y, float *lse, int B, int T, int H, int KV, int D, float scale,
                    int causal, int bf, int nt) {
-    int rep = H / KV, fail = 0;
-    size_t stride = (size_t)(H + 2 * KV) * D;
-#pragma omp parallel num_threads(nt) reduction(| : fail)
+    int rep = H / KV;
+    size_t stride = (size_t)(H + 2 * KV) * D, per = head_floats(T, D, 0);
+    float *mem = scratch(nt, per);
+    if (!mem) return -1;
+#pragma omp parallel num_threads(nt)
     {
         Head w;
-        if (head_init(&w, T, D, 0)) fail = 1;
-        else {
-            int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
+        head_init(&w, T, D, 0, mem + (size_t)omp_get_thread_num() * per);
+        int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
 #pragma omp for schedule(static)
-            for (int task = 0; task < B * KV; task++) {
-                int b = task / KV, g = task % KV;
-                size_t base = (size_t)b * T * stride;
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.v, ld, 0, 1.f, bf);
-                for (int h = g * rep; h < (g + 1) * rep; h++) {
-                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, scale, bf);
-                    gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE);
-                    for (int i = 0; i < T; i++) {
-                        float l = softmax_row(w.s + (size_t)i * ls, causal ? i + 1 : T, Tp);
-                        if (lse) lse[((size_t)b * H + h) * T + i] = l;
-                    }
-                    /* o = p v into q's buffer (q is no longer needed) */
-                    gemm(w.s, ls, w.v, ld, w.q, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
-                    store_slice(y, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.q, ld, bf);
+        for (int task = 0; task < B * KV; task++) {
+            int b = task / KV, g = task % KV;
+            size_t base = (size_t)b * T * stride;
+            load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
+            load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.v, ld, 0, 1.f, bf);
+            for (int h = g * rep; h < (g + 1) * rep; h++) {
+                load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, scale, bf);
+                gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE);
+                for (int i = 0; i < T; i++) {
+                    float l = softmax_row(w.s + (size_t)i * ls, causal ? i + 1 : T, Tp);
+                    if (lse) lse[((size_t)b * H + h) * T + i] = l;
                 }
+                /* o = p v into q's buffer (q is no longer needed) */
+                gemm(w.s, ls, w.v, ld, w.q, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
+                store_slice(y, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.q, ld, bf);
             }
-            free(w.mem);
         }
     }
-    return fail ? -1 : 0;
+    free(mem);
+    return 0;
 }
 
 /* Gradients of lmlab_attn_fwd: dqkv (same layout as qkv) from dy, recomputing the probabilities p from
  * lse. dp = do v^T, ds = p (dp - rowsum(p dp)) scale, dq = ds k, dk = ds^T q, dv = p^T do. */
 int lmlab_attn_bwd(const void *qkv, const float *lse, const void *dy, void *dqkv, int B, int T, int H, int KV,
                    int D, float scale, int causal, int bf, int nt) {
-    int rep = H / KV, fail = 0;
-    size_t stride = (size_t)(H + 2 * KV) * D;
-#pragma omp parallel num_threads(nt) reduction(| : fail)
+    int rep = H / KV;
+    size_t stride = (size_t)(H + 2 * KV) * D, per = head_floats(T, D, 1);
+    float *mem = scratch(nt, per);
+    if (!mem) return -1;
+#pragma omp parallel num_threads(nt)
     {
         Head w;
-        if (head_init(&w, T, D, 1)) fail = 1;
-        else {
-            int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
-            int lower = causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE;
+        head_init(&w, T, D, 1, mem + (size_t)omp_get_thread_num() * per);
+        int Tp = w.Tp, Dp = w.Dp, ld = w.ld, ls = w.ls;
+        int lower = causal ? LIMIT_COLS_LE_ROW : LIMIT_NONE;
 #pragma omp for schedule(static)
-            for (int task = 0; task < B * KV; task++) {
-                int b = task / KV, g = task % KV;
-                size_t base = (size_t)b * T * stride;
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.k, ld, 0, 1.f, bf);
-                load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.vt, ls, 1, 1.f, bf);
-                memset(w.dk, 0, sizeof(float) * Tp * ld);
-                memset(w.dv, 0, sizeof(float) * Tp * ld);
-                for (int h = g * rep; h < (g + 1) * rep; h++) {
-                    load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, 1.f, bf);
-                    load_slice(dy, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.dout, ld, 0, 1.f, bf);
-                    /* p = exp(scale s - lse), row by row while s is still in L1; masked entries 0 */
-                    gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, lower);
-                    const float *L = lse + ((size_t)b * H + h) * T;
-                    for (int i = 0; i < T; i++) {
-                        float *p = w.s + (size_t)i * ls;
-                        int n = causal ? i + 1 : T;
-                        for (int j = 0; j < n; j += 16) {
-                            v16 e = vexp_neg(*(v16 *)(p + j) * scale - L[i]);
-                            *(v16 *)(p + j) = j + 16 > n ? vsel(below(j, n), e, V0) : e;
-                        }
+        for (int task = 0; task < B * KV; task++) {
+            int b = task / KV, g = task % KV;
+            size_t base = (size_t)b * T * stride;
+            load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.kt, ls, 1, 1.f, bf);
+            load_slice(qkv, base + (size_t)(H + g) * D, stride, T, D, w.k, ld, 0, 1.f, bf);
+            load_slice(qkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.vt, ls, 1, 1.f, bf);
+            memset(w.dk, 0, sizeof(float) * Tp * ld);
+            memset(w.dv, 0, sizeof(float) * Tp * ld);
+            for (int h = g * rep; h < (g + 1) * rep; h++) {
+                load_slice(qkv, base + (size_t)h * D, stride, T, D, w.q, ld, 0, 1.f, bf);
+                load_slice(dy, (size_t)b * T * H * D + (size_t)h * D, (size_t)H * D, T, D, w.dout, ld, 0, 1.f, bf);
+                /* p = exp(scale s - lse), row by row while s is still in L1; masked entries 0 */
+                gemm(w.q, ld, w.kt, ls, w.s, ls, Tp, Tp, Dp, lower);
+                const float *L = lse + ((size_t)b * H + h) * T;
+                for (int i = 0; i < T; i++) {
+                    float *p = w.s + (size_t)i * ls;
+                    int n = causal ? i + 1 : T;
+                    for (int j = 0; j < n; j += 16) {
+                        v16 e = vexp_neg(*(v16 *)(p + j) * scale - L[i]);
+                        *(v16 *)(p + j) = j + 16 > n ? vsel(below(j, n), e, V0) : e;
                     }
-                    /* ds = p (dp - rowsum(p dp)) scale, into dp's buffer */
-                    gemm(w.dout, ld, w.vt, ls, w.dp, ls, Tp, Tp, Dp, lower);
-                    for (int i = 0; i < T; i++) {
-                        float *p = w.s + (size_t)i * ls, *dp = w.dp + (size_t)i * ls;
-                        int n16 = ((causal ? i + 1 : T) + 15) / 16 * 16;
-                        v16 acc = V0;
-                        for (int j = 0; j < n16; j += 16) acc += *(v16 *)(p + j) * *(v16 *)(dp + j);
-                        float dsum = hsum(acc);
-                        for (int j = 0; j < n16; j += 16)
-                            *(v16 *)(dp + j) = *(v16 *)(p + j) * (*(v16 *)(dp + j) - dsum) * scale;
-                    }
-                    gemm(w.dp, ls, w.k, ld, w.dq, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
-                    store_slice(dqkv, base + (size_t)h * D, stride, T, D, w.dq, ld, bf);
-                    /* dk += ds^T q, dv += p^T do (row j of ds^T sums over i >= j when causal) */
-                    gemm_tn_acc(w.dp, ls, w.q, ld, w.dk, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
-                    gemm_tn_acc(w.s, ls, w.dout, ld, w.dv, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
                 }
-                store_slice(dqkv, base + (size_t)(H + g) * D, stride, T, D, w.dk, ld, bf);
-                store_slice(dqkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.dv, ld, bf);
+                /* ds = p (dp - rowsum(p dp)) scale, into dp's buffer */
+                gemm(w.dout, ld, w.vt, ls, w.dp, ls, Tp, Tp, Dp, lower);
+                for (int i = 0; i < T; i++) {
+                    float *p = w.s + (size_t)i * ls, *dp = w.dp + (size_t)i * ls;
+                    int n16 = ((causal ? i + 1 : T) + 15) / 16 * 16;
+                    v16 acc = V0;
+                    for (int j = 0; j < n16; j += 16) acc += *(v16 *)(p + j) * *(v16 *)(dp + j);
+                    float dsum = hsum(acc);
+                    for (int j = 0; j < n16; j += 16)
+                        *(v16 *)(dp + j) = *(v16 *)(p + j) * (*(v16 *)(dp + j) - dsum) * scale;
+                }
+                gemm(w.dp, ls, w.k, ld, w.dq, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_LE_ROW : LIMIT_NONE);
+                store_slice(dqkv, base + (size_t)h * D, stride, T, D, w.dq, ld, bf);
+                /* dk += ds^T q, dv += p^T do (row j of ds^T sums over i >= j when causal) */
+                gemm_tn_acc(w.dp, ls, w.q, ld, w.dk, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
+                gemm_tn_acc(w.s, ls, w.dout, ld, w.dv, ld, Tp, Dp, Tp, causal ? LIMIT_INNER_GE_ROW : LIMIT_NONE);
             }
-            free(w.mem);
+            store_slice(dqkv, base + (size_t)(H + g) * D, stride, T, D, w.dk, ld, bf);
+            store_slice(dqkv, base + (size_t)(H + KV + g) * D, stride, T, D, w.dv, ld, bf);
         }
     }
-    return fail ? -1 : 0;
+    free(mem);
+    return 0;
 }
 
 /* ============================ the optimizer step (bf16 weights, fp32 masters) ============================ */

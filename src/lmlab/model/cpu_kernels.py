@@ -34,8 +34,8 @@ gradient (32 MiB at 2048); beyond that PyTorch's flash attention, which tiles th
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "lmlab_rmsnorm_fwd": (None, [_P, _P, _P, _P, _I, _I, _F, _I, _I]),
-    "lmlab_rmsnorm_bwd": (None, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_rmsnorm_fwd": (_I, [_P, _P, _P, _P, _I, _I, _F, _I, _I]),
+    "lmlab_rmsnorm_bwd": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_attn_fwd": (_I, [_P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_attn_bwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_grads_to_master": (None, [_I, _P, _P, _P, _P, _I]),
@@ -107,18 +107,23 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _check(rc: int) -> None:
+    if rc != 0:
+        raise MemoryError("a fused CPU kernel could not allocate its scratch memory")
+
+
 # -------------------------------------------------------------------------------------------- RMSNorm
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, eps: float):
-        x = x.contiguous()
+        x, w = x.contiguous(), w.contiguous()
         C = x.shape[-1]
         N = x.numel() // C
         y = torch.empty_like(x)
         rstd = torch.empty(N, dtype=torch.float32)
-        _lib.lmlab_rmsnorm_fwd(x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr(), N, C, eps, _bf(x),
-                               _threads())
+        _check(_lib.lmlab_rmsnorm_fwd(x.data_ptr(), w.data_ptr(), y.data_ptr(), rstd.data_ptr(), N, C, eps, _bf(x),
+                                      _threads()))
         ctx.save_for_backward(x, w, rstd)
         return y
 
@@ -128,14 +133,14 @@ class _RMSNorm(torch.autograd.Function):
         gy = gy.contiguous()
         C = x.shape[-1]
         gx, gw = torch.empty_like(x), torch.empty_like(w)
-        _lib.lmlab_rmsnorm_bwd(gy.data_ptr(), x.data_ptr(), rstd.data_ptr(), w.data_ptr(), gx.data_ptr(),
-                               gw.data_ptr(), x.numel() // C, C, _bf(x), _threads())
+        _check(_lib.lmlab_rmsnorm_bwd(gy.data_ptr(), x.data_ptr(), rstd.data_ptr(), w.data_ptr(), gx.data_ptr(),
+                                      gw.data_ptr(), x.numel() // C, C, _bf(x), _threads()))
         return gx, gw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension, x / sqrt(mean(x^2) + eps) * weight (rounded once, at the end).
-    The weight must be contiguous and of x's dtype (as `usable` checks)."""
+    The weight has x's dtype (as `usable` checks)."""
     _require()
     return _RMSNorm.apply(x, weight, eps)
 
@@ -149,10 +154,8 @@ class _Attention(torch.autograd.Function):
         B, T, _ = qkv.shape
         y = torch.empty(B, T, heads * head_dim, dtype=qkv.dtype)
         lse = torch.empty(B, heads, T, dtype=torch.float32) if ctx.needs_input_grad[0] else None
-        rc = _lib.lmlab_attn_fwd(_ptr(qkv), _ptr(y), _ptr(lse), B, T, heads, kv_heads, head_dim, scale,
-                                 int(causal), _bf(qkv), _threads())
-        if rc != 0:
-            raise MemoryError("the fused attention kernel could not allocate its scratch memory")
+        _check(_lib.lmlab_attn_fwd(_ptr(qkv), _ptr(y), _ptr(lse), B, T, heads, kv_heads, head_dim, scale,
+                                   int(causal), _bf(qkv), _threads()))
         ctx.save_for_backward(qkv, lse)
         ctx.shape = (heads, kv_heads, head_dim, scale, causal)
         return y
@@ -164,10 +167,8 @@ class _Attention(torch.autograd.Function):
         B, T, _ = qkv.shape
         dy = dy.contiguous()
         dqkv = torch.empty_like(qkv)
-        rc = _lib.lmlab_attn_bwd(_ptr(qkv), _ptr(lse), _ptr(dy), _ptr(dqkv), B, T, heads, kv_heads, head_dim, scale,
-                                 int(causal), _bf(qkv), _threads())
-        if rc != 0:
-            raise MemoryError("the fused attention kernel could not allocate its scratch memory")
+        _check(_lib.lmlab_attn_bwd(_ptr(qkv), _ptr(lse), _ptr(dy), _ptr(dqkv), B, T, heads, kv_heads, head_dim,
+                                   scale, int(causal), _bf(qkv), _threads()))
         return dqkv, None, None, None, None, None
 
 
