@@ -249,3 +249,96 @@ def test_rms_norm_takes_a_strided_weight(lib):
     x, w = torch.randn(6, 40), torch.randn(40, 2)[:, 0]  # a weight view with stride 2
     assert not w.is_contiguous()
     torch.testing.assert_close(cpu_kernels.rms_norm(x, w, 1e-5), _rms_reference(x, w), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def amx(lib):
+    if not cpu_kernels._amx:
+        pytest.skip("this CPU (or kernel) gives no AMX tiles: the linear kernel is not built or not allowed")
+
+
+def _bf16_close(ours, exact):
+    """Within a couple of bf16 roundings of the exact (fp64) result, relative to its largest entry."""
+    assert ours.dtype == torch.bfloat16
+    err = (ours.double() - exact).abs().max() / exact.abs().max()
+    assert err < 2 ** -7, float(err)
+
+
+# (rows, outputs, inputs, bias): the Shakespeare model's four projections, a bias, a 96-row evaluation batch
+@pytest.mark.parametrize("M,N,K,bias", [(768, 384, 128, False), (768, 128, 512, False), (96, 512, 128, True),
+                                        (64, 32, 64, True)])
+def test_linear_matches_exact_products(amx, M, N, K, bias):
+    torch.manual_seed(10)
+    x = torch.randn(M // 32, 32, K).to(torch.bfloat16).requires_grad_()  # a 3-d input, as the model passes
+    w = torch.randn(N, K).to(torch.bfloat16).requires_grad_()
+    b = torch.randn(N).to(torch.bfloat16).requires_grad_() if bias else None
+    y = cpu_kernels.linear(x, w, b)
+    g = torch.randn_like(y)
+    y.backward(g)
+    xd, wd, gd = x.detach().double(), w.detach().double(), g.double()
+    exact = xd @ wd.T + (b.detach().double() if bias else 0)
+    _bf16_close(y, exact)
+    _bf16_close(x.grad, gd @ wd)
+    _bf16_close(w.grad, gd.reshape(M, N).T @ xd.reshape(M, K))
+    if bias:
+        _bf16_close(b.grad, gd.reshape(M, N).sum(0))
+    else:  # PyTorch's bf16 matmul accumulates the same products in fp32 and rounds once: the same numbers
+        assert torch.equal(y, F.linear(x.detach(), w.detach()))
+    with torch.no_grad():
+        assert torch.equal(cpu_kernels.linear(x, w, b), y)
+
+
+def test_linear_is_used_only_where_it_applies(amx, monkeypatch):
+    lin = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    x = torch.randn(2, 32, 64).to(torch.bfloat16)
+    assert cpu_kernels.linear_usable(x, lin)
+    assert not cpu_kernels.linear_usable(x.float(), lin.float())  # fp32: PyTorch's (MKL) matmul
+    assert not cpu_kernels.linear_usable(x[:, :31], lin)  # 62 rows: off the 32-row grid
+    assert not cpu_kernels.linear_usable(x.transpose(0, 1), lin)  # not contiguous
+    assert not cpu_kernels.linear_usable(x[..., :48], torch.nn.Linear(48, 32).to(torch.bfloat16))
+    lin.register_forward_hook(lambda *a: None)
+    assert not cpu_kernels.linear_usable(x, lin)  # hooks see nn.Linear's own forward
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *t: False)  # autocast, compile, dispatch modes, no library
+    assert not cpu_kernels.linear_usable(x, torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16))
+
+
+def test_model_linear_layers_run_on_tiles(amx, monkeypatch):
+    """A bf16 model on the tile grid trains through the kernel, and its gradients are PyTorch's up to
+    bf16 rounding of the products' sums."""
+    torch.manual_seed(11)
+    model = Transformer(ModelConfig(vocab_size=40, d_model=64, n_layers=2, n_heads=2, max_seq_len=32, bias=False,
+                                    dropout=0.0)).to(torch.bfloat16)
+    idx = torch.randint(40, (2, 32), generator=torch.Generator().manual_seed(12))
+
+    def run():
+        model.zero_grad()
+        logits = model(idx)
+        F.cross_entropy(logits.float().view(-1, 40), idx.view(-1)).backward()
+        return logits.detach().float(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+    calls = []
+    real = cpu_kernels.linear
+    monkeypatch.setattr(cpu_kernels, "linear", lambda *a: calls.append(1) or real(*a))
+    logits, grads = run()
+    assert len(calls) == 2 * 4  # qkv, proj, up, down per layer; the 40-token head stays PyTorch's
+    monkeypatch.setattr(cpu_kernels, "linear_usable", lambda *a: False)
+    ref_logits, ref_grads = run()
+    torch.testing.assert_close(logits, ref_logits, atol=0, rtol=0)  # the forward: bitwise
+    for n in grads:
+        scale = ref_grads[n].abs().max()
+        assert (grads[n] - ref_grads[n]).abs().max() <= 2 ** -6 * scale, n
+
+
+def test_linear_does_not_depend_on_the_thread_count(amx):
+    torch.manual_seed(13)
+    x, w = torch.randn(128, 96).to(torch.bfloat16).requires_grad_(), torch.randn(64, 96).to(torch.bfloat16)
+    w.requires_grad_()
+    g = torch.randn(128, 64).to(torch.bfloat16)
+    saved, out = torch.get_num_threads(), []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            out.append((cpu_kernels.linear(x, w), *_grads(lambda: cpu_kernels.linear(x, w), [x, w], g)))
+    finally:
+        torch.set_num_threads(saved)
+    assert all(torch.equal(a, b) for a, b in zip(*out))  # each output block is one thread's: bitwise

@@ -1,17 +1,18 @@
-"""Fused CPU kernels (C, built on first use) for the Transformer's attention and RMSNorm, and the
-optimizer step of bf16-master training.
+"""Fused CPU kernels (C, built on first use) for the Transformer's attention, RMSNorm and bf16 linear
+layers, and the optimizer step of bf16-master training.
 
 At lab sizes PyTorch's CPU kernels cost several times their arithmetic: attention is ~10 operator
 calls per layer (dtype copies, a split, transposes, flash attention, a concatenation in the backward),
-RMSNorm six elementwise ops, and the optimizer step five passes over the parameters. `cpu_kernels.c`
-does each in one call (fp32 arithmetic on fp32 or bf16 tensors) over PyTorch's own OpenMP threads; on
-the Shakespeare benchmark's model that is about a sixth of a bf16 training step
-(`benchmarks/cpu_kernels_step.py`). The model uses them on the CPU whenever they apply (`usable`), and
-PyTorch's ops otherwise: on GPUs, under autocast or `torch.compile`, with RoPE, an attention mask or
-attention dropout, with `LMLAB_NATIVE=0`, or where no C compiler is found (a one-time warning). The
-tests hold them to PyTorch's ops, forward and backward. Measured and left out: an exact GELU that
-keeps its derivative (memory-bound at these shapes: no faster than PyTorch's) and LayerNorm (no faster
-than PyTorch's own fused LayerNorm inside the step).
+RMSNorm six elementwise ops, a bf16 matmul ~30 us of oneDNN set-up per call, and the optimizer step five
+passes over the parameters. `cpu_kernels.c` does each in one call (fp32 arithmetic on fp32 or bf16
+tensors; the linear layers on AMX tiles where the CPU has them) over PyTorch's own OpenMP threads; on
+the Shakespeare benchmark's model that is about a fifth of a bf16 training step
+(`benchmarks/cpu_kernels_step.py`). The model uses them on the CPU whenever they apply (`usable`,
+`linear_usable`), and PyTorch's ops otherwise: on GPUs, under autocast or `torch.compile`, with RoPE, an
+attention mask or attention dropout, with `LMLAB_NATIVE=0`, or where no C compiler is found (a one-time
+warning). The tests hold them to PyTorch's ops, forward and backward. Measured and left out: an exact
+GELU that keeps its derivative (memory-bound at these shapes: no faster than PyTorch's) and LayerNorm
+(no faster than PyTorch's own fused LayerNorm inside the step).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
+_amx = False  # the library was built with AMX tiles and this process may use them
 MAX_ATTENTION_LEN = 2048
 """Longest sequence the attention kernel takes: each thread holds one head's T x T scores and their
 gradient (32 MiB at 2048); beyond that PyTorch's flash attention, which tiles them, is the better tool."""
@@ -40,6 +42,9 @@ _SIGNATURES = {
     "lmlab_attn_bwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _I, _I, _I]),
     "lmlab_grads_to_master": (None, [_I, _P, _P, _P, _P, _I]),
     "lmlab_adamw_step": (ctypes.c_double, [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _I]),
+    "lmlab_amx_ready": (_I, []),
+    "lmlab_linear_fwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_linear_bwd": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I]),
 }
 
 
@@ -57,6 +62,8 @@ def load() -> ctypes.CDLL | None:
         f = getattr(lib, name)
         f.restype, f.argtypes = restype, argtypes
     _lib = lib
+    global _amx
+    _amx = bool(lib.lmlab_amx_ready())
     return lib
 
 
@@ -180,3 +187,47 @@ def attention(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, scale
     probabilities from it (memory O(B heads T), not O(B heads T^2))."""
     _require()
     return _Attention.apply(qkv, heads, kv_heads, head_dim, scale, causal)
+
+
+# -------------------------------------------------------------------------------------- linear layers
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+        N, K = w.shape
+        x2 = x.reshape(-1, K)
+        y = torch.empty(x2.shape[0], N, dtype=x.dtype)
+        _check(_lib.lmlab_linear_fwd(_ptr(x2), _ptr(w), _ptr(b), _ptr(y), x2.shape[0], N, K, _threads()))
+        ctx.save_for_backward(x2, w)
+        ctx.has_bias = b is not None
+        return y.view(*x.shape[:-1], N)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x2, w = ctx.saved_tensors
+        (M, K), N = x2.shape, w.shape[0]
+        dy2 = dy.reshape(M, N).contiguous()
+        dx = torch.empty(M, K, dtype=x2.dtype) if ctx.needs_input_grad[0] else None
+        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
+        if dx is not None or dw is not None:
+            _check(_lib.lmlab_linear_bwd(_ptr(dy2), _ptr(x2), _ptr(w), _ptr(dx), _ptr(dw), M, N, K, _threads()))
+        db = dy2.sum(0, dtype=torch.float32).to(dy2.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return None if dx is None else dx.view(dy.shape[:-1] + (K,)), dw, db
+
+
+def linear_usable(x: torch.Tensor, layer: torch.nn.Module) -> bool:
+    """True when `linear` can stand in for `layer(x)`: a plain nn.Linear without hooks, bf16 on a CPU with
+    AMX tiles, x contiguous, and rows, inputs and outputs all multiples of 32 (the tile kernel's grid)."""
+    if type(layer) is not torch.nn.Linear or layer._forward_hooks or layer._forward_pre_hooks \
+            or x.dtype != torch.bfloat16 or not usable(x, layer.weight, layer.bias) or not _amx:
+        return False
+    N, K = layer.weight.shape
+    return (N % 32 == 0 and K % 32 == 0 and x.shape[-1] == K and x.numel() > 0 and (x.numel() // K) % 32 == 0
+            and x.is_contiguous() and layer.weight.is_contiguous())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T (+ b) for bf16 x (..., K) and W (N, K) on AMX tiles (fp32 accumulation, rounded once), forward
+    and backward; the shapes `linear_usable` checks. Saves PyTorch's per-call oneDNN set-up (~30 us)."""
+    _require()
+    return _Linear.apply(x, weight, bias)

@@ -39,6 +39,13 @@ class RMSNorm(nn.Module):
         return xf.to(x.dtype) * self.weight
 
 
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`, through the AMX tile kernel where it applies (bf16 on a CPU with AMX, sizes in multiples of 32)."""
+    if cpu_kernels.linear_usable(x, layer):
+        return cpu_kernels.linear(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -83,12 +90,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        qkv = self.qkv(x)
+        qkv = linear(self.qkv, x)
         p = self.cfg.dropout if self.training else 0.0
         if kv is None and attn_mask is None and rope is None and p == 0 and T <= cpu_kernels.MAX_ATTENTION_LEN \
                 and cpu_kernels.usable(qkv):
             y = cpu_kernels.attention(qkv, self.n_heads, self.n_kv, self.hd, self.cfg.attn_scale, self.cfg.causal)
-            return self.proj(y)
+            return linear(self.proj, y)
         dtype = qkv.dtype
         if qkv.device.type == "cpu" and dtype != torch.float32:
             # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
@@ -120,7 +127,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal,
                                            scale=self.cfg.attn_scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd).to(dtype)
-        return self.proj(y)
+        return linear(self.proj, y)
 
 
 class MLP(nn.Module):
@@ -135,11 +142,11 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)
+        h = linear(self.up, x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        return self.down(gelu(h, self.cfg))
+            return linear(self.down, F.silu(gate) * up)
+        return linear(self.down, gelu(h, self.cfg))
 
 
 class MoE(nn.Module):
@@ -283,10 +290,10 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> vocabulary logits (through BERT's head transform when it has one)."""
         if self.cfg.head_transform:
-            hidden = self.head_norm(F.gelu(self.head_dense(hidden)))
+            hidden = self.head_norm(F.gelu(linear(self.head_dense, hidden)))
         if self.cfg.width_mult != 1.0:  # muP's output multiplier: logits / width_mult
             hidden = hidden / self.cfg.width_mult
-        return self.head(hidden)
+        return linear(self.head, hidden)
 
     @torch.no_grad()
     def resize_vocab(self, n: int) -> None:
