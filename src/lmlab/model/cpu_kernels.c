@@ -648,10 +648,53 @@ static void pack_a_transposed(const uint16_t *X, int K, int M, uint32_t *out) {
     }
 }
 
-/* C (M, N) bf16 = A B (+ bias), blocks of 32x32 over the team. A tile (mb, kb) is at a + mb*a_m + kb*a_k with
- * row stride a_ld bytes; B tiles are packed [NB][KB]. */
+static inline __m512 bf16_load(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline __m512 bf16_lo(__m512bh v) { return _mm512_cvtpbh_ps((__m256bh)_mm512_castsi512_si256((__m512i)v)); }
+static inline __m512 bf16_hi(__m512bh v) { return _mm512_cvtpbh_ps((__m256bh)_mm512_extracti64x4_epi64((__m512i)v, 1)); }
+
+/* The normal distribution's cdf Phi(x) and density phi(x): exact GELU is x Phi(x), its derivative
+ * Phi(x) + x phi(x). erfc by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7), taken on |x| so the
+ * negative tail has no cancellation. */
+static inline __m512 normal_cdf(__m512 x, __m512 *pdf) {
+    __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+    __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.f));
+    __m512 t = _mm512_rcp14_ps(d);
+    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.f)));  /* one Newton step: ~1e-8 */
+    __m512 poly = _mm512_fmadd_ps(t, _mm512_set1_ps(1.061405429f), _mm512_set1_ps(-1.453152027f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+    poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+    poly = _mm512_mul_ps(poly, t);
+    __m512 e = (__m512)vexp_neg((v16)_mm512_mul_ps(_mm512_mul_ps(z, z), _mm512_set1_ps(-1.f)));  /* e^(-x^2/2) */
+    *pdf = _mm512_mul_ps(e, _mm512_set1_ps(0.39894228040143268f));
+    __m512 tail = _mm512_mul_ps(_mm512_mul_ps(poly, e), _mm512_set1_ps(0.5f));  /* Phi(-|x|) */
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.f), tail), tail);
+}
+static inline __m512 gelu16(__m512 x) {
+    __m512 pdf;
+    return _mm512_mul_ps(x, normal_cdf(x, &pdf));
+}
+static inline __m512 gelu_grad16(__m512 x) {
+    __m512 pdf, cdf = normal_cdf(x, &pdf);
+    return _mm512_fmadd_ps(x, pdf, cdf);
+}
+
+/* What happens to each 32x32 block of results on its way out, besides rounding to bf16 and storing:
+ * add a bias; also store gelu(result) to gelu_out (an MLP's up projection); or multiply the rounded
+ * result by gelu'(gelu_in) first (the gradient through the GELU, at the down projection's dx). */
+typedef struct {
+    const uint16_t *bias;
+    uint16_t *gelu_out;
+    const uint16_t *gelu_in;
+} Epilogue;
+
+/* C (M, N) bf16 = A B, blocks of 32x32 over the team. A tile (mb, kb) is at a + mb*a_m + kb*a_k with row
+ * stride a_ld bytes; B tiles are packed [NB][KB]. */
 static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const uint32_t *Bp, int M, int N, int K,
-                       uint16_t *C, const uint16_t *bias) {
+                       uint16_t *C, Epilogue ep) {
     int KB = K / 32;
     float acc[2][16][32] __attribute__((aligned(64)));
 #pragma omp for schedule(static) collapse(2) nowait
@@ -668,18 +711,25 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
             _tile_stored(0, &acc[0][0][0], 128); _tile_stored(1, &acc[0][0][16], 128);
             _tile_stored(2, &acc[1][0][0], 128); _tile_stored(3, &acc[1][0][16], 128);
             __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-            if (bias) {
-                b0 = _mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256((const __m256i *)(bias + nb * 16)));
-                b1 = _mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256((const __m256i *)(bias + nb * 16 + 16)));
-            }
+            if (ep.bias) b0 = bf16_load(ep.bias + nb * 16), b1 = bf16_load(ep.bias + nb * 16 + 16);
             for (int h = 0; h < 2; h++)
                 for (int r = 0; r < 16; r++) {
+                    size_t o = (size_t)(mb * 16 + h * 16 + r) * N + nb * 16;
                     __m512bh v = _mm512_cvtne2ps_pbh(_mm512_add_ps(_mm512_load_ps(&acc[h][r][16]), b1),
                                                      _mm512_add_ps(_mm512_load_ps(&acc[h][r][0]), b0));
-                    _mm512_storeu_si512(C + (size_t)(mb * 16 + h * 16 + r) * N + nb * 16, (__m512i)v);
+                    if (ep.gelu_in)
+                        v = _mm512_cvtne2ps_pbh(_mm512_mul_ps(bf16_hi(v), gelu_grad16(bf16_load(ep.gelu_in + o + 16))),
+                                                _mm512_mul_ps(bf16_lo(v), gelu_grad16(bf16_load(ep.gelu_in + o))));
+                    _mm512_storeu_si512(C + o, (__m512i)v);
+                    if (ep.gelu_out)
+                        _mm512_storeu_si512(ep.gelu_out + o,
+                                            (__m512i)_mm512_cvtne2ps_pbh(gelu16(bf16_hi(v)), gelu16(bf16_lo(v))));
                 }
         }
 }
+
+#define ROWS(X, ld) (const char *)(X), (size_t)16 * (ld) * 2, 64, (size_t)(ld) * 2  /* A tiles read in place */
+#define PACKED(P, K) (const char *)(P), (size_t)((K) / 32) * 1024, 1024, 64    /* A tiles packed [MB][KB] */
 
 /* y (M, N) = x (M, K) W (N, K)^T (+ bias (N)); 0, or -1 when out of memory */
 int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int M, int N, int K,
@@ -691,7 +741,7 @@ int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
         pack_b_transposed(w, N, K, wp);
         tiles_configure();
 #pragma omp barrier
-        tiles_gemm((const char *)x, (size_t)16 * K * 2, 64, (size_t)K * 2, wp, M, N, K, y, bias);
+        tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL});
         _tile_release();
     }
     free(wp);
@@ -711,8 +761,62 @@ int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, u
         if (dw) pack_b(x, M, K, xp), pack_a_transposed(dy, M, N, gp);
         tiles_configure();
 #pragma omp barrier
-        if (dx) tiles_gemm((const char *)dy, (size_t)16 * N * 2, 64, (size_t)N * 2, wp, M, K, N, dx, NULL);
-        if (dw) tiles_gemm((const char *)gp, (size_t)(M / 32) * 1024, 1024, 64, xp, N, K, M, dw, NULL);
+        if (dx) tiles_gemm(ROWS(dy, N), wp, M, K, N, dx, (Epilogue){0});
+        if (dw) tiles_gemm(PACKED(gp, M), xp, N, K, M, dw, (Epilogue){0});
+        _tile_release();
+    }
+    free(mem);
+    return 0;
+}
+
+/* A GELU MLP, y = gelu(x W_up^T + b_up) W_down^T + b_down, for x (M, D), W_up (F, D), W_down (D, F): the GELU
+ * runs in the up projection's epilogue, which also keeps h = x W_up^T + b_up for the backward; g = gelu(h). */
+int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
+                  const uint16_t *b_down, uint16_t *h, uint16_t *g, uint16_t *y, int M, int D, int F, int nt) {
+    uint32_t *wp = aligned_alloc(64, (size_t)4 * F * D);
+    if (!wp) return -1;
+    uint32_t *up = wp, *down = wp + (size_t)F * D / 2;
+#pragma omp parallel num_threads(nt)
+    {
+        pack_b_transposed(w_up, F, D, up);
+        pack_b_transposed(w_down, D, F, down);
+        tiles_configure();
+#pragma omp barrier
+        tiles_gemm(ROWS(x, D), up, M, F, D, h, (Epilogue){b_up, g, NULL});
+#pragma omp barrier
+        tiles_gemm(ROWS(g, F), down, M, D, F, y, (Epilogue){b_down, NULL, NULL});
+        _tile_release();
+    }
+    free(wp);
+    return 0;
+}
+
+/* Its backward from dy (M, D): dh = (dy W_down) * gelu'(h) (kept: the caller sums it for b_up's gradient),
+ * dW_down = dy^T g, dx = dh W_up, dW_up = dh^T x; dx and the weight gradients skipped when NULL. */
+int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *h, const uint16_t *g, const uint16_t *w_up,
+                  const uint16_t *w_down, uint16_t *dh, uint16_t *dx, uint16_t *dw_up, uint16_t *dw_down, int M, int D,
+                  int F, int nt) {
+    size_t fd = (size_t)F * D * 2, md = (size_t)M * D * 2, mf = (size_t)M * F * 2;
+    char *mem = aligned_alloc(64, 2 * fd + 2 * md + 2 * mf);
+    if (!mem) return -1;
+    uint32_t *wd = (uint32_t *)mem, *wu = (uint32_t *)(mem + fd), *gp = (uint32_t *)(mem + 2 * fd),
+             *xp = (uint32_t *)(mem + 2 * fd + mf), *dyt = (uint32_t *)(mem + 2 * fd + mf + md),
+             *dht = (uint32_t *)(mem + 2 * fd + mf + 2 * md);
+#pragma omp parallel num_threads(nt)
+    {
+        pack_b(w_down, D, F, wd);
+        if (dw_down) pack_b(g, M, F, gp), pack_a_transposed(dy, M, D, dyt);
+        if (dx) pack_b(w_up, F, D, wu);
+        if (dw_up) pack_b(x, M, D, xp);
+        tiles_configure();
+#pragma omp barrier
+        tiles_gemm(ROWS(dy, D), wd, M, F, D, dh, (Epilogue){NULL, NULL, h});
+        if (dw_down) tiles_gemm(PACKED(dyt, M), gp, D, F, M, dw_down, (Epilogue){0});
+#pragma omp barrier
+        if (dw_up) pack_a_transposed(dh, M, F, dht);
+#pragma omp barrier
+        if (dx) tiles_gemm(ROWS(dh, F), wu, M, D, F, dx, (Epilogue){0});
+        if (dw_up) tiles_gemm(PACKED(dht, M), xp, F, D, M, dw_up, (Epilogue){0});
         _tile_release();
     }
     free(mem);
@@ -724,4 +828,9 @@ int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
                      int nt) { return -2; }
 int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, uint16_t *dx, uint16_t *dw, int M,
                      int N, int K, int nt) { return -2; }
+int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
+                  const uint16_t *b_down, uint16_t *h, uint16_t *g, uint16_t *y, int M, int D, int F, int nt) { return -2; }
+int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *h, const uint16_t *g, const uint16_t *w_up,
+                  const uint16_t *w_down, uint16_t *dh, uint16_t *dx, uint16_t *dw_up, uint16_t *dw_down, int M, int D,
+                  int F, int nt) { return -2; }
 #endif

@@ -45,6 +45,8 @@ _SIGNATURES = {
     "lmlab_amx_ready": (_I, []),
     "lmlab_linear_fwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_linear_bwd": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_mlp_fwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_mlp_bwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
 }
 
 
@@ -215,15 +217,23 @@ class _Linear(torch.autograd.Function):
         return None if dx is None else dx.view(dy.shape[:-1] + (K,)), dw, db
 
 
-def linear_usable(x: torch.Tensor, layer: torch.nn.Module) -> bool:
-    """True when `linear` can stand in for `layer(x)`: a plain nn.Linear without hooks, bf16 on a CPU with
-    AMX tiles, x contiguous, and rows, inputs and outputs all multiples of 32 (the tile kernel's grid)."""
-    if type(layer) is not torch.nn.Linear or layer._forward_hooks or layer._forward_pre_hooks \
-            or x.dtype != torch.bfloat16 or not usable(x, layer.weight, layer.bias) or not _amx:
+def _tile_layer(layer: torch.nn.Module) -> bool:
+    """A plain nn.Linear (no hooks) whose weight is contiguous, with both sizes on the tile grid."""
+    if type(layer) is not torch.nn.Linear or layer._forward_hooks or layer._forward_pre_hooks:
         return False
     N, K = layer.weight.shape
-    return (N % 32 == 0 and K % 32 == 0 and x.shape[-1] == K and x.numel() > 0 and (x.numel() // K) % 32 == 0
-            and x.is_contiguous() and layer.weight.is_contiguous())
+    return N % 32 == 0 and K % 32 == 0 and layer.weight.is_contiguous()
+
+
+def linear_usable(x: torch.Tensor, *layers: torch.nn.Module) -> bool:
+    """True when `linear` can stand in for `layer(x)` (or `gelu_mlp` for a chain of layers): plain nn.Linear
+    layers without hooks, bf16 on a CPU with AMX tiles, x contiguous, and rows, inputs and outputs all
+    multiples of 32 (the tile kernel's grid)."""
+    if x.dtype != torch.bfloat16 or not all(_tile_layer(m) for m in layers) \
+            or not usable(x, *(t for m in layers for t in (m.weight, m.bias))) or not _amx:
+        return False
+    K = layers[0].weight.shape[1]
+    return x.shape[-1] == K and x.numel() > 0 and (x.numel() // K) % 32 == 0 and x.is_contiguous()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -231,3 +241,42 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     and backward; the shapes `linear_usable` checks. Saves PyTorch's per-call oneDNN set-up (~30 us)."""
     _require()
     return _Linear.apply(x, weight, bias)
+
+
+class _GeluMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_up, b_up, w_down, b_down):
+        F_, D = w_up.shape
+        x2 = x.reshape(-1, D)
+        M = x2.shape[0]
+        h, g = torch.empty(M, F_, dtype=x.dtype), torch.empty(M, F_, dtype=x.dtype)
+        y = torch.empty(M, D, dtype=x.dtype)
+        _check(_lib.lmlab_mlp_fwd(_ptr(x2), _ptr(w_up), _ptr(b_up), _ptr(w_down), _ptr(b_down), _ptr(h), _ptr(g),
+                                  _ptr(y), M, D, F_, _threads()))
+        ctx.save_for_backward(x2, h, g, w_up, w_down)
+        ctx.biases = (b_up is not None, b_down is not None)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, h, g, w_up, w_down = ctx.saved_tensors
+        (M, D), F_ = x2.shape, w_up.shape[0]
+        dy2 = dy.reshape(M, D).contiguous()
+        need = ctx.needs_input_grad
+        dh = torch.empty(M, F_, dtype=x2.dtype)
+        dx = torch.empty(M, D, dtype=x2.dtype) if need[0] else None
+        dw_up = torch.empty_like(w_up) if need[1] else None
+        dw_down = torch.empty_like(w_down) if need[3] else None
+        _check(_lib.lmlab_mlp_bwd(_ptr(dy2), _ptr(x2), _ptr(h), _ptr(g), _ptr(w_up), _ptr(w_down), _ptr(dh), _ptr(dx),
+                                  _ptr(dw_up), _ptr(dw_down), M, D, F_, _threads()))
+        db_up = dh.sum(0, dtype=torch.float32).to(dh.dtype) if ctx.biases[0] and need[2] else None
+        db_down = dy2.sum(0, dtype=torch.float32).to(dy2.dtype) if ctx.biases[1] and need[4] else None
+        return None if dx is None else dx.view(dy.shape), dw_up, db_up, dw_down, db_down
+
+
+def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear) -> torch.Tensor:
+    """down(gelu(up(x))) with the exact GELU, in two tile GEMMs: the GELU is computed as the up projection's
+    results leave the tiles (and its gradient as the down projection's input gradient does), so neither
+    costs a pass over the (rows, 4 x width) activations of its own; `linear_usable(x, up, down)` shapes."""
+    _require()
+    return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias)

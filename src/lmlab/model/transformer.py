@@ -142,6 +142,8 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.mlp == "gelu" and cpu_kernels.linear_usable(x, self.up, self.down):
+            return cpu_kernels.gelu_mlp(x, self.up, self.down)
         h = linear(self.up, x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
