@@ -673,23 +673,24 @@ static inline __m512 normal_cdf(__m512 x, __m512 *pdf) {
     __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
     return _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(1.f), tail), tail);
 }
-static inline __m512 gelu16(__m512 x) {
-    __m512 pdf;
-    return _mm512_mul_ps(x, normal_cdf(x, &pdf));
-}
-static inline __m512 gelu_grad16(__m512 x) {
-    __m512 pdf, cdf = normal_cdf(x, &pdf);
-    return _mm512_fmadd_ps(x, pdf, cdf);
-}
 
 /* What happens to each 32x32 block of results on its way out, besides rounding to bf16 and storing:
- * add a bias; also store gelu(result) to gelu_out (an MLP's up projection); or multiply the rounded
- * result by gelu'(gelu_in) first (the gradient through the GELU, at the down projection's dx). */
+ * add a bias; for an MLP's up projection h, also store gelu(h) and gelu'(h) (so the backward needs no
+ * erf); for the down projection's dx, multiply the rounded result by the stored gelu'(h) first. */
 typedef struct {
     const uint16_t *bias;
-    uint16_t *gelu_out;
-    const uint16_t *gelu_in;
+    uint16_t *gelu_out, *gelu_grad_out;
+    const uint16_t *times;
 } Epilogue;
+
+/* gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x) of 32 values, rounded to bf16 */
+static inline void gelu32(__m512bh v, uint16_t *g, uint16_t *d) {
+    __m512 lo = bf16_lo(v), hi = bf16_hi(v), pdf_lo, pdf_hi;
+    __m512 cdf_lo = normal_cdf(lo, &pdf_lo), cdf_hi = normal_cdf(hi, &pdf_hi);
+    _mm512_storeu_si512(g, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, cdf_hi), _mm512_mul_ps(lo, cdf_lo)));
+    _mm512_storeu_si512(d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, pdf_hi, cdf_hi),
+                                                        _mm512_fmadd_ps(lo, pdf_lo, cdf_lo)));
+}
 
 /* C (M, N) bf16 = A B, blocks of 32x32 over the team. A tile (mb, kb) is at a + mb*a_m + kb*a_k with row
  * stride a_ld bytes; B tiles are packed [NB][KB]. */
@@ -717,13 +718,13 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
                     size_t o = (size_t)(mb * 16 + h * 16 + r) * N + nb * 16;
                     __m512bh v = _mm512_cvtne2ps_pbh(_mm512_add_ps(_mm512_load_ps(&acc[h][r][16]), b1),
                                                      _mm512_add_ps(_mm512_load_ps(&acc[h][r][0]), b0));
-                    if (ep.gelu_in)
-                        v = _mm512_cvtne2ps_pbh(_mm512_mul_ps(bf16_hi(v), gelu_grad16(bf16_load(ep.gelu_in + o + 16))),
-                                                _mm512_mul_ps(bf16_lo(v), gelu_grad16(bf16_load(ep.gelu_in + o))));
-                    _mm512_storeu_si512(C + o, (__m512i)v);
+                    if (ep.times)
+                        v = _mm512_cvtne2ps_pbh(_mm512_mul_ps(bf16_hi(v), bf16_load(ep.times + o + 16)),
+                                                _mm512_mul_ps(bf16_lo(v), bf16_load(ep.times + o)));
                     if (ep.gelu_out)
-                        _mm512_storeu_si512(ep.gelu_out + o,
-                                            (__m512i)_mm512_cvtne2ps_pbh(gelu16(bf16_hi(v)), gelu16(bf16_lo(v))));
+                        gelu32(v, ep.gelu_out + o, ep.gelu_grad_out + o);
+                    else
+                        _mm512_storeu_si512(C + o, (__m512i)v);
                 }
         }
 }
@@ -741,7 +742,7 @@ int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
         pack_b_transposed(w, N, K, wp);
         tiles_configure();
 #pragma omp barrier
-        tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL});
+        tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
         _tile_release();
     }
     free(wp);
@@ -770,9 +771,10 @@ int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, u
 }
 
 /* A GELU MLP, y = gelu(x W_up^T + b_up) W_down^T + b_down, for x (M, D), W_up (F, D), W_down (D, F): the GELU
- * runs in the up projection's epilogue, which also keeps h = x W_up^T + b_up for the backward; g = gelu(h). */
+ * runs in the up projection's epilogue, which keeps g = gelu(h) and d = gelu'(h) (h = x W_up^T + b_up, rounded
+ * to bf16 as PyTorch's linear would) for the backward. */
 int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
-                  const uint16_t *b_down, uint16_t *h, uint16_t *g, uint16_t *y, int M, int D, int F, int nt) {
+                  const uint16_t *b_down, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D, int F, int nt) {
     uint32_t *wp = aligned_alloc(64, (size_t)4 * F * D);
     if (!wp) return -1;
     uint32_t *up = wp, *down = wp + (size_t)F * D / 2;
@@ -782,18 +784,18 @@ int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up,
         pack_b_transposed(w_down, D, F, down);
         tiles_configure();
 #pragma omp barrier
-        tiles_gemm(ROWS(x, D), up, M, F, D, h, (Epilogue){b_up, g, NULL});
+        tiles_gemm(ROWS(x, D), up, M, F, D, NULL, (Epilogue){b_up, g, d, NULL});
 #pragma omp barrier
-        tiles_gemm(ROWS(g, F), down, M, D, F, y, (Epilogue){b_down, NULL, NULL});
+        tiles_gemm(ROWS(g, F), down, M, D, F, y, (Epilogue){b_down, NULL, NULL, NULL});
         _tile_release();
     }
     free(wp);
     return 0;
 }
 
-/* Its backward from dy (M, D): dh = (dy W_down) * gelu'(h) (kept: the caller sums it for b_up's gradient),
+/* Its backward from dy (M, D): dh = (dy W_down) * d (kept: the caller sums it for b_up's gradient),
  * dW_down = dy^T g, dx = dh W_up, dW_up = dh^T x; dx and the weight gradients skipped when NULL. */
-int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *h, const uint16_t *g, const uint16_t *w_up,
+int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *d, const uint16_t *g, const uint16_t *w_up,
                   const uint16_t *w_down, uint16_t *dh, uint16_t *dx, uint16_t *dw_up, uint16_t *dw_down, int M, int D,
                   int F, int nt) {
     size_t fd = (size_t)F * D * 2, md = (size_t)M * D * 2, mf = (size_t)M * F * 2;
@@ -810,7 +812,7 @@ int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *h, cons
         if (dw_up) pack_b(x, M, D, xp);
         tiles_configure();
 #pragma omp barrier
-        tiles_gemm(ROWS(dy, D), wd, M, F, D, dh, (Epilogue){NULL, NULL, h});
+        tiles_gemm(ROWS(dy, D), wd, M, F, D, dh, (Epilogue){NULL, NULL, NULL, d});
         if (dw_down) tiles_gemm(PACKED(dyt, M), gp, D, F, M, dw_down, (Epilogue){0});
 #pragma omp barrier
         if (dw_up) pack_a_transposed(dh, M, F, dht);
@@ -829,8 +831,8 @@ int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
 int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, uint16_t *dx, uint16_t *dw, int M,
                      int N, int K, int nt) { return -2; }
 int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
-                  const uint16_t *b_down, uint16_t *h, uint16_t *g, uint16_t *y, int M, int D, int F, int nt) { return -2; }
-int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *h, const uint16_t *g, const uint16_t *w_up,
+                  const uint16_t *b_down, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D, int F, int nt) { return -2; }
+int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *d, const uint16_t *g, const uint16_t *w_up,
                   const uint16_t *w_down, uint16_t *dh, uint16_t *dx, uint16_t *dw_up, uint16_t *dw_down, int M, int D,
                   int F, int nt) { return -2; }
 #endif

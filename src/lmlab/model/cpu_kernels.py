@@ -249,17 +249,17 @@ class _GeluMLP(torch.autograd.Function):
         F_, D = w_up.shape
         x2 = x.reshape(-1, D)
         M = x2.shape[0]
-        h, g = torch.empty(M, F_, dtype=x.dtype), torch.empty(M, F_, dtype=x.dtype)
+        g, d = torch.empty(M, F_, dtype=x.dtype), torch.empty(M, F_, dtype=x.dtype)
         y = torch.empty(M, D, dtype=x.dtype)
-        _check(_lib.lmlab_mlp_fwd(_ptr(x2), _ptr(w_up), _ptr(b_up), _ptr(w_down), _ptr(b_down), _ptr(h), _ptr(g),
+        _check(_lib.lmlab_mlp_fwd(_ptr(x2), _ptr(w_up), _ptr(b_up), _ptr(w_down), _ptr(b_down), _ptr(g), _ptr(d),
                                   _ptr(y), M, D, F_, _threads()))
-        ctx.save_for_backward(x2, h, g, w_up, w_down)
+        ctx.save_for_backward(x2, d, g, w_up, w_down)
         ctx.biases = (b_up is not None, b_down is not None)
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, h, g, w_up, w_down = ctx.saved_tensors
+        x2, d, g, w_up, w_down = ctx.saved_tensors
         (M, D), F_ = x2.shape, w_up.shape[0]
         dy2 = dy.reshape(M, D).contiguous()
         need = ctx.needs_input_grad
@@ -267,7 +267,7 @@ class _GeluMLP(torch.autograd.Function):
         dx = torch.empty(M, D, dtype=x2.dtype) if need[0] else None
         dw_up = torch.empty_like(w_up) if need[1] else None
         dw_down = torch.empty_like(w_down) if need[3] else None
-        _check(_lib.lmlab_mlp_bwd(_ptr(dy2), _ptr(x2), _ptr(h), _ptr(g), _ptr(w_up), _ptr(w_down), _ptr(dh), _ptr(dx),
+        _check(_lib.lmlab_mlp_bwd(_ptr(dy2), _ptr(x2), _ptr(d), _ptr(g), _ptr(w_up), _ptr(w_down), _ptr(dh), _ptr(dx),
                                   _ptr(dw_up), _ptr(dw_down), M, D, F_, _threads()))
         db_up = dh.sum(0, dtype=torch.float32).to(dh.dtype) if ctx.biases[0] and need[2] else None
         db_down = dy2.sum(0, dtype=torch.float32).to(dy2.dtype) if ctx.biases[1] and need[4] else None
@@ -275,8 +275,9 @@ class _GeluMLP(torch.autograd.Function):
 
 
 def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear) -> torch.Tensor:
-    """down(gelu(up(x))) with the exact GELU, in two tile GEMMs: the GELU is computed as the up projection's
-    results leave the tiles (and its gradient as the down projection's input gradient does), so neither
-    costs a pass over the (rows, 4 x width) activations of its own; `linear_usable(x, up, down)` shapes."""
+    """down(gelu(up(x))) with the exact GELU, in two tile GEMMs: the GELU and its derivative are computed as
+    the up projection's results leave the tiles (the derivative, kept in bf16 instead of the pre-activation,
+    is applied as the down projection's input gradient leaves them), so neither costs a pass over the
+    (rows, 4 x width) activations of its own; `linear_usable(x, up, down)` shapes."""
     _require()
     return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias)
