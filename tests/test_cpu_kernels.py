@@ -266,10 +266,11 @@ def _bf16_close(ours, exact):
 
 # (rows, outputs, inputs, bias): the Shakespeare model's four projections, a bias, a 96-row evaluation batch
 @pytest.mark.parametrize("M,N,K,bias", [(768, 384, 128, False), (768, 128, 512, False), (96, 512, 128, True),
-                                        (64, 32, 64, True)])
+                                        (64, 32, 64, True), (768, 329, 128, False), (33, 17, 45, True),
+                                        (1, 40, 7, False)])
 def test_linear_matches_exact_products(amx, M, N, K, bias):
     torch.manual_seed(10)
-    x = torch.randn(M // 32, 32, K).to(torch.bfloat16).requires_grad_()  # a 3-d input, as the model passes
+    x = torch.randn(1, M, K).to(torch.bfloat16).requires_grad_()  # a 3-d input, as the model passes
     w = torch.randn(N, K).to(torch.bfloat16).requires_grad_()
     b = torch.randn(N).to(torch.bfloat16).requires_grad_() if bias else None
     y = cpu_kernels.linear(x, w, b)
@@ -291,11 +292,18 @@ def test_linear_matches_exact_products(amx, M, N, K, bias):
 def test_linear_is_used_only_where_it_applies(amx, monkeypatch):
     lin = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)
     x = torch.randn(2, 32, 64).to(torch.bfloat16)
-    assert cpu_kernels.linear_usable(x, lin)
-    assert not cpu_kernels.linear_usable(x.float(), lin.float())  # fp32: PyTorch's (MKL) matmul
-    assert not cpu_kernels.linear_usable(x[:, :31], lin)  # 62 rows: off the 32-row grid
+    odd = x.reshape(64, 64)[:62]  # 62 rows: off the tile grid
+    assert cpu_kernels.linear_usable(x, lin) and cpu_kernels.linear_usable(odd, lin)
+    assert not cpu_kernels.linear_usable(x.float(), torch.nn.Linear(64, 32))  # fp32: PyTorch's (MKL) matmul
     assert not cpu_kernels.linear_usable(x.transpose(0, 1), lin)  # not contiguous
-    assert not cpu_kernels.linear_usable(x[..., :48], torch.nn.Linear(48, 32).to(torch.bfloat16))
+    big = torch.nn.Linear(1024, 512, bias=False).to(torch.bfloat16)  # past TILE_MAX_WEIGHT: oneDNN's blocking
+    assert not cpu_kernels.linear_usable(torch.zeros(32, 1024, dtype=torch.bfloat16), big)
+    many = torch.zeros(cpu_kernels.TILE_MAX_ROWS + 32, 64, dtype=torch.bfloat16)
+    assert not cpu_kernels.linear_usable(many, lin)  # too many rows for its weight gradient...
+    with torch.no_grad():
+        assert cpu_kernels.linear_usable(many, lin)  # ...which evaluation does not need
+    up, down = torch.nn.Linear(64, 256).to(torch.bfloat16), torch.nn.Linear(256, 64).to(torch.bfloat16)
+    assert cpu_kernels.mlp_usable(x, up, down) and not cpu_kernels.mlp_usable(odd, up, down)
     lin.register_forward_hook(lambda *a: None)
     assert not cpu_kernels.linear_usable(x, lin)  # hooks see nn.Linear's own forward
     monkeypatch.setattr(cpu_kernels, "usable", lambda *t: False)  # autocast, compile, dispatch modes, no library
@@ -321,8 +329,8 @@ def test_model_linear_layers_run_on_tiles(amx, monkeypatch):
         real = getattr(cpu_kernels, name)
         monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     logits, grads = run()
-    # per layer qkv and proj, and the MLP (up, GELU, down) in one; the 40-token head stays PyTorch's
-    assert sorted(calls) == ["gelu_mlp"] * 2 + ["linear"] * 4
+    # per layer qkv and proj, and the MLP (up, GELU, down) in one; the head (40 tokens, padded to 64)
+    assert sorted(calls) == ["gelu_mlp"] * 2 + ["linear"] * 5
     monkeypatch.setattr(cpu_kernels, "linear_usable", lambda *a: False)
     ref_logits, ref_grads = run()
     assert (logits - ref_logits).abs().max() <= 2 ** -6 * ref_logits.abs().max()

@@ -604,21 +604,32 @@ static inline void transpose16(__m512i r[16]) {
     }
 }
 
-/* 16 dwords (a[i], b[i]): two rows' 16 bf16 paired element by element */
-static inline __m512i pair_rows(const uint16_t *a, const uint16_t *b) {
-    __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)a));
-    __m512i y = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)b));
+/* Shapes off the tile grid are padded with zeros to multiples of 32 as they are packed (masked loads),
+ * and results outside the real shape are never stored. */
+static inline int up32(int n) { return (n + 31) / 32 * 32; }
+static inline __mmask32 lanes(int n) { return n >= 32 ? 0xffffffffu : n <= 0 ? 0 : (1u << n) - 1; }
+
+/* 16 bf16 of row `r` (of `rows`) of X (leading dimension ld) from column c, zeros past the shape */
+static inline __m256i load16(const uint16_t *X, int r, int rows, size_t ld, int c, int cols) {
+    if (r >= rows) return _mm256_setzero_si256();
+    return _mm256_maskz_loadu_epi16((__mmask16)lanes(cols - c), X + (size_t)r * ld + c);
+}
+/* 16 dwords (a[i], b[i]): rows r and r+1 of X, element by element */
+static inline __m512i pair_rows(const uint16_t *X, int r, int rows, size_t ld, int c, int cols) {
+    __m512i x = _mm512_cvtepu16_epi32(load16(X, r, rows, ld, c, cols));
+    __m512i y = _mm512_cvtepu16_epi32(load16(X, r + 1, rows, ld, c, cols));
     return _mm512_or_si512(x, _mm512_slli_epi32(y, 16));
 }
 
-/* B tiles [NB][KB] of the (K, N) matrix X^T for X (N, K) row-major: a dword transpose of X (as N x K/2 dwords) */
+/* B tiles [NB][KB] of the (K, N) matrix X^T for X (N, K) row-major: a dword transpose of X's rows */
 static void pack_b_transposed(const uint16_t *X, int N, int K, uint32_t *out) {
-    int KB = K / 32;
+    int KB = up32(K) / 32;
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < N / 16 * KB; t++) {
-        const uint32_t *src = (const uint32_t *)X + (size_t)(t / KB) * 16 * (K / 2) + (t % KB) * 16;
+    for (int t = 0; t < up32(N) / 16 * KB; t++) {
+        int n0 = t / KB * 16, k0 = t % KB * 32;
         __m512i r[16];
-        for (int n = 0; n < 16; n++) r[n] = _mm512_loadu_si512(src + (size_t)n * (K / 2));
+        for (int n = 0; n < 16; n++)
+            r[n] = n0 + n < N ? _mm512_maskz_loadu_epi16(lanes(K - k0), X + (size_t)(n0 + n) * K + k0) : _mm512_setzero_si512();
         transpose16(r);
         for (int j = 0; j < 16; j++) _mm512_store_si512(out + (size_t)t * 256 + j * 16, r[j]);
     }
@@ -626,23 +637,35 @@ static void pack_b_transposed(const uint16_t *X, int N, int K, uint32_t *out) {
 
 /* B tiles [NB][KB] of X (K, N) row-major: rows 2j and 2j+1 paired */
 static void pack_b(const uint16_t *X, int K, int N, uint32_t *out) {
-    int KB = K / 32;
+    int KB = up32(K) / 32;
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < N / 16 * KB; t++) {
-        const uint16_t *src = X + (size_t)(t % KB) * 32 * N + (t / KB) * 16;
+    for (int t = 0; t < up32(N) / 16 * KB; t++) {
+        int n0 = t / KB * 16, k0 = t % KB * 32;
         for (int j = 0; j < 16; j++)
-            _mm512_store_si512(out + (size_t)t * 256 + j * 16, pair_rows(src + (size_t)2 * j * N, src + (size_t)(2 * j + 1) * N));
+            _mm512_store_si512(out + (size_t)t * 256 + j * 16, pair_rows(X, k0 + 2 * j, K, N, n0, N));
+    }
+}
+
+/* A tiles [MB][KB] of X (M, K) row-major, where it cannot be read in place (a shape off the grid) */
+static void pack_a(const uint16_t *X, int M, int K, uint32_t *out) {
+    int KB = up32(K) / 32;
+#pragma omp for schedule(static) nowait
+    for (int t = 0; t < up32(M) / 16 * KB; t++) {
+        int m0 = t / KB * 16, k0 = t % KB * 32;
+        for (int m = 0; m < 16; m++)
+            _mm512_store_si512(out + (size_t)t * 256 + m * 16, m0 + m < M ? _mm512_maskz_loadu_epi16(lanes(K - k0),
+                               X + (size_t)(m0 + m) * K + k0) : _mm512_setzero_si512());
     }
 }
 
 /* A tiles [MB][KB] of X^T (M, K) for X (K, M) row-major: rows paired, then each 16x16 dword block transposed */
 static void pack_a_transposed(const uint16_t *X, int K, int M, uint32_t *out) {
-    int KB = K / 32;
+    int KB = up32(K) / 32;
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < M / 16 * KB; t++) {
-        const uint16_t *src = X + (size_t)(t % KB) * 32 * M + (t / KB) * 16;
+    for (int t = 0; t < up32(M) / 16 * KB; t++) {
+        int m0 = t / KB * 16, k0 = t % KB * 32;
         __m512i r[16];
-        for (int j = 0; j < 16; j++) r[j] = pair_rows(src + (size_t)2 * j * M, src + (size_t)(2 * j + 1) * M);
+        for (int j = 0; j < 16; j++) r[j] = pair_rows(X, k0 + 2 * j, K, M, m0, M);
         transpose16(r);
         for (int m = 0; m < 16; m++) _mm512_store_si512(out + (size_t)t * 256 + m * 16, r[m]);
     }
@@ -696,11 +719,11 @@ static inline void gelu32(__m512bh v, uint16_t *g, uint16_t *d) {
  * stride a_ld bytes; B tiles are packed [NB][KB]. */
 static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const uint32_t *Bp, int M, int N, int K,
                        uint16_t *C, Epilogue ep) {
-    int KB = K / 32;
+    int KB = up32(K) / 32;
     float acc[2][16][32] __attribute__((aligned(64)));
 #pragma omp for schedule(static) collapse(2) nowait
-    for (int mb = 0; mb < M / 16; mb += 2)
-        for (int nb = 0; nb < N / 16; nb += 2) {
+    for (int mb = 0; mb < up32(M) / 16; mb += 2)
+        for (int nb = 0; nb < up32(N) / 16; nb += 2) {
             _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
             for (int kb = 0; kb < KB; kb++) {
                 _tile_loadd(4, a + mb * a_m + kb * a_k, a_ld);
@@ -712,9 +735,14 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
             _tile_stored(0, &acc[0][0][0], 128); _tile_stored(1, &acc[0][0][16], 128);
             _tile_stored(2, &acc[1][0][0], 128); _tile_stored(3, &acc[1][0][16], 128);
             __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-            if (ep.bias) b0 = bf16_load(ep.bias + nb * 16), b1 = bf16_load(ep.bias + nb * 16 + 16);
+            __mmask32 cols = lanes(N - nb * 16);
+            if (ep.bias) {
+                __m512i b = _mm512_maskz_loadu_epi16(cols, ep.bias + nb * 16);
+                b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+                b1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+            }
             for (int h = 0; h < 2; h++)
-                for (int r = 0; r < 16; r++) {
+                for (int r = 0; r < 16 && mb * 16 + h * 16 + r < M; r++) {
                     size_t o = (size_t)(mb * 16 + h * 16 + r) * N + nb * 16;
                     __m512bh v = _mm512_cvtne2ps_pbh(_mm512_add_ps(_mm512_load_ps(&acc[h][r][16]), b1),
                                                      _mm512_add_ps(_mm512_load_ps(&acc[h][r][0]), b0));
@@ -724,45 +752,56 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
                     if (ep.gelu_out)
                         gelu32(v, ep.gelu_out + o, ep.gelu_grad_out + o);
                     else
-                        _mm512_storeu_si512(C + o, (__m512i)v);
+                        _mm512_mask_storeu_epi16(C + o, cols, (__m512i)v);
                 }
         }
 }
 
 #define ROWS(X, ld) (const char *)(X), (size_t)16 * (ld) * 2, 64, (size_t)(ld) * 2  /* A tiles read in place */
-#define PACKED(P, K) (const char *)(P), (size_t)((K) / 32) * 1024, 1024, 64    /* A tiles packed [MB][KB] */
+#define PACKED(P, K) (const char *)(P), (size_t)(up32(K) / 32) * 1024, 1024, 64  /* A tiles packed [MB][KB] */
 
 /* y (M, N) = x (M, K) W (N, K)^T (+ bias (N)); 0, or -1 when out of memory */
 int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int M, int N, int K,
                      int nt) {
-    uint32_t *wp = aligned_alloc(64, (size_t)N * K * 2);
-    if (!wp) return -1;
+    int in_place = M % 32 == 0 && K % 32 == 0;
+    size_t wb = (size_t)up32(N) * up32(K) * 2, xb = in_place ? 0 : (size_t)up32(M) * up32(K) * 2;
+    char *mem = aligned_alloc(64, wb + xb + 64);
+    if (!mem) return -1;
+    uint32_t *wp = (uint32_t *)mem, *xp = (uint32_t *)(mem + wb);
 #pragma omp parallel num_threads(nt)
     {
         pack_b_transposed(w, N, K, wp);
+        if (!in_place) pack_a(x, M, K, xp);
         tiles_configure();
 #pragma omp barrier
-        tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
+        if (in_place) tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
+        else tiles_gemm(PACKED(xp, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
         _tile_release();
     }
-    free(wp);
+    free(mem);
     return 0;
 }
 
 /* dx (M, K) = dy (M, N) W (N, K) and dw (N, K) = dy^T x, each skipped when its pointer is NULL */
 int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, uint16_t *dx, uint16_t *dw, int M,
                      int N, int K, int nt) {
-    size_t wb = dx ? (size_t)N * K * 2 : 0, xb = dw ? (size_t)M * K * 2 : 0, gb = dw ? (size_t)M * N * 2 : 0;
-    char *mem = aligned_alloc(64, wb + xb + gb + 64);
+    int in_place = M % 32 == 0 && N % 32 == 0;
+    size_t Mp = up32(M), Np = up32(N), Kp = up32(K);
+    size_t wb = dx ? Np * Kp * 2 : 0, db = dx && !in_place ? Mp * Np * 2 : 0, xb = dw ? Mp * Kp * 2 : 0,
+           gb = dw ? Mp * Np * 2 : 0;
+    char *mem = aligned_alloc(64, wb + db + xb + gb + 64);
     if (!mem) return -1;
-    uint32_t *wp = (uint32_t *)mem, *xp = (uint32_t *)(mem + wb), *gp = (uint32_t *)(mem + wb + xb);
+    uint32_t *wp = (uint32_t *)mem, *dp = (uint32_t *)(mem + wb), *xp = (uint32_t *)(mem + wb + db),
+             *gp = (uint32_t *)(mem + wb + db + xb);
 #pragma omp parallel num_threads(nt)
     {
         if (dx) pack_b(w, N, K, wp);
+        if (dx && !in_place) pack_a(dy, M, N, dp);
         if (dw) pack_b(x, M, K, xp), pack_a_transposed(dy, M, N, gp);
         tiles_configure();
 #pragma omp barrier
-        if (dx) tiles_gemm(ROWS(dy, N), wp, M, K, N, dx, (Epilogue){0});
+        if (dx && in_place) tiles_gemm(ROWS(dy, N), wp, M, K, N, dx, (Epilogue){0});
+        if (dx && !in_place) tiles_gemm(PACKED(dp, N), wp, M, K, N, dx, (Epilogue){0});
         if (dw) tiles_gemm(PACKED(gp, M), xp, N, K, M, dw, (Epilogue){0});
         _tile_release();
     }

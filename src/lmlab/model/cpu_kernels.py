@@ -217,28 +217,47 @@ class _Linear(torch.autograd.Function):
         return None if dx is None else dx.view(dy.shape[:-1] + (K,)), dw, db
 
 
+TILE_MAX_WEIGHT = 1 << 17
+"""Largest weight (elements) the tile kernels take. They pack it whole and stream it once per 32-row block,
+which pays at lab sizes, where oneDNN's ~30 us of set-up per call dominates; at (4096 rows, 512 x 512)
+oneDNN's blocked GEMM was measured 2x faster."""
+TILE_MAX_ROWS = 2048
+"""Most rows (tokens) a training step may give the tile kernels: their weight gradient streams all rows once
+per 32x32 block of it (at 3072 rows x 128 x 512, oneDNN was faster)."""
+
+
 def _tile_layer(layer: torch.nn.Module) -> bool:
-    """A plain nn.Linear (no hooks) whose weight is contiguous, with both sizes on the tile grid."""
+    """A plain nn.Linear (no hooks) with a contiguous weight small enough for the tile kernels."""
     if type(layer) is not torch.nn.Linear or layer._forward_hooks or layer._forward_pre_hooks:
         return False
-    N, K = layer.weight.shape
-    return N % 32 == 0 and K % 32 == 0 and layer.weight.is_contiguous()
+    return layer.weight.numel() <= TILE_MAX_WEIGHT and layer.weight.is_contiguous()
 
 
-def linear_usable(x: torch.Tensor, *layers: torch.nn.Module) -> bool:
-    """True when `linear` can stand in for `layer(x)` (or `gelu_mlp` for a chain of layers): plain nn.Linear
-    layers without hooks, bf16 on a CPU with AMX tiles, x contiguous, and rows, inputs and outputs all
-    multiples of 32 (the tile kernel's grid)."""
-    if x.dtype != torch.bfloat16 or not all(_tile_layer(m) for m in layers) \
-            or not usable(x, *(t for m in layers for t in (m.weight, m.bias))) or not _amx:
+def linear_usable(x: torch.Tensor, layer: torch.nn.Module) -> bool:
+    """True when `linear` can stand in for `layer(x)`: a plain nn.Linear without hooks and with at most
+    TILE_MAX_WEIGHT weights, bf16 on a CPU with AMX tiles, x contiguous, and at most TILE_MAX_ROWS rows when
+    gradients are on."""
+    if x.dtype != torch.bfloat16 or not _tile_layer(layer) or not usable(x, layer.weight, layer.bias) or not _amx:
         return False
-    K = layers[0].weight.shape[1]
-    return x.shape[-1] == K and x.numel() > 0 and (x.numel() // K) % 32 == 0 and x.is_contiguous()
+    K = layer.weight.shape[1]
+    rows = x.numel() // max(K, 1)
+    return x.shape[-1] == K and rows > 0 and x.is_contiguous() and (rows <= TILE_MAX_ROWS
+                                                                   or not torch.is_grad_enabled())
+
+
+def mlp_usable(x: torch.Tensor, up: torch.nn.Module, down: torch.nn.Module) -> bool:
+    """True when `gelu_mlp` can stand in for down(gelu(up(x))): both layers as `linear_usable` wants them, and
+    rows, width and hidden width all multiples of 32 (its activations are read in place as tiles)."""
+    if not linear_usable(x, up) or not _tile_layer(down):
+        return False
+    (F_, D), rows = up.weight.shape, x.numel() // up.weight.shape[1]
+    return down.weight.shape == (D, F_) and D % 32 == 0 and F_ % 32 == 0 and rows % 32 == 0
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T (+ b) for bf16 x (..., K) and W (N, K) on AMX tiles (fp32 accumulation, rounded once), forward
-    and backward; the shapes `linear_usable` checks. Saves PyTorch's per-call oneDNN set-up (~30 us)."""
+    and backward, any shape (padded to the tile grid as it is packed); what `linear_usable` checks. Saves
+    PyTorch's per-call oneDNN set-up (~30 us) at lab sizes."""
     _require()
     return _Linear.apply(x, weight, bias)
 
@@ -278,6 +297,6 @@ def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear) -> tor
     """down(gelu(up(x))) with the exact GELU, in two tile GEMMs: the GELU and its derivative are computed as
     the up projection's results leave the tiles (the derivative, kept in bf16 instead of the pre-activation,
     is applied as the down projection's input gradient leaves them), so neither costs a pass over the
-    (rows, 4 x width) activations of its own; `linear_usable(x, up, down)` shapes."""
+    (rows, 4 x width) activations of its own; the shapes `mlp_usable` checks."""
     _require()
     return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias)

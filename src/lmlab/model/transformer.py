@@ -40,7 +40,7 @@ class RMSNorm(nn.Module):
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, through the AMX tile kernel where it applies (bf16 on a CPU with AMX, sizes in multiples of 32)."""
+    """`layer(x)`, through the AMX tile kernel where it applies (bf16 on a CPU with AMX, lab sizes)."""
     if cpu_kernels.linear_usable(x, layer):
         return cpu_kernels.linear(x, layer.weight, layer.bias)
     return layer(x)
@@ -142,7 +142,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.mlp == "gelu" and cpu_kernels.linear_usable(x, self.up, self.down):
+        if self.cfg.mlp == "gelu" and cpu_kernels.mlp_usable(x, self.up, self.down):
             return cpu_kernels.gelu_mlp(x, self.up, self.down)
         h = linear(self.up, x)
         if self.swiglu:
