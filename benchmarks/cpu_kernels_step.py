@@ -107,11 +107,22 @@ def main() -> None:
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * w
 
+    xm = torch.randn(B, T, 128, dtype=torch.bfloat16, requires_grad=True)
+    qkv_layer = torch.nn.Linear(128, 3 * H * D, bias=False).to(torch.bfloat16)
+    up = torch.nn.Linear(128, 512, bias=False).to(torch.bfloat16)
+    down = torch.nn.Linear(512, 128, bias=False).to(torch.bfloat16)
+    g_qkv, g_mlp = torch.randn(B, T, 3 * H * D, dtype=torch.bfloat16), torch.randn(B, T, 128, dtype=torch.bfloat16)
     ops = {
         "attention (per layer)": (lambda: cpu_kernels.attention(qkv, H, H, D, D ** -0.5, True).backward(g),
                                   torch_attention),
         "rmsnorm": (lambda: cpu_kernels.rms_norm(x, w, 1e-5).backward(gx), lambda: rms_reference().backward(gx)),
+        "qkv linear (tiles)": (lambda: cpu_kernels.linear(xm, qkv_layer.weight).backward(g_qkv),
+                               lambda: qkv_layer(xm).backward(g_qkv)),
+        "GELU MLP (tiles)": (lambda: cpu_kernels.gelu_mlp(xm, up, down).backward(g_mlp),
+                             lambda: down(F.gelu(up(xm))).backward(g_mlp)),
     }
+    if not cpu_kernels._amx:
+        ops = {k: v for k, v in ops.items() if "tiles" not in k}
     per_op = {}
     for name, (ours, theirs) in ops.items():
         a, b = per_call_us(ours), per_call_us(theirs)

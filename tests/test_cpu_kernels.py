@@ -377,3 +377,23 @@ def test_linear_does_not_depend_on_the_thread_count(amx):
     finally:
         torch.set_num_threads(saved)
     assert all(torch.equal(a, b) for a, b in zip(*out))  # each output block is one thread's: bitwise
+
+
+def test_residual_is_added_in_the_same_pass(amx):
+    """y = residual + layer(x) with one rounding; the residual's gradient is the output's."""
+    torch.manual_seed(15)
+    up = torch.nn.Linear(64, 256, bias=False).to(torch.bfloat16)
+    down = torch.nn.Linear(256, 64, bias=False).to(torch.bfloat16)
+    x = torch.randn(2, 32, 64).to(torch.bfloat16).requires_grad_()
+    for fn, exact in ((lambda r: cpu_kernels.linear(x, down.weight[:, :64].contiguous(), None, r),
+                       lambda r: x.double() @ down.weight[:, :64].double().T + r.double()),
+                      (lambda r: cpu_kernels.gelu_mlp(x, up, down, r),
+                       lambda r: F.gelu(x.double() @ up.weight.double().T) @ down.weight.double().T + r.double())):
+        res = (10 * torch.randn(2, 32, 64)).to(torch.bfloat16).requires_grad_()
+        y = fn(res)
+        _bf16_close(y, exact(res).detach())
+        g = torch.randn_like(y)
+        y.backward(g)
+        assert torch.equal(res.grad, g)
+        with torch.no_grad():  # a residual that does not fit (another dtype): added afterwards
+            torch.testing.assert_close(fn(res.float()).float(), y.detach().float(), atol=0.1, rtol=1e-2)

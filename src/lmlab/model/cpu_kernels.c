@@ -698,12 +698,13 @@ static inline __m512 normal_cdf(__m512 x, __m512 *pdf) {
 }
 
 /* What happens to each 32x32 block of results on its way out, besides rounding to bf16 and storing:
- * add a bias; for an MLP's up projection h, also store gelu(h) and gelu'(h) (so the backward needs no
+ * add a bias and a residual; for an MLP's up projection h, also store gelu(h) and gelu'(h) (so the backward needs no
  * erf); for the down projection's dx, multiply the rounded result by the stored gelu'(h) first. */
 typedef struct {
     const uint16_t *bias;
     uint16_t *gelu_out, *gelu_grad_out;
     const uint16_t *times;
+    const uint16_t *residual;  /* added before rounding (a residual connection), same layout as C */
 } Epilogue;
 
 /* gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x) of 32 values, rounded to bf16 */
@@ -711,8 +712,9 @@ static inline void gelu32(__m512bh v, uint16_t *g, uint16_t *d) {
     __m512 lo = bf16_lo(v), hi = bf16_hi(v), pdf_lo, pdf_hi;
     __m512 cdf_lo = normal_cdf(lo, &pdf_lo), cdf_hi = normal_cdf(hi, &pdf_hi);
     _mm512_storeu_si512(g, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, cdf_hi), _mm512_mul_ps(lo, cdf_lo)));
-    _mm512_storeu_si512(d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, pdf_hi, cdf_hi),
-                                                        _mm512_fmadd_ps(lo, pdf_lo, cdf_lo)));
+    if (d)  /* NULL when no gradient will be needed */
+        _mm512_storeu_si512(d, (__m512i)_mm512_cvtne2ps_pbh(_mm512_fmadd_ps(hi, pdf_hi, cdf_hi),
+                                                            _mm512_fmadd_ps(lo, pdf_lo, cdf_lo)));
 }
 
 /* C (M, N) bf16 = A B, blocks of 32x32 over the team. A tile (mb, kb) is at a + mb*a_m + kb*a_k with row
@@ -744,13 +746,21 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
             for (int h = 0; h < 2; h++)
                 for (int r = 0; r < 16 && mb * 16 + h * 16 + r < M; r++) {
                     size_t o = (size_t)(mb * 16 + h * 16 + r) * N + nb * 16;
-                    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_add_ps(_mm512_load_ps(&acc[h][r][16]), b1),
-                                                     _mm512_add_ps(_mm512_load_ps(&acc[h][r][0]), b0));
+                    __m512 lo = _mm512_add_ps(_mm512_load_ps(&acc[h][r][0]), b0);
+                    __m512 hi = _mm512_add_ps(_mm512_load_ps(&acc[h][r][16]), b1);
+                    if (ep.residual) {
+                        __m512i res = _mm512_maskz_loadu_epi16(cols, ep.residual + o);
+                        lo = _mm512_add_ps(lo, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                   _mm512_cvtepu16_epi32(_mm512_castsi512_si256(res)), 16)));
+                        hi = _mm512_add_ps(hi, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                   _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(res, 1)), 16)));
+                    }
+                    __m512bh v = _mm512_cvtne2ps_pbh(hi, lo);
                     if (ep.times)
                         v = _mm512_cvtne2ps_pbh(_mm512_mul_ps(bf16_hi(v), bf16_load(ep.times + o + 16)),
                                                 _mm512_mul_ps(bf16_lo(v), bf16_load(ep.times + o)));
                     if (ep.gelu_out)
-                        gelu32(v, ep.gelu_out + o, ep.gelu_grad_out + o);
+                        gelu32(v, ep.gelu_out + o, ep.gelu_grad_out ? ep.gelu_grad_out + o : NULL);
                     else
                         _mm512_mask_storeu_epi16(C + o, cols, (__m512i)v);
                 }
@@ -760,9 +770,9 @@ static void tiles_gemm(const char *a, size_t a_m, size_t a_k, size_t a_ld, const
 #define ROWS(X, ld) (const char *)(X), (size_t)16 * (ld) * 2, 64, (size_t)(ld) * 2  /* A tiles read in place */
 #define PACKED(P, K) (const char *)(P), (size_t)(up32(K) / 32) * 1024, 1024, 64  /* A tiles packed [MB][KB] */
 
-/* y (M, N) = x (M, K) W (N, K)^T (+ bias (N)); 0, or -1 when out of memory */
-int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int M, int N, int K,
-                     int nt) {
+/* y (M, N) = x (M, K) W (N, K)^T (+ bias (N)) (+ residual (M, N)); 0, or -1 when out of memory */
+int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, const uint16_t *residual, uint16_t *y,
+                     int M, int N, int K, int nt) {
     int in_place = M % 32 == 0 && K % 32 == 0;
     size_t wb = (size_t)up32(N) * up32(K) * 2, xb = in_place ? 0 : (size_t)up32(M) * up32(K) * 2;
     char *mem = aligned_alloc(64, wb + xb + 64);
@@ -774,8 +784,8 @@ int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias,
         if (!in_place) pack_a(x, M, K, xp);
         tiles_configure();
 #pragma omp barrier
-        if (in_place) tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
-        else tiles_gemm(PACKED(xp, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL});
+        if (in_place) tiles_gemm(ROWS(x, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL, residual});
+        else tiles_gemm(PACKED(xp, K), wp, M, N, K, y, (Epilogue){bias, NULL, NULL, NULL, residual});
         _tile_release();
     }
     free(mem);
@@ -809,11 +819,12 @@ int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, u
     return 0;
 }
 
-/* A GELU MLP, y = gelu(x W_up^T + b_up) W_down^T + b_down, for x (M, D), W_up (F, D), W_down (D, F): the GELU
- * runs in the up projection's epilogue, which keeps g = gelu(h) and d = gelu'(h) (h = x W_up^T + b_up, rounded
- * to bf16 as PyTorch's linear would) for the backward. */
+/* A GELU MLP, y = gelu(x W_up^T + b_up) W_down^T + b_down (+ residual), for x (M, D), W_up (F, D), W_down (D, F):
+ * the GELU runs in the up projection's epilogue, which keeps g = gelu(h) and d = gelu'(h) (h = x W_up^T + b_up,
+ * rounded to bf16 as PyTorch's linear would) for the backward; d may be NULL (no backward). */
 int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
-                  const uint16_t *b_down, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D, int F, int nt) {
+                  const uint16_t *b_down, const uint16_t *residual, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D,
+                  int F, int nt) {
     uint32_t *wp = aligned_alloc(64, (size_t)4 * F * D);
     if (!wp) return -1;
     uint32_t *up = wp, *down = wp + (size_t)F * D / 2;
@@ -825,7 +836,7 @@ int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up,
 #pragma omp barrier
         tiles_gemm(ROWS(x, D), up, M, F, D, NULL, (Epilogue){b_up, g, d, NULL});
 #pragma omp barrier
-        tiles_gemm(ROWS(g, F), down, M, D, F, y, (Epilogue){b_down, NULL, NULL, NULL});
+        tiles_gemm(ROWS(g, F), down, M, D, F, y, (Epilogue){b_down, NULL, NULL, NULL, residual});
         _tile_release();
     }
     free(wp);
@@ -865,12 +876,13 @@ int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *d, cons
 }
 #else
 int lmlab_amx_ready(void) { return 0; }
-int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int M, int N, int K,
-                     int nt) { return -2; }
+int lmlab_linear_fwd(const uint16_t *x, const uint16_t *w, const uint16_t *bias, const uint16_t *residual, uint16_t *y,
+                     int M, int N, int K, int nt) { return -2; }
 int lmlab_linear_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *w, uint16_t *dx, uint16_t *dw, int M,
                      int N, int K, int nt) { return -2; }
 int lmlab_mlp_fwd(const uint16_t *x, const uint16_t *w_up, const uint16_t *b_up, const uint16_t *w_down,
-                  const uint16_t *b_down, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D, int F, int nt) { return -2; }
+                  const uint16_t *b_down, const uint16_t *residual, uint16_t *g, uint16_t *d, uint16_t *y, int M, int D,
+                  int F, int nt) { return -2; }
 int lmlab_mlp_bwd(const uint16_t *dy, const uint16_t *x, const uint16_t *d, const uint16_t *g, const uint16_t *w_up,
                   const uint16_t *w_down, uint16_t *dh, uint16_t *dx, uint16_t *dw_up, uint16_t *dw_down, int M, int D,
                   int F, int nt) { return -2; }

@@ -43,9 +43,9 @@ _SIGNATURES = {
     "lmlab_grads_to_master": (None, [_I, _P, _P, _P, _P, _I]),
     "lmlab_adamw_step": (ctypes.c_double, [_I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _I]),
     "lmlab_amx_ready": (_I, []),
-    "lmlab_linear_fwd": (_I, [_P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_linear_fwd": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_linear_bwd": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I]),
-    "lmlab_mlp_fwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_mlp_fwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_mlp_bwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
 }
 
@@ -195,11 +195,12 @@ def attention(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int, scale
 
 class _Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, residual: torch.Tensor | None):
         N, K = w.shape
         x2 = x.reshape(-1, K)
         y = torch.empty(x2.shape[0], N, dtype=x.dtype)
-        _check(_lib.lmlab_linear_fwd(_ptr(x2), _ptr(w), _ptr(b), _ptr(y), x2.shape[0], N, K, _threads()))
+        _check(_lib.lmlab_linear_fwd(_ptr(x2), _ptr(w), _ptr(b), _ptr(residual), _ptr(y), x2.shape[0], N, K,
+                                     _threads()))
         ctx.save_for_backward(x2, w)
         ctx.has_bias = b is not None
         return y.view(*x.shape[:-1], N)
@@ -214,7 +215,7 @@ class _Linear(torch.autograd.Function):
         if dx is not None or dw is not None:
             _check(_lib.lmlab_linear_bwd(_ptr(dy2), _ptr(x2), _ptr(w), _ptr(dx), _ptr(dw), M, N, K, _threads()))
         db = dy2.sum(0, dtype=torch.float32).to(dy2.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return None if dx is None else dx.view(dy.shape[:-1] + (K,)), dw, db
+        return None if dx is None else dx.view(dy.shape[:-1] + (K,)), dw, db, dy if ctx.needs_input_grad[3] else None
 
 
 TILE_MAX_WEIGHT = 1 << 17
@@ -254,24 +255,34 @@ def mlp_usable(x: torch.Tensor, up: torch.nn.Module, down: torch.nn.Module) -> b
     return down.weight.shape == (D, F_) and D % 32 == 0 and F_ % 32 == 0 and rows % 32 == 0
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _residual_fits(residual: torch.Tensor | None, x: torch.Tensor, n: int) -> bool:
+    return residual is None or (residual.dtype == x.dtype and residual.is_contiguous()
+                                and residual.shape == x.shape[:-1] + (n,))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T (+ b) for bf16 x (..., K) and W (N, K) on AMX tiles (fp32 accumulation, rounded once), forward
     and backward, any shape (padded to the tile grid as it is packed); what `linear_usable` checks. Saves
-    PyTorch's per-call oneDNN set-up (~30 us) at lab sizes."""
+    PyTorch's per-call oneDNN set-up (~30 us) at lab sizes. A `residual` (x's rows, N wide) is added before
+    the one rounding: a residual connection in the same pass."""
     _require()
-    return _Linear.apply(x, weight, bias)
+    if not _residual_fits(residual, x, weight.shape[0]):
+        return residual + _Linear.apply(x, weight, bias, None)
+    return _Linear.apply(x, weight, bias, residual)
 
 
 class _GeluMLP(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w_up, b_up, w_down, b_down):
+    def forward(ctx, x, w_up, b_up, w_down, b_down, residual):
         F_, D = w_up.shape
         x2 = x.reshape(-1, D)
         M = x2.shape[0]
-        g, d = torch.empty(M, F_, dtype=x.dtype), torch.empty(M, F_, dtype=x.dtype)
+        g = torch.empty(M, F_, dtype=x.dtype)
+        d = torch.empty(M, F_, dtype=x.dtype) if any(ctx.needs_input_grad) else None
         y = torch.empty(M, D, dtype=x.dtype)
-        _check(_lib.lmlab_mlp_fwd(_ptr(x2), _ptr(w_up), _ptr(b_up), _ptr(w_down), _ptr(b_down), _ptr(g), _ptr(d),
-                                  _ptr(y), M, D, F_, _threads()))
+        _check(_lib.lmlab_mlp_fwd(_ptr(x2), _ptr(w_up), _ptr(b_up), _ptr(w_down), _ptr(b_down), _ptr(residual),
+                                  _ptr(g), _ptr(d), _ptr(y), M, D, F_, _threads()))
         ctx.save_for_backward(x2, d, g, w_up, w_down)
         ctx.biases = (b_up is not None, b_down is not None)
         return y.view(x.shape)
@@ -290,13 +301,17 @@ class _GeluMLP(torch.autograd.Function):
                                   _ptr(dw_up), _ptr(dw_down), M, D, F_, _threads()))
         db_up = dh.sum(0, dtype=torch.float32).to(dh.dtype) if ctx.biases[0] and need[2] else None
         db_down = dy2.sum(0, dtype=torch.float32).to(dy2.dtype) if ctx.biases[1] and need[4] else None
-        return None if dx is None else dx.view(dy.shape), dw_up, db_up, dw_down, db_down
+        return None if dx is None else dx.view(dy.shape), dw_up, db_up, dw_down, db_down, dy if need[5] else None
 
 
-def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear) -> torch.Tensor:
+def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear,
+             residual: torch.Tensor | None = None) -> torch.Tensor:
     """down(gelu(up(x))) with the exact GELU, in two tile GEMMs: the GELU and its derivative are computed as
     the up projection's results leave the tiles (the derivative, kept in bf16 instead of the pre-activation,
     is applied as the down projection's input gradient leaves them), so neither costs a pass over the
-    (rows, 4 x width) activations of its own; the shapes `mlp_usable` checks."""
+    (rows, 4 x width) activations of its own; the shapes `mlp_usable` checks. A `residual` (x's shape) is added
+    before the output's rounding."""
     _require()
-    return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias)
+    if not _residual_fits(residual, x, x.shape[-1]):
+        return residual + _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias, None)
+    return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias, residual)

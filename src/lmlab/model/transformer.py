@@ -39,11 +39,13 @@ class RMSNorm(nn.Module):
         return xf.to(x.dtype) * self.weight
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)`, through the AMX tile kernel where it applies (bf16 on a CPU with AMX, lab sizes)."""
+def linear(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`layer(x)` (+ `residual`), through the AMX tile kernel where it applies (bf16 on a CPU with AMX, lab
+    sizes), which adds the residual in the same pass."""
     if cpu_kernels.linear_usable(x, layer):
-        return cpu_kernels.linear(x, layer.weight, layer.bias)
-    return layer(x)
+        return cpu_kernels.linear(x, layer.weight, layer.bias, residual)
+    y = layer(x)
+    return y if residual is None else residual + y
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -88,14 +90,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention over x (B, T, d_model), plus `residual` if given (the block's skip connection)."""
         B, T, _ = x.shape
         qkv = linear(self.qkv, x)
         p = self.cfg.dropout if self.training else 0.0
         if kv is None and attn_mask is None and rope is None and p == 0 and T <= cpu_kernels.MAX_ATTENTION_LEN \
                 and cpu_kernels.usable(qkv):
             y = cpu_kernels.attention(qkv, self.n_heads, self.n_kv, self.hd, self.cfg.attn_scale, self.cfg.causal)
-            return linear(self.proj, y)
+            return linear(self.proj, y, residual)
         dtype = qkv.dtype
         if qkv.device.type == "cpu" and dtype != torch.float32:
             # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
@@ -127,7 +131,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal,
                                            scale=self.cfg.attn_scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd).to(dtype)
-        return linear(self.proj, y)
+        return linear(self.proj, y, residual)
 
 
 class MLP(nn.Module):
@@ -141,14 +145,15 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP of x, plus `residual` if given (the block's skip connection)."""
         if self.cfg.mlp == "gelu" and cpu_kernels.mlp_usable(x, self.up, self.down):
-            return cpu_kernels.gelu_mlp(x, self.up, self.down)
+            return cpu_kernels.gelu_mlp(x, self.up, self.down, residual)
         h = linear(self.up, x)
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
-            return linear(self.down, F.silu(gate) * up)
-        return linear(self.down, gelu(h, self.cfg))
+            return linear(self.down, F.silu(gate) * up, residual)
+        return linear(self.down, gelu(h, self.cfg), residual)
 
 
 class MoE(nn.Module):
@@ -209,7 +214,9 @@ class Block(nn.Module):
             x = self.norm1(x + self.drop(self.attn(x, rope, attn_mask, kv)))
             return self.norm2(x + self.drop(self.mlp(x)))
         if self.drop.p == 0:  # skip the no-op dropout calls: they cost real time when decoding token by token
-            x = x + self.attn(self.norm1(x), rope, attn_mask, kv)
+            x = self.attn(self.norm1(x), rope, attn_mask, kv, residual=x)  # the sum in the projection's pass
+            if isinstance(self.mlp, MLP):
+                return self.mlp(self.norm2(x), residual=x)
             return x + self.mlp(self.norm2(x))
         x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, kv))
         return x + self.drop(self.mlp(self.norm2(x)))
