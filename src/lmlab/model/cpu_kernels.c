@@ -621,55 +621,31 @@ static inline __m512i pair_rows(const uint16_t *X, int r, int rows, size_t ld, i
     return _mm512_or_si512(x, _mm512_slli_epi32(y, 16));
 }
 
-/* B tiles [NB][KB] of the (K, N) matrix X^T for X (N, K) row-major: a dword transpose of X's rows */
-static void pack_b_transposed(const uint16_t *X, int N, int K, uint32_t *out) {
-    int KB = up32(K) / 32;
+/* Tiles of 16 rows x 16 dwords from X (rows x cols, row-major), in the order [block][KB], zero-padded:
+ * - unpaired: tile (block, kb) row i = row block*16+i of X, columns kb*32 .. +32 (an A tile, K along columns);
+ * - paired: tile (block, kb) row j = rows kb*32+2j and +1 of X interleaved over columns block*16 .. +16
+ *   (a B tile, "VNNI", K along rows);
+ * then, if `transposed`, each tile's 16x16 dwords transposed: an unpaired X (N, K) becomes the B tiles of
+ * X^T, a paired X (K, M) the A tiles of X^T. */
+static void pack(const uint16_t *X, int rows, int cols, int paired, int transposed, uint32_t *out) {
+    int KB = up32(paired ? rows : cols) / 32, blocks = up32(paired ? cols : rows) / 16;
 #pragma omp for schedule(static) nowait
-    for (int t = 0; t < up32(N) / 16 * KB; t++) {
-        int n0 = t / KB * 16, k0 = t % KB * 32;
+    for (int t = 0; t < blocks * KB; t++) {
+        int b0 = t / KB * 16, k0 = t % KB * 32;
         __m512i r[16];
-        for (int n = 0; n < 16; n++)
-            r[n] = n0 + n < N ? _mm512_maskz_loadu_epi16(lanes(K - k0), X + (size_t)(n0 + n) * K + k0) : _mm512_setzero_si512();
-        transpose16(r);
-        for (int j = 0; j < 16; j++) _mm512_store_si512(out + (size_t)t * 256 + j * 16, r[j]);
+        for (int i = 0; i < 16; i++)
+            r[i] = paired ? pair_rows(X, k0 + 2 * i, rows, cols, b0, cols)
+                 : b0 + i < rows ? _mm512_maskz_loadu_epi16(lanes(cols - k0), X + (size_t)(b0 + i) * cols + k0)
+                                 : _mm512_setzero_si512();
+        if (transposed) transpose16(r);
+        for (int i = 0; i < 16; i++) _mm512_store_si512(out + (size_t)t * 256 + i * 16, r[i]);
     }
 }
-
-/* B tiles [NB][KB] of X (K, N) row-major: rows 2j and 2j+1 paired */
-static void pack_b(const uint16_t *X, int K, int N, uint32_t *out) {
-    int KB = up32(K) / 32;
-#pragma omp for schedule(static) nowait
-    for (int t = 0; t < up32(N) / 16 * KB; t++) {
-        int n0 = t / KB * 16, k0 = t % KB * 32;
-        for (int j = 0; j < 16; j++)
-            _mm512_store_si512(out + (size_t)t * 256 + j * 16, pair_rows(X, k0 + 2 * j, K, N, n0, N));
-    }
-}
-
-/* A tiles [MB][KB] of X (M, K) row-major, where it cannot be read in place (a shape off the grid) */
-static void pack_a(const uint16_t *X, int M, int K, uint32_t *out) {
-    int KB = up32(K) / 32;
-#pragma omp for schedule(static) nowait
-    for (int t = 0; t < up32(M) / 16 * KB; t++) {
-        int m0 = t / KB * 16, k0 = t % KB * 32;
-        for (int m = 0; m < 16; m++)
-            _mm512_store_si512(out + (size_t)t * 256 + m * 16, m0 + m < M ? _mm512_maskz_loadu_epi16(lanes(K - k0),
-                               X + (size_t)(m0 + m) * K + k0) : _mm512_setzero_si512());
-    }
-}
-
-/* A tiles [MB][KB] of X^T (M, K) for X (K, M) row-major: rows paired, then each 16x16 dword block transposed */
-static void pack_a_transposed(const uint16_t *X, int K, int M, uint32_t *out) {
-    int KB = up32(K) / 32;
-#pragma omp for schedule(static) nowait
-    for (int t = 0; t < up32(M) / 16 * KB; t++) {
-        int m0 = t / KB * 16, k0 = t % KB * 32;
-        __m512i r[16];
-        for (int j = 0; j < 16; j++) r[j] = pair_rows(X, k0 + 2 * j, K, M, m0, M);
-        transpose16(r);
-        for (int m = 0; m < 16; m++) _mm512_store_si512(out + (size_t)t * 256 + m * 16, r[m]);
-    }
-}
+/* the four uses: A tiles of X (M, K) or of X^T for X (K, M); B tiles of X (K, N) or of X^T for X (N, K) */
+#define pack_a(X, M, K, out) pack(X, M, K, 0, 0, out)
+#define pack_a_transposed(X, K, M, out) pack(X, K, M, 1, 1, out)
+#define pack_b(X, K, N, out) pack(X, K, N, 1, 0, out)
+#define pack_b_transposed(X, N, K, out) pack(X, N, K, 0, 1, out)
 
 static inline __m512 bf16_load(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
