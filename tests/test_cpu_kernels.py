@@ -397,3 +397,22 @@ def test_residual_is_added_in_the_same_pass(amx):
         assert torch.equal(res.grad, g)
         with torch.no_grad():  # a residual that does not fit (another dtype): added afterwards
             torch.testing.assert_close(fn(res.float()).float(), y.detach().float(), atol=0.1, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_matches_pytorch(lib, dtype):
+    torch.manual_seed(16)
+    logits = (4 * torch.randn(3, 50, 329)).to(dtype).requires_grad_()
+    target = torch.randint(329, (3, 50))
+    target[0, :7] = -100  # ignored positions (the masked objective's unlabelled tokens)
+    ours = cpu_kernels.cross_entropy(logits, target)
+    g_ours, = torch.autograd.grad(ours * 3, logits)
+    ref = F.cross_entropy(logits.float().view(-1, 329), target.view(-1), ignore_index=-100)
+    g_ref, = torch.autograd.grad(ref * 3, logits)
+    assert ours.dtype == torch.float32 and g_ours.dtype == dtype
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6)
+    tol = 1e-6 if dtype == torch.float32 else 2 ** -8  # bf16: both round the same fp32 gradient once
+    torch.testing.assert_close(g_ours.float(), g_ref.float(), atol=tol * g_ref.abs().max().item(), rtol=0)
+    with pytest.raises(IndexError, match="329 is out of bounds"):
+        cpu_kernels.cross_entropy(logits, torch.full((3, 50), 329))
+    assert torch.isnan(cpu_kernels.cross_entropy(logits, torch.full((3, 50), -100)))  # as PyTorch: 0 / 0

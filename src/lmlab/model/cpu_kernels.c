@@ -470,6 +470,68 @@ int lmlab_attn_bwd(const void *qkv, const float *lse, const void *dy, void *dqkv
     return 0;
 }
 
+/* ================================ cross-entropy from the logits ================================ */
+
+/* Per row of logits (N, V): lse = log-sum-exp; returns the sum over rows with target != ignore of lse - logit[target]
+ * (fp64) and their count in *count. One pass each way instead of PyTorch's fp32 copy, log-softmax, nll and
+ * their backward over (N, V). -1.0 when out of memory, -2.0 for a target outside [0, V) (and not ignore). */
+double lmlab_xent_fwd(const void *logits, const int64_t *target, float *lse, int N, int V, int64_t ignore, int bf,
+                      long *count, int nt) {
+    int Vp = (V + 15) / 16 * 16;
+    float *mem = scratch(nt, Vp);
+    double *part = calloc(nt, sizeof(double));
+    long *cnt = calloc(nt, sizeof(long));
+    int bad = 0;
+    if (!mem || !part || !cnt) return free(mem), free(part), free(cnt), -1.0;
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num();
+        float *row = mem + (size_t)tid * Vp;
+#pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            row_in(logits, (size_t)i * V, V, bf, row);
+            v16 mx = V0 - INFINITY;
+            for (int j = 0; j < Vp; j += 16) mx = vsel(below(j, V), vsel(*(v16 *)(row + j) > mx, *(v16 *)(row + j), mx), mx);
+            float m = hmax(mx);
+            v16 acc = V0;
+            for (int j = 0; j < Vp; j += 16) acc += vsel(below(j, V), vexp_neg(*(v16 *)(row + j) - m), V0);
+            lse[i] = m + logf(hsum(acc));
+            if (target[i] == ignore) continue;
+            if (target[i] < 0 || target[i] >= V) bad = 1;  /* (a benign race: any thread's 1 will do) */
+            else part[tid] += (double)lse[i] - row[target[i]], cnt[tid]++;
+        }
+    }
+    if (bad) return free(mem), free(part), free(cnt), -2.0;
+    double sum = 0;
+    *count = 0;
+    for (int t = 0; t < nt; t++) sum += part[t], *count += cnt[t];
+    free(mem), free(part), free(cnt);
+    return sum;
+}
+
+/* dlogits = (softmax - onehot(target)) * scale, zero on ignored rows; in the logits' dtype (rounded once) */
+int lmlab_xent_bwd(const void *logits, const int64_t *target, const float *lse, void *dlogits, float scale, int N,
+                   int V, int64_t ignore, int bf, int nt) {
+    int Vp = (V + 15) / 16 * 16;
+    float *mem = scratch(nt, Vp);
+    if (!mem) return -1;
+#pragma omp parallel num_threads(nt)
+    {
+        float *row = mem + (size_t)omp_get_thread_num() * Vp;
+#pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            row_in(logits, (size_t)i * V, V, bf, row);
+            int skip = target[i] == ignore;
+            for (int j = 0; j < Vp; j += 16)
+                *(v16 *)(row + j) = skip ? V0 : vexp_neg(*(v16 *)(row + j) - lse[i]) * scale;
+            if (!skip) row[target[i]] -= scale;
+            row_out(dlogits, (size_t)i * V, V, bf, row);
+        }
+    }
+    free(mem);
+    return 0;
+}
+
 /* ============================ the optimizer step (bf16 weights, fp32 masters) ============================ */
 
 /* grad[off[i] : off[i] + size[i]] += g[i] (bf16) for each of n parameters: the fp32 master gradients

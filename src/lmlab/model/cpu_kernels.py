@@ -47,6 +47,8 @@ _SIGNATURES = {
     "lmlab_linear_bwd": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_mlp_fwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
     "lmlab_mlp_bwd": (_I, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
+    "lmlab_xent_fwd": (ctypes.c_double, [_P, _P, _P, _I, _I, ctypes.c_int64, _I, _P, _I]),
+    "lmlab_xent_bwd": (_I, [_P, _P, _P, _P, _F, _I, _I, ctypes.c_int64, _I, _I]),
 }
 
 
@@ -315,3 +317,42 @@ def gelu_mlp(x: torch.Tensor, up: torch.nn.Linear, down: torch.nn.Linear,
     if not _residual_fits(residual, x, x.shape[-1]):
         return residual + _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias, None)
     return _GeluMLP.apply(x, up.weight, up.bias, down.weight, down.bias, residual)
+
+
+# -------------------------------------------------------------------------------------------- the loss
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
+        V = logits.shape[-1]
+        logits2, target = logits.reshape(-1, V).contiguous(), target.reshape(-1).contiguous()
+        N = logits2.shape[0]
+        lse = torch.empty(N, dtype=torch.float32)
+        count = ctypes.c_long(0)
+        total = _lib.lmlab_xent_fwd(_ptr(logits2), _ptr(target), _ptr(lse), N, V, ignore_index, _bf(logits2),
+                                    ctypes.byref(count), _threads())
+        if total == -2.0:
+            bad = target[(target != ignore_index) & ((target < 0) | (target >= V))][0]
+            raise IndexError(f"Target {int(bad)} is out of bounds (the vocabulary has {V} tokens)")
+        _check(int(total == -1.0))
+        ctx.save_for_backward(logits2, target, lse)
+        ctx.meta = (logits.shape, ignore_index, count.value)
+        return torch.tensor(total / count.value if count.value else float("nan"), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits2, target, lse = ctx.saved_tensors
+        shape, ignore_index, count = ctx.meta
+        dlogits = torch.empty_like(logits2)
+        scale = float(grad) / count if count else 0.0
+        _check(_lib.lmlab_xent_bwd(_ptr(logits2), _ptr(target), _ptr(lse), _ptr(dlogits), scale, *logits2.shape,
+                                   ignore_index, _bf(logits2), _threads()))
+        return dlogits.view(shape), None, None
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of logits (..., V) (fp32 or bf16, computed in fp32) against int64 targets, skipping
+    `ignore_index`: F.cross_entropy(logits.float(), target) in one pass each way, the gradient in the
+    logits' dtype."""
+    _require()
+    return _CrossEntropy.apply(logits, target, ignore_index)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
+from lmlab.model import cpu_kernels
 
 IGNORE = -100
 """Label of positions that carry no loss."""
@@ -39,10 +40,17 @@ class MaskingConfig:
                              f"{self.mask_fraction} + {self.random_fraction}")
 
 
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+    """Mean cross-entropy over the labelled positions, always computed in fp32 (bf16 logits are upcast);
+    through the fused CPU kernel where it applies."""
+    if labels.dtype == torch.int64 and cpu_kernels.usable(logits):
+        return cpu_kernels.cross_entropy(logits, labels, ignore_index)
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=ignore_index)
+
+
 def causal_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits are upcast so the loss is always fp32."""
-    logits = model(x)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+    return token_cross_entropy(model(x), y)
 
 
 def corrupt(x: torch.Tensor, cfg: MaskingConfig, mask_id: int, vocab_size: int, seed: int,
@@ -70,5 +78,4 @@ def corrupt(x: torch.Tensor, cfg: MaskingConfig, mask_id: int, vocab_size: int, 
 
 def masked_lm_loss(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the chosen positions only (fp32)."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=IGNORE)
+    return token_cross_entropy(model(inputs), labels)
