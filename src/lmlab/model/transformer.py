@@ -175,7 +175,8 @@ class MoE(nn.Module):
         self.aux_loss: torch.Tensor | None = None
         self.load: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The routed experts' mixture for x, plus `residual` if given (as MLP.forward)."""
         flat = x.reshape(-1, x.shape[-1])
         probs = self.router(flat).float().softmax(dim=-1)  # (N, E), fp32 so routing does not depend on autocast
         gates, chosen = probs.topk(self.k, dim=-1)  # (N, k)
@@ -195,7 +196,7 @@ class MoE(nn.Module):
         self.load = counts
         share = counts.float() / slots.numel()
         self.aux_loss = len(self.experts) * (share * probs.mean(dim=0)).sum()
-        return out.view_as(x)
+        return out.view_as(x) if residual is None else residual + out.view_as(x)
 
 
 class Block(nn.Module):
@@ -215,9 +216,7 @@ class Block(nn.Module):
             return self.norm2(x + self.drop(self.mlp(x)))
         if self.drop.p == 0:  # skip the no-op dropout calls: they cost real time when decoding token by token
             x = self.attn(self.norm1(x), rope, attn_mask, kv, residual=x)  # the sum in the projection's pass
-            if isinstance(self.mlp, MLP):
-                return self.mlp(self.norm2(x), residual=x)
-            return x + self.mlp(self.norm2(x))
+            return self.mlp(self.norm2(x), residual=x)
         x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, kv))
         return x + self.drop(self.mlp(self.norm2(x)))
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.data.conversations import IGNORE, collate, examples, read_located
 from lmlab.data.tokenizer import Tokenizer
@@ -34,6 +33,7 @@ from lmlab.post.loop import (
 )
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
+from lmlab.train.objectives import token_cross_entropy
 
 
 @dataclass
@@ -78,7 +78,7 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device
     """Mean cross-entropy over the response tokens of the batch."""
     logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device),
                    positions=batch["positions"].to(device))
-    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten(), ignore_index=IGNORE)
+    return token_cross_entropy(logits, batch["labels"].to(device), ignore_index=IGNORE)
 
 
 def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, device) -> dict[str, Any] | None:
