@@ -147,17 +147,31 @@ def test_make_adamw_on_cpu_uses_fused_and_applies_decay_per_group():
 
 
 def test_make_adamw_matches_reference_adamw():
+    """make_adamw's AdamW (fused on the CPU) and PyTorch's reference loop make the same updates.
+
+    Both get the same gradients: gradients from two backward passes can differ in their last bits on some
+    BLAS builds, and Adam turns a rounding-noise gradient (such as the key bias's, which is exactly 0 in
+    exact arithmetic) into a step of up to lr, so comparing after backward passes tests the BLAS, not AdamW.
+    """
     model_a, model_b = tiny(), tiny()
-    opt_a = make_adamw(param_groups(list(model_a.named_parameters()), 0.1, True), 3e-3, (0.9, 0.95), 1e-8,
+    lr, wd, steps = 3e-3, 0.1, 3
+    opt_a = make_adamw(param_groups(list(model_a.named_parameters()), wd, True), lr, (0.9, 0.95), 1e-8,
                        torch.device("cpu"))
-    opt_b = torch.optim.AdamW(param_groups(list(model_b.named_parameters()), 0.1, True), lr=3e-3,
+    opt_b = torch.optim.AdamW(param_groups(list(model_b.named_parameters()), wd, True), lr=lr,
                               betas=(0.9, 0.95), eps=1e-8, foreach=False, fused=False)
-    x = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(0))
-    for _ in range(3):
-        for model, opt in ((model_a, opt_a), (model_b, opt_b)):
-            opt.zero_grad()
-            model(x).float().logsumexp(-1).mean().backward()
-            opt.step()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+            g = torch.randn(pa.shape, generator=gen) * 10 ** (-3 * torch.rand(1, generator=gen).item())
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    # Each step moves a weight by lr * m_hat / (sqrt(v_hat) + eps) (at most ~lr) plus lr * wd * w; both are
+    # computed to within a few fp32 roundings (u = 2^-24) in either implementation, so after `steps` steps
+    # the weights agree to steps * 16 u (lr + |w|): a bound from the arithmetic, not from one machine.
+    u = 2.0 ** -24
     for (na, pa), (_, pb) in zip(model_a.named_parameters(), model_b.named_parameters()):
-        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=na)
-    assert not torch.equal(model_a.tok_emb.weight, tiny().tok_emb.weight)  # training moved the weights
+        bound = steps * 16 * u * (lr + pb.detach().abs().max().item())
+        assert (pa.detach() - pb.detach()).abs().max().item() <= bound, na
+    start = tiny().tok_emb.weight
+    assert (model_a.tok_emb.weight.detach() - start).abs().max() > 1e3 * steps * 16 * u  # the weights moved

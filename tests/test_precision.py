@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lmlab import cbuild
 from lmlab.model import ModelConfig, Transformer
 from lmlab.train import precision as prec_mod
-from lmlab.train.precision import Precision, cpu_has_fast_bf16, resolve
+from lmlab.train.hardware import cpu_has_fast_bf16
+from lmlab.train.precision import Precision, resolve
 
 CPU = torch.device("cpu")
 
@@ -193,16 +194,10 @@ def test_resolve_explicit_modes_and_bad_mode():
         ("flags\t: fpu sse avx2 avx512f\n", False),
         ("flags\t: fpu avx512f avx512_bf16 avx2\n", True),
         ("flags\t: fpu amx_bf16 amx_tile\n", True),
+        ("", False),  # no /proc/cpuinfo (macOS, Windows)
     ],
 )
 def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, cpuinfo, expected):
-    monkeypatch.setattr(prec_mod, "open", lambda *a, **k: io.StringIO(cpuinfo), raising=False)
+    _, flags = cbuild.parse_cpuinfo(cpuinfo)
+    monkeypatch.setattr(cbuild, "cpu_info", lambda: {"model": "x", "machine": "x86_64", "flags": flags})
     assert cpu_has_fast_bf16() is expected
-
-
-def test_cpu_has_fast_bf16_without_cpuinfo(monkeypatch):
-    def missing(*a, **k):
-        raise FileNotFoundError("/proc/cpuinfo")
-
-    monkeypatch.setattr(prec_mod, "open", missing, raising=False)
-    assert cpu_has_fast_bf16() is False

@@ -66,6 +66,8 @@ VERBS: dict[str, tuple[str, str]] = {
                      "`lmlab testtime` for short", "lmlab.testtime.run:TestTimeConfig:run_testtime"),
     "testtime verifier": ("train an outcome verifier (reward model) on the model's own graded samples",
                           "lmlab.testtime.verifier:VerifierConfig:train_verifier"),
+    "doctor": ("this machine (CPU, flags, threads, compiler, torch), the native paths built and chosen, "
+               "matmul peaks", "lmlab.doctor:DoctorConfig:doctor"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain"),
 }

@@ -16,7 +16,12 @@
  * Element type of tensors is fp32 (bf = 0) or bf16 (bf = 1); bf16 results are rounded to nearest even.
  */
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else /* a compiler without OpenMP (Apple clang): one thread, the pragmas ignored */
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,16 +1,16 @@
-"""Fused CPU kernels (C, built on first use) for the Transformer's attention, RMSNorm, bf16 linear layers
-and GELU MLP, the cross-entropy loss, and the optimizer step of bf16-master training.
+"""Fused CPU kernels (C, built on first use): attention, RMSNorm, bf16 linear layers and the GELU MLP on
+AMX tiles, the cross-entropy loss, and the optimizer step of bf16-master training; and their ctypes bindings.
 
 At lab sizes PyTorch's CPU kernels cost several times their arithmetic: attention is ~10 operator
 calls per layer (dtype copies, a split, transposes, flash attention, a concatenation in the backward),
 RMSNorm six elementwise ops, a bf16 matmul ~30 us of oneDNN set-up per call, and the optimizer step five
 passes over the parameters. `cpu_kernels.c` does each in one call (fp32 arithmetic on fp32 or bf16
-tensors; the linear layers on AMX tiles where the CPU has them) over PyTorch's own OpenMP threads; on
-the Shakespeare benchmark's model the bf16 training step is 1.44x faster with them
-(`benchmarks/cpu_kernels_step.py`). The model uses them on the CPU whenever they apply (`usable`,
-`linear_usable`, `mlp_usable`), and PyTorch's ops otherwise: on GPUs, under autocast or `torch.compile`,
-with RoPE, an attention mask or attention dropout, with `LMLAB_NATIVE=0`, or where no C compiler is found
-(a one-time warning). The tests hold them to PyTorch's ops and to exact products, forward and backward.
+tensors; the linear layers on AMX tiles where the CPU has them) over PyTorch's own OpenMP threads.
+Whether that is faster depends on the CPU: nothing here is used directly by the model. `lmlab.model.ops`
+calls these functions only where `unusable_reason` finds nothing in the way and `autotune` measured the
+kernel faster than PyTorch's op on this CPU (`benchmarks/cpu_kernels_step.py` compares the two paths).
+The tests hold the kernels to PyTorch's ops and to exact products, forward and backward, built for this
+CPU and for plain x86-64-v3 (AVX2).
 Measured and left out: a standalone exact GELU that keeps its derivative (memory-bound at these shapes;
 inside the MLP's tile GEMM, where the activations are already in registers, it pays) and LayerNorm (no
 faster than PyTorch's own fused LayerNorm inside the step).
@@ -18,13 +18,17 @@ faster than PyTorch's own fused LayerNorm inside the step).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from lmlab import cbuild
+from lmlab.model import autotune
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
@@ -35,7 +39,7 @@ MAX_ATTENTION_LEN = 2048
 """Longest sequence the attention kernel takes: each thread holds one head's T x T scores and their
 gradient (32 MiB at 2048); beyond that PyTorch's flash attention, which tiles them, is the better tool."""
 
-_P, _I, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+_P, _I, _F, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
 _SIGNATURES = {
     "lmlab_rmsnorm_fwd": (_I, [_P, _P, _P, _P, _I, _I, _F, _I, _I]),
     "lmlab_rmsnorm_bwd": (_I, [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I]),
@@ -53,23 +57,55 @@ _SIGNATURES = {
 }
 
 
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = restype, argtypes
+    return lib
+
+
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, building them if needed; None (with a one-time warning) if they cannot be
     built. `LMLAB_NATIVE=0` turns them off."""
-    global _lib, _lib_error
+    global _lib, _lib_error, _amx
     if _lib is not None or _lib_error is not None:
         return _lib
     lib, _lib_error = cbuild.try_build(_SOURCE, _FLAGS, "lmlab's fused CPU kernels are",
                                         "the model uses PyTorch's ops")
     if lib is None:
         return None
-    for name, (restype, argtypes) in _SIGNATURES.items():
-        f = getattr(lib, name)
-        f.restype, f.argtypes = restype, argtypes
-    _lib = lib
-    global _amx
+    _lib = _bind(lib)
     _amx = bool(lib.lmlab_amx_ready())
+    autotune.set_build(cbuild.library_path(_SOURCE, _FLAGS).stem)
     return lib
+
+
+def build_info() -> dict:
+    """What `lmlab doctor` shows: whether the kernels are built, where, for which target, and AMX."""
+    lib = load()
+    info = {"built": lib is not None, "error": _lib_error, "march": cbuild.march(), "amx_tiles": _amx}
+    if lib is not None:
+        info["library"] = str(cbuild.library_path(_SOURCE, _FLAGS))
+    return info
+
+
+@contextlib.contextmanager
+def use_build(march: str) -> Iterator[ctypes.CDLL]:
+    """Within the block, the kernels built for `march` (e.g. x86-64-v3) are the ones every function here
+    calls: how the tests check a plain AVX2 build on any x86-64 CPU. Raises RuntimeError if it cannot be built."""
+    global _lib, _lib_error, _amx
+    saved, old_env = (_lib, _lib_error, _amx), os.environ.get("LMLAB_MARCH")
+    os.environ["LMLAB_MARCH"] = march
+    try:
+        lib = _bind(cbuild.build(_SOURCE, _FLAGS))
+        _lib, _lib_error, _amx = lib, None, bool(lib.lmlab_amx_ready())
+        yield lib
+    finally:
+        _lib, _lib_error, _amx = saved
+        if old_env is None:
+            os.environ.pop("LMLAB_MARCH", None)
+        else:
+            os.environ["LMLAB_MARCH"] = old_env
 
 
 def _autocast_on() -> bool:
@@ -87,19 +123,32 @@ def _mode_active() -> bool:
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
-def usable(*tensors: torch.Tensor | None) -> bool:
-    """True when the kernels can stand in for PyTorch's ops on these tensors: all on the CPU in one
-    dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP counting),
-    and the library built. (Called for every norm and attention: kept cheap.)"""
-    if _lib is None and (_lib_error is not None or load() is None):
-        return False
+def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
+    """Why the kernels cannot stand in for PyTorch's ops on these tensors, or None when they can: all on the
+    CPU in one dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP
+    counting), and the library built. (Called for every op: kept cheap, and the reasons are a fixed set.)"""
     dtype = tensors[0].dtype
-    if dtype not in _DTYPES:
-        return False
     for t in tensors:
-        if t is not None and (t.dtype != dtype or t.device.type != "cpu"):
-            return False
-    return not (_autocast_on() or torch.compiler.is_compiling() or _mode_active())
+        if t is not None and t.device.type != "cpu":
+            return "not on the CPU"
+        if t is not None and t.dtype != dtype:
+            return "mixed dtypes"
+    if dtype not in _DTYPES:
+        return "dtype not fp32 or bf16"
+    if _lib is None and (_lib_error is not None or load() is None):
+        return "kernels not built" if os.environ.get("LMLAB_NATIVE", "1") != "0" else "LMLAB_NATIVE=0"
+    if _autocast_on():
+        return "autocast"
+    if torch.compiler.is_compiling():
+        return "torch.compile"
+    if _mode_active():
+        return "dispatch mode"
+    return None
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """True when nothing stops the kernels from standing in for PyTorch's ops on these tensors."""
+    return unusable_reason(*tensors) is None
 
 
 def _require() -> None:
@@ -152,7 +201,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dimension, x / sqrt(mean(x^2) + eps) * weight (rounded once, at the end).
-    The weight has x's dtype (as `usable` checks)."""
+    The weight has x's dtype (as `unusable_reason` checks)."""
     _require()
     return _RMSNorm.apply(x, weight, eps)
 
@@ -237,20 +286,32 @@ def _tile_layer(layer: torch.nn.Module) -> bool:
     return layer.weight.numel() <= TILE_MAX_WEIGHT and layer.weight.is_contiguous()
 
 
-def linear_usable(x: torch.Tensor, layer: torch.nn.Module) -> bool:
-    """True when `linear` can stand in for `layer(x)`: a plain nn.Linear without hooks and with at most
-    TILE_MAX_WEIGHT weights, bf16 on a CPU with AMX tiles, x contiguous, and at most TILE_MAX_ROWS rows when
-    gradients are on."""
-    if x.dtype != torch.bfloat16 or not _tile_layer(layer) or not usable(x, layer.weight, layer.bias) or not _amx:
-        return False
+def linear_reason(x: torch.Tensor, layer: torch.nn.Module) -> str | None:
+    """Why `linear` cannot stand in for `layer(x)`, or None: it wants a plain nn.Linear without hooks and with
+    at most TILE_MAX_WEIGHT weights, bf16 on a CPU with AMX tiles, x contiguous, and at most TILE_MAX_ROWS
+    rows when gradients are on."""
+    if x.dtype != torch.bfloat16:
+        return "not bf16"
+    if not _tile_layer(layer):
+        return "not a plain lab-sized nn.Linear"
+    why = unusable_reason(x, layer.weight, layer.bias)
+    if why is not None:
+        return why
+    if not _amx:
+        return "no AMX tiles"
     K = layer.weight.shape[1]
     rows = x.numel() // max(K, 1)
-    return x.shape[-1] == K and rows > 0 and x.is_contiguous() and (rows <= TILE_MAX_ROWS
-                                                                   or not torch.is_grad_enabled())
+    if x.shape[-1] != K or rows == 0 or not x.is_contiguous():
+        return "shape or layout"
+    return "too many rows" if rows > TILE_MAX_ROWS and torch.is_grad_enabled() else None
+
+
+def linear_usable(x: torch.Tensor, layer: torch.nn.Module) -> bool:
+    return linear_reason(x, layer) is None
 
 
 def mlp_usable(x: torch.Tensor, up: torch.nn.Module, down: torch.nn.Module) -> bool:
-    """True when `gelu_mlp` can stand in for down(gelu(up(x))): both layers as `linear_usable` wants them, and
+    """True when `gelu_mlp` can stand in for down(gelu(up(x))): both layers as `linear_reason` wants them, and
     rows, width and hidden width all multiples of 32 (its activations are read in place as tiles)."""
     if not linear_usable(x, up) or not _tile_layer(down):
         return False
@@ -357,3 +418,85 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     logits' dtype."""
     _require()
     return _CrossEntropy.apply(logits, target, ignore_index)
+
+
+# ------------------------------------------------------------------------------- the optimizer step
+
+class FlatParams:
+    """One model's bf16 weights, fp32 master weights and fp32 gradient, each one flat CPU buffer (the
+    masters are views into theirs), and the C passes over them: gathering the bf16 gradients, and the
+    whole AdamW step (global norm, clipping, update, bf16 refresh, zeroing) on PyTorch's own optimizer
+    state, so checkpoints are the same whichever path ran."""
+
+    def __init__(self, masters: list[torch.Tensor], flat_master: torch.Tensor, flat_grad: torch.Tensor,
+                 flat_model: torch.Tensor) -> None:
+        self.masters, self.flat_master, self.flat_grad, self.flat_model = masters, flat_master, flat_grad, flat_model
+        base = flat_master.data_ptr()
+        self.offsets = [(m.data_ptr() - base) // 4 for m in masters]
+        self.sizes = [m.numel() for m in masters]
+        self.numel = flat_master.numel()
+        self.grad_views = [m.grad for m in masters]
+        self._c_offsets = (ctypes.c_long * len(masters))(*self.offsets)
+        self._c_sizes = (ctypes.c_long * len(masters))(*self.sizes)
+
+    def unfused_reason(self, opt: torch.optim.Optimizer) -> str | None:
+        """Why the fused step cannot take `opt`'s step, or None when it can: a torch AdamW over exactly these
+        masters, with options the fused step implements, on the CPU, with the kernels built."""
+        if self.flat_grad.device.type != "cpu":
+            return "not on the CPU"
+        if load() is None:
+            return "kernels not built" if os.environ.get("LMLAB_NATIVE", "1") != "0" else "LMLAB_NATIVE=0"
+        if type(opt) is not torch.optim.AdamW:
+            return "not torch's AdamW"
+        ids = [id(p) for g in opt.param_groups for p in g["params"]]
+        if sorted(ids) != sorted(id(m) for m in self.masters):
+            return "AdamW not over exactly the masters"
+        g0 = opt.param_groups[0]
+        if any(g.get(k) for g in opt.param_groups for k in ("amsgrad", "maximize", "capturable", "differentiable")):
+            return "AdamW option"
+        if not all(g["betas"] == g0["betas"] and g["eps"] == g0["eps"] and not torch.is_tensor(g["lr"])
+                   for g in opt.param_groups):
+            return "AdamW option"
+        return None
+
+    def gather(self, params: list[torch.Tensor]) -> bool:
+        """Add params' bf16 gradients into the flat fp32 gradient and clear them, in one C pass; False (nothing
+        done) when a gradient is not a contiguous bf16 tensor."""
+        if _lib is None or not all(p.grad is None or (p.grad.dtype == torch.bfloat16 and p.grad.is_contiguous())
+                                   for p in params):
+            return False
+        grads = [None if p.grad is None else p.grad.data_ptr() for p in params]
+        n = len(grads)
+        _lib.lmlab_grads_to_master(n, (ctypes.c_void_p * n)(*grads), self._c_offsets, self._c_sizes,
+                                   self.flat_grad.data_ptr(), _threads())
+        for p in params:
+            p.grad = None
+        return True
+
+    def adamw_step(self, opt: torch.optim.AdamW, max_norm: float) -> float:
+        """Clip to `max_norm` (if > 0), AdamW, refresh the bf16 weights and zero the gradient, in one pass;
+        returns the gradient norm before clipping (fp64 partial sums in thread order: deterministic)."""
+        _require()
+        m_ptrs, v_ptrs, step_ptrs, lrs, wds = [], [], [], [], []
+        where = {id(m): i for i, m in enumerate(self.masters)}
+        for i, group in sorted((where[id(p)], grp) for grp in opt.param_groups for p in grp["params"]):
+            st = opt.state[self.masters[i]]
+            if not st:  # the state PyTorch's AdamW would create
+                st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                st["exp_avg"] = torch.zeros_like(self.masters[i], memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(self.masters[i], memory_format=torch.preserve_format)
+            m_ptrs.append(st["exp_avg"].data_ptr())
+            v_ptrs.append(st["exp_avg_sq"].data_ptr())
+            step_ptrs.append(st["step"].data_ptr())
+            lrs.append(group["lr"])
+            wds.append(group["weight_decay"])
+        n = len(m_ptrs)
+        b1, b2 = opt.param_groups[0]["betas"]
+        P = ctypes.c_void_p * n
+        norm = _lib.lmlab_adamw_step(n, self._c_offsets, self._c_sizes, self.flat_master.data_ptr(),
+                                     self.flat_grad.data_ptr(), self.flat_model.data_ptr(), P(*m_ptrs), P(*v_ptrs),
+                                     P(*step_ptrs), (ctypes.c_float * n)(*lrs), (ctypes.c_float * n)(*wds), b1, b2,
+                                     opt.param_groups[0]["eps"], max_norm, _threads())
+        if norm < 0:
+            raise MemoryError("the fused optimizer step could not allocate its scratch memory")
+        return norm

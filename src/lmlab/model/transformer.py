@@ -12,9 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.model import cpu_kernels
+from lmlab.model import ops
 from lmlab.model.config import ModelConfig
 from lmlab.model.kv_cache import KVCache
+from lmlab.model.rope import apply_rope, rope_tables
+
+__all__ = ["Transformer", "apply_rope", "rope_tables"]
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
@@ -32,54 +35,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_kernels.usable(x, self.weight):
-            return cpu_kernels.rms_norm(x, self.weight, self.eps)
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.to(x.dtype) * self.weight
-
-
-def linear(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """`layer(x)` (+ `residual`), through the AMX tile kernel where it applies (bf16 on a CPU with AMX, lab
-    sizes), which adds the residual in the same pass."""
-    if cpu_kernels.linear_usable(x, layer):
-        return cpu_kernels.linear(x, layer.weight, layer.bias, residual)
-    y = layer(x)
-    return y if residual is None else residual + y
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(cfg.d_model, cfg.norm_eps)
-    # PyTorch's own LayerNorm: the fused kernel was measured no faster for it (it is for RMSNorm, which
-    # PyTorch runs as six separate ops here)
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
-def gelu(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh" if cfg.mlp == "gelu_tanh" else "none")
-
-
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (max_len, head_dim/2) for rotary position embedding."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of each head by position-dependent angles.
-
-    x: (B, H, T, D); cos/sin: (T, D/2). The half-split layout matches Llama in
-    Hugging Face transformers, so imported weights need no permutation.
-    """
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)
-
-
 class Attention(nn.Module):
-    """Multi-head (or grouped-query) self-attention through PyTorch's SDPA."""
+    """Multi-head (or grouped-query) self-attention."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -90,48 +56,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.n_heads * self.hd, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention over x (B, T, d_model), plus `residual` if given (the block's skip connection)."""
-        B, T, _ = x.shape
-        qkv = linear(self.qkv, x)
-        p = self.cfg.dropout if self.training else 0.0
-        if kv is None and attn_mask is None and rope is None and p == 0 and T <= cpu_kernels.MAX_ATTENTION_LEN \
-                and cpu_kernels.usable(qkv):
-            y = cpu_kernels.attention(qkv, self.n_heads, self.n_kv, self.hd, self.cfg.attn_scale, self.cfg.causal)
-            return linear(self.proj, y, residual)
-        dtype = qkv.dtype
-        if qkv.device.type == "cpu" and dtype != torch.float32:
-            # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
-            # at small shapes, and attention is a small share of the FLOPs: run it in fp32.
-            qkv = qkv.float()
-        q, k, v = qkv.split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)
-        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv is not None:  # decoding: attend over everything cached; the cache's mask is already causal
-            cache, layer = kv
-            k, v = cache.write(layer, k, v)
-            if k.dtype != q.dtype:
-                k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if attn_mask is not None and attn_mask.dim() == 2:  # (B, T_keys): True = a real token, False = padding
-            attn_mask = attn_mask[:, None, None, :]
-        # With a cache, a missing mask means "aligned rows": causal for a prefill, open for one new token.
-        causal = self.cfg.causal and (kv is None or (attn_mask is None and T > 1))
-        if attn_mask is not None and causal:
-            # A boolean mask (True = may attend, e.g. padding) is combined with, never replaces,
-            # the causal mask.
-            attn_mask = attn_mask & torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal,
-                                           scale=self.cfg.attn_scale)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd).to(dtype)
-        return linear(self.proj, y, residual)
+                attn_mask: torch.Tensor | None, kv: tuple[KVCache, int] | None = None) -> torch.Tensor:
+        """Attention over x (B, T, d_model); `kv` = (cache, layer) when decoding."""
+        qkv = ops.linear(x, self.qkv)
+        y = ops.attention(qkv, self.n_heads, self.n_kv, self.cfg.attn_scale, self.cfg.causal, rope=rope,
+                          mask=attn_mask, kv=kv, dropout=self.cfg.dropout if self.training else 0.0)
+        return ops.linear(y, self.proj)
 
 
 class MLP(nn.Module):
@@ -139,21 +69,13 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.swiglu = cfg.mlp == "swiglu"
-        width = cfg.ff_dim * (2 if self.swiglu else 1)
+        self.kind = cfg.mlp
+        width = cfg.ff_dim * (2 if cfg.mlp == "swiglu" else 1)
         self.up = nn.Linear(cfg.d_model, width, bias=cfg.bias)
         self.down = nn.Linear(cfg.ff_dim, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLP of x, plus `residual` if given (the block's skip connection)."""
-        if self.cfg.mlp == "gelu" and cpu_kernels.mlp_usable(x, self.up, self.down):
-            return cpu_kernels.gelu_mlp(x, self.up, self.down, residual)
-        h = linear(self.up, x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            return linear(self.down, F.silu(gate) * up, residual)
-        return linear(self.down, gelu(h, self.cfg), residual)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.mlp(x, self.up, self.down, self.kind)
 
 
 class MoE(nn.Module):
@@ -175,8 +97,8 @@ class MoE(nn.Module):
         self.aux_loss: torch.Tensor | None = None
         self.load: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The routed experts' mixture for x, plus `residual` if given (as MLP.forward)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed experts' mixture for x."""
         flat = x.reshape(-1, x.shape[-1])
         probs = self.router(flat).float().softmax(dim=-1)  # (N, E), fp32 so routing does not depend on autocast
         gates, chosen = probs.topk(self.k, dim=-1)  # (N, k)
@@ -196,7 +118,7 @@ class MoE(nn.Module):
         self.load = counts
         share = counts.float() / slots.numel()
         self.aux_loss = len(self.experts) * (share * probs.mean(dim=0)).sum()
-        return out.view_as(x) if residual is None else residual + out.view_as(x)
+        return out.view_as(x)
 
 
 class Block(nn.Module):
@@ -215,8 +137,8 @@ class Block(nn.Module):
             x = self.norm1(x + self.drop(self.attn(x, rope, attn_mask, kv)))
             return self.norm2(x + self.drop(self.mlp(x)))
         if self.drop.p == 0:  # skip the no-op dropout calls: they cost real time when decoding token by token
-            x = self.attn(self.norm1(x), rope, attn_mask, kv, residual=x)  # the sum in the projection's pass
-            return self.mlp(self.norm2(x), residual=x)
+            x = x + self.attn(self.norm1(x), rope, attn_mask, kv)
+            return x + self.mlp(self.norm2(x))
         x = x + self.drop(self.attn(self.norm1(x), rope, attn_mask, kv))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -298,10 +220,10 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> vocabulary logits (through BERT's head transform when it has one)."""
         if self.cfg.head_transform:
-            hidden = self.head_norm(F.gelu(linear(self.head_dense, hidden)))
+            hidden = self.head_norm(F.gelu(ops.linear(hidden, self.head_dense)))
         if self.cfg.width_mult != 1.0:  # muP's output multiplier: logits / width_mult
             hidden = hidden / self.cfg.width_mult
-        return linear(self.head, hidden)
+        return ops.linear(hidden, self.head)
 
     @torch.no_grad()
     def resize_vocab(self, n: int) -> None:

@@ -6,6 +6,25 @@ import time
 
 import torch
 
+from lmlab import cbuild
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    flags = cbuild.cpu_info()["flags"]
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def has_peak(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the hardware has a native peak for `dtype`: a CPU without bf16 units runs bf16 matmuls by
+    converting to fp32, and an MFU against that "peak" would be nonsense."""
+    return device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_fast_bf16()
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: float = 0.25) -> float | None:
+    """`measure_matmul_peak`, or None where the hardware has no native peak for `dtype`."""
+    return measure_matmul_peak(dtype, device, n, seconds) if has_peak(dtype, device) else None
+
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, seconds: float = 0.25) -> float:
     """FLOP/s of a square n x n matmul in `dtype`: a stated, reproducible peak for MFU."""

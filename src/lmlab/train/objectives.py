@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.errors import LmlabError
-from lmlab.model import cpu_kernels
+from lmlab.model import ops
 
 IGNORE = -100
 """Label of positions that carry no loss."""
@@ -41,11 +40,8 @@ class MaskingConfig:
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
-    """Mean cross-entropy over the labelled positions, always computed in fp32 (bf16 logits are upcast);
-    through the fused CPU kernel where it applies."""
-    if labels.dtype == torch.int64 and cpu_kernels.usable(logits):
-        return cpu_kernels.cross_entropy(logits, labels, ignore_index)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=ignore_index)
+    """Mean cross-entropy over the labelled positions, always computed in fp32 (bf16 logits are upcast)."""
+    return ops.cross_entropy(logits, labels, ignore_index)
 
 
 def causal_lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

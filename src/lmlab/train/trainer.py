@@ -24,12 +24,13 @@ from lmlab.config import to_dict
 from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
+from lmlab.model import autotune
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
-from lmlab.train.hardware import measure_matmul_peak, tune_cpu_allocator
+from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
 from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
@@ -346,8 +347,9 @@ class Trainer:
         tokens = int(self.state_extra.get("tokens", 0))
         wall_before = float(self.state_extra.get("wall_s", 0.0))
         log = MetricsLog(self.out / "metrics.jsonl", self.step)
+        autotune.reset()  # count this run's op paths alone
         peak = (tc.peak_tflops * 1e12 if tc.peak_tflops
-                else measure_matmul_peak(self.prec.compute_dtype, self.device))
+                else matmul_peak(self.prec.compute_dtype, self.device))
         params = self.model.count_params()
         bar = None
         if tc.progress and self.step < tc.steps:
@@ -370,7 +372,8 @@ class Trainer:
                     tps = window_tokens / max(now - window_t, 1e-9)
                     row = {"step": self.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                            "grad_norm": gnorm, "tokens": tokens, "tokens_per_s": tps,
-                           "mfu": tps * self.flops_per_token / peak, "elapsed_s": wall_before + now - start}
+                           "mfu": tps * self.flops_per_token / peak if peak else None,
+                           "elapsed_s": wall_before + now - start}
                     if self.model_cfg.moe:
                         row.update(self.moe_stats())
                     log.write(row)
@@ -403,7 +406,8 @@ class Trainer:
             "params_active": params["active"],
             "objective": self.cfg.objective, "precision": self.prec.mode, "device": str(self.device),
             "train_flops": self.flops_per_token * tokens, "peak_flops": peak,
-            "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 else None,
+            "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 and peak else None,
+            "ops": autotune.calls(), "ops_measured": autotune.measured(),
             "resumed_from_step": resumed if resumed else None, "steps_this_run": trained,
         }
         if self.model_cfg.moe and self.model.blocks[0].mlp.load is not None:
