@@ -54,22 +54,24 @@ def run_quickstart(work: Path, sets: list[str], native: bool) -> dict:
 def figures(summary: dict) -> dict:
     """What every stage must still show (issue 17): knowledge far above chance, the reward model >= 90% held
     out, DPO lowering fabrication, voting above one sample, and the masked-vs-causal comparison."""
-    probe, rm, dpo, tt = (summary.get(k, {}) for k in ("probe", "rm", "dpo", "testtime"))
-    bi = summary.get("bidirectional", {})
-
-    def acc(method: str, n: int) -> float | None:
-        for row in tt.get("curve", []):
-            if row.get("method") == method and row.get("n") == n:
-                return row.get("accuracy")
-        return None
-
-    return {"qa_test_accuracy": probe.get("qa_test", {}).get("accuracy") if isinstance(probe.get("qa_test"), dict)
-            else probe.get("qa_test_accuracy"),
-            "qa_chance": probe.get("chance"), "rm_heldout_accuracy": rm.get("heldout_accuracy", rm.get("val_accuracy")),
-            "dpo_fabrication_before": dpo.get("fabrication_before"), "dpo_fabrication_after": dpo.get("fabrication_after"),
-            "vote_at_max_n": acc("vote", max((r.get("n", 0) for r in tt.get("curve", [])), default=0)),
-            "sample_at_1": acc("sample", 1), "bidirectional": {k: bi.get(k) for k in ("causal", "masked_left",
-                                                                                          "masked_right")}}
+    know = summary["probe"]["knowledge"]
+    chance = summary["world"]["chance"]
+    dpo, tt, bi = summary.get("dpo", {}), summary.get("testtime", {}), summary.get("bidirectional", {})
+    vote = tt.get("vote", {})
+    return {
+        "qa_train_accuracy": know["train"]["accuracy"], "qa_test_accuracy": know["test"]["accuracy"],
+        "chance_mean": sum(chance.values()) / len(chance),
+        "rm_heldout_accuracy": summary.get("rm", {}).get("heldout_accuracy"),
+        "dpo_fabrication": [dpo.get(k, {}).get("heldout", {}).get("unknown_fabrication") for k in ("before", "after")],
+        "one_sample_accuracy": tt.get("sample_accuracy"), "greedy_accuracy": tt.get("greedy_accuracy"),
+        "vote_accuracy": {n: vote[n] for n in sorted(vote, key=int)},
+        "bidirectional_token_accuracy": {k: bi.get(k, {}).get("token_accuracy") for k in ("causal", "masked_left",
+                                                                                            "masked_right")},
+        "bidirectional_value_accuracy": {k: bi.get(k, {}).get("value_accuracy") for k in ("causal", "masked_left",
+                                                                                            "masked_right")},
+        "masked_val_loss": summary.get("masked_lm", {}).get("val_loss"),
+        "pretrain_val_loss": summary["pretrain"]["val_loss"],
+    }
 
 
 def main() -> None:

@@ -9,8 +9,9 @@ from lmlab.config import from_dict
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
+from lmlab.train.checkpoint import load_model
 from lmlab.train.objectives import IGNORE, MaskingConfig, corrupt
-from lmlab.train.trainer import PretrainConfig, pretrain
+from lmlab.train.trainer import PretrainConfig, Trainer, pretrain
 
 MASK, V = 7, 500
 
@@ -103,3 +104,18 @@ def test_fill_mask_refuses_causal_models_and_texts_without_blanks(tiny_data):
 def test_unknown_objective_is_an_error(tiny_data, tmp_path):
     with pytest.raises(LmlabError, match="objective must be 'causal' or 'mlm'"):
         from_dict(PretrainConfig, {"data": str(tiny_data), "out": str(tmp_path), "objective": "denoise"})
+
+
+def test_a_causal_checkpoint_initialises_a_masked_run(tiny_data, tiny_model, tmp_path):
+    """`init`: continued pretraining from another run's weights, here under the other mask and objective."""
+    base = {"data": str(tiny_data), "out": str(tmp_path / "m"), "objective": "mlm", "init": str(tiny_model),
+            "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 96},
+            "train": {"steps": 2, "batch_size": 2, "precision": "fp32", "progress": False}}
+    trainer = Trainer(from_dict(PretrainConfig, base))
+    causal = load_model(tiny_model)
+    assert not trainer.model.cfg.causal and causal.cfg.causal
+    for (name, ours), theirs in zip(trainer.model.state_dict().items(), causal.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    with pytest.raises(LmlabError, match="differs from this run's in d_model"):
+        Trainer(from_dict(PretrainConfig, {**base, "out": str(tmp_path / "x"),
+                                           "model": {**base["model"], "d_model": 32}}))

@@ -30,7 +30,7 @@ def test_quickstart_end_to_end(tmp_path):
             "pretrain.train.eval_interval=15", "pretrain.train.eval_batches=2", "pretrain.train.progress=false",
             "pretrain.model.d_model=32", "pretrain.model.n_layers=1", "pretrain.model.n_heads=2",
             "pretrain.model.max_seq_len=320",
-            "probe_questions=3", "samples=2", "bidirectional_people=5", "solver.train.steps=10",
+            "probe_questions=3", "samples=2", "masked_lm_steps=20", "bidirectional_people=5", "solver.train.steps=10",
             "verifier.problems=15", "verifier.train.steps=4", "testtime.n=[1,2]", "testtime.time_problems=1",
             "testtime.max_tokens=24", "verifier.max_tokens=24"]
     cfg = load(QuickstartConfig, None, sets + [f"out={tmp_path / 'qs'}"])
@@ -47,7 +47,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert bi["snippets"] == 5 * 6 and bi["value_tokens"] >= bi["snippets"]
     assert all(0 <= bi[k][m] <= 1 for k in ("causal", "masked_left", "masked_right")
                for m in ("token_accuracy", "value_accuracy"))
-    assert summary["masked_lm"]["train_tokens"] == summary["pretrain"]["train_tokens"]
+    # the masked model reads the same token stream, for masked_lm_steps of the 30 pretraining steps
+    assert summary["masked_lm"]["train_tokens"] == summary["pretrain"]["train_tokens"] * 20 // 30
     assert (out / "sampling.png").is_file() and len(summary["sampling"]["samples"]["T=0.7"]) == 3
     assert summary["pretrain"]["steps"] == 30 and summary["pretrain"]["val_loss"] < 6
     assert summary["probe"]["knowledge"]["test"]["n"] == 3

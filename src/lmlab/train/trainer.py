@@ -136,6 +136,10 @@ class PretrainConfig:
     """How the masked objective corrupts its inputs (BERT's recipe by default)."""
     resume: bool = True
     """Continue from out/checkpoint if it exists (a finished run is not retrained); false starts afresh."""
+    init: str | None = None
+    """Start from this checkpoint's weights instead of a random initialisation (continued pretraining): the
+    same architecture and vocabulary, while the objective may differ (a causal model trained on as a masked
+    one: the same weights under the other mask and loss). Ignored when resuming."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The architecture (vocab_size is always taken from the tokenizer)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -222,6 +226,8 @@ class Trainer:
         resume_from = self._resume_checkpoint(mc)
         torch.manual_seed(tc.seed)
         self.model = Transformer(mc) if resume_from is None else ckpt_io.build_model(resume_from)
+        if resume_from is None and cfg.init:
+            self._init_from(cfg.init, mc)
         self.model.to(self.device)
         self.model_cfg = mc
         self.prec = Precision(self.model, tc.precision, self.device)
@@ -339,6 +345,17 @@ class Trainer:
                 "train_config": to_dict(self.cfg.train), "data": self.cfg.data,
                 "data_fingerprint": self.fingerprint}
         ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta)
+
+    def _init_from(self, path: str, mc: ModelConfig) -> None:
+        init = ckpt_io.load_checkpoint(path)
+        theirs, ours = to_dict(init.config), to_dict(mc)
+        differ = sorted(k for k in ours if k != "causal" and theirs.get(k) != ours[k])
+        if differ:
+            raise LmlabError(f"init={path}: its model differs from this run's in {', '.join(differ)} "
+                             f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differ[:3])})")
+        with torch.no_grad():
+            for name, p in ckpt_io.build_model(init).state_dict().items():
+                self.model.state_dict()[name].copy_(p)
 
     def fit(self) -> dict[str, Any]:
         """Train to `train.steps`, logging, evaluating and checkpointing; return the summary."""
