@@ -107,6 +107,12 @@ def _save(key: str, entry: dict) -> None:
         pass  # a read-only cache: the choice still holds for this process
 
 
+def _capability() -> str:
+    """The instruction set torch's own kernels run with (ATEN_CPU_CAPABILITY can lower it)."""
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return get() if get else "?"
+
+
 def time_pair(native: Callable[[], object], plain: Callable[[], object], rounds: int = 7,
               min_seconds: float = 0.002) -> tuple[float, float]:
     """Median seconds per call of each, measured in alternating rounds (so a slow spell hits both)."""
@@ -139,7 +145,7 @@ def choose(op: str, sig: tuple, bench: Callable[[torch.Generator], tuple[Callabl
         _choices[memo] = m == "force"
         return _choices[memo]
     threads = torch.get_num_threads()
-    key = f"{op}|{sig}|threads={threads}|{_build_id}|torch={torch.__version__}"
+    key = f"{op}|{sig}|threads={threads}|{_build_id}|torch={torch.__version__}/{_capability()}"
     entry = _load_disk().get(key)
     if not isinstance(entry, dict) or not {"native_us", "torch_us"} <= entry.keys():
         with torch.random.fork_rng(devices=[]), torch.enable_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -9,10 +10,16 @@ import torch
 from lmlab import cbuild
 
 
+_NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+"""oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below its bf16 kernels: with one, bf16 runs as fp32."""
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    """True when this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16) and oneDNN may use them
+    (ONEDNN_MAX_CPU_ISA can cap it below them, which is also how a plain CPU is imitated on this one)."""
     flags = cbuild.cpu_info()["flags"]
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return ("amx_bf16" in flags or "avx512_bf16" in flags) and cap not in _NO_BF16_ISAS
 
 
 def has_peak(dtype: torch.dtype, device: torch.device) -> bool:
