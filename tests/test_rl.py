@@ -87,6 +87,8 @@ def test_short_rl_run_raises_the_reward_of_a_python_function(tiny_data, tiny_mod
         sys.path.remove(str(tmp_path))
     import json
     rows = [json.loads(x) for x in (tmp_path / algo / "metrics.jsonl").read_text().splitlines()]
+    ops = rows.pop()["ops"]  # the last line: which implementation each op took, and why
+    assert {o["op"] for o in ops} >= {"linear", "attention"} and all(o["calls"] > 0 for o in ops)
     first = sum(r["reward"] for r in rows[:5]) / 5
     last = sum(r["reward"] for r in rows[-5:]) / 5
     assert last > first + 0.1, (first, last)

@@ -15,6 +15,7 @@ import torch
 
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
+from lmlab.model import autotune
 from lmlab.model.transformer import Transformer
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.optim import lr_at, make_adamw, param_groups
@@ -145,16 +146,20 @@ def setup(tc: PostTrainConfig) -> torch.device:
 
 
 class Log:
-    """metrics.jsonl for a stage, one JSON object per line, flushed as written."""
+    """metrics.jsonl for a stage, one JSON object per line, flushed as written; its last line says which
+    implementation each op took, how often and why (`ops`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.f = path.open("w", encoding="utf-8")
         self.t0 = time.perf_counter()
+        autotune.reset()
 
     def write(self, row: dict[str, Any]) -> None:
         self.f.write(json.dumps({**row, "elapsed_s": round(time.perf_counter() - self.t0, 3)}) + "\n")
         self.f.flush()
 
     def close(self) -> None:
+        if not self.f.closed:
+            self.write({"ops": autotune.calls()})
         self.f.close()

@@ -9,7 +9,6 @@ import torch
 
 from lmlab import cbuild
 
-
 _NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 """oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below its bf16 kernels: with one, bf16 runs as fp32."""
 
