@@ -200,4 +200,8 @@ def test_resolve_explicit_modes_and_bad_mode():
 def test_cpu_has_fast_bf16_reads_cpuinfo_flags(monkeypatch, cpuinfo, expected):
     _, flags = cbuild.parse_cpuinfo(cpuinfo)
     monkeypatch.setattr(cbuild, "cpu_info", lambda: {"model": "x", "machine": "x86_64", "flags": flags})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert cpu_has_fast_bf16() is expected
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped below its bf16 kernels: none to use
+    assert cpu_has_fast_bf16() is False
