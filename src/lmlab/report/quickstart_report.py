@@ -127,7 +127,8 @@ def write_report(out: Path, samples: list[str]) -> Path:
         lines += [
             "## Causal vs masked: bidirectional context",
             "",
-            f"A masked LM of the same size trained on the same {_fmt(mlm.get('train_tokens'))} tokens "
+            f"A masked LM of the same size trained on {_fmt(mlm.get('train_tokens'))} tokens of the same stream "
+            f"(the causal model read {_fmt(s.get('pretrain', {}).get('train_tokens'))}) "
             f"(15% of positions masked; val loss {_fmt(mlm.get('val_loss'), '.3f')} on masked tokens, "
             f"{_fmt(mlm.get('wall_s'), '.0f')} s). Held-out biography snippets of {_fmt(bi.get('snippets'))} "
             "(person, attribute) pairs; each value token is predicted with the true earlier tokens given "
