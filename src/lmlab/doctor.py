@@ -38,8 +38,8 @@ class DoctorConfig:
 
 
 def _torch_build() -> dict[str, Any]:
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
-    return {"version": torch.__version__, "cpu_capability": capability, "threads": torch.get_num_threads(),
+    return {"version": torch.__version__, "cpu_capability": autotune.torch_capability(),
+            "threads": torch.get_num_threads(),
             "openmp": torch.backends.openmp.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
             "cuda": torch.cuda.is_available()}
 

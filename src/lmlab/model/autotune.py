@@ -107,7 +107,7 @@ def _save(key: str, entry: dict) -> None:
         pass  # a read-only cache: the choice still holds for this process
 
 
-def _capability() -> str:
+def torch_capability() -> str:
     """The instruction set torch's own kernels run with (ATEN_CPU_CAPABILITY can lower it)."""
     get = getattr(torch.backends.cpu, "get_cpu_capability", None)
     return get() if get else "?"
@@ -145,7 +145,7 @@ def choose(op: str, sig: tuple, bench: Callable[[torch.Generator], tuple[Callabl
         _choices[memo] = m == "force"
         return _choices[memo]
     threads = torch.get_num_threads()
-    key = f"{op}|{sig}|threads={threads}|{_build_id}|torch={torch.__version__}/{_capability()}"
+    key = f"{op}|{sig}|threads={threads}|{_build_id}|torch={torch.__version__}/{torch_capability()}"
     entry = _load_disk().get(key)
     if not isinstance(entry, dict) or not {"native_us", "torch_us"} <= entry.keys():
         with torch.random.fork_rng(devices=[]), torch.enable_grad():

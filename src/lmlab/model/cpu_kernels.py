@@ -123,6 +123,13 @@ def _mode_active() -> bool:
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
+def _missing_reason() -> str | None:
+    """Why the library is not loaded (switched off, or it could not be built), or None when it is."""
+    if _lib is not None or load() is not None:
+        return None
+    return "LMLAB_NATIVE=0" if os.environ.get("LMLAB_NATIVE", "1") == "0" else "kernels not built"
+
+
 def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
     """Why the kernels cannot stand in for PyTorch's ops on these tensors, or None when they can: all on the
     CPU in one dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP
@@ -135,8 +142,9 @@ def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
             return "mixed dtypes"
     if dtype not in _DTYPES:
         return "dtype not fp32 or bf16"
-    if _lib is None and (_lib_error is not None or load() is None):
-        return "kernels not built" if os.environ.get("LMLAB_NATIVE", "1") != "0" else "LMLAB_NATIVE=0"
+    missing = _missing_reason()
+    if missing is not None:
+        return missing
     if _autocast_on():
         return "autocast"
     if torch.compiler.is_compiling():
@@ -444,8 +452,9 @@ class FlatParams:
         masters, with options the fused step implements, on the CPU, with the kernels built."""
         if self.flat_grad.device.type != "cpu":
             return "not on the CPU"
-        if load() is None:
-            return "kernels not built" if os.environ.get("LMLAB_NATIVE", "1") != "0" else "LMLAB_NATIVE=0"
+        missing = _missing_reason()
+        if missing is not None:
+            return missing
         if type(opt) is not torch.optim.AdamW:
             return "not torch's AdamW"
         ids = [id(p) for g in opt.param_groups for p in g["params"]]

@@ -37,6 +37,11 @@ def _pick(op: str, sig: tuple, bench) -> bool:
 _WHY = {"measure": "measured", "force": "LMLAB_NATIVE=force", "off": "LMLAB_NATIVE=0"}
 
 
+def _dtype(name: str) -> torch.dtype:
+    """The dtype a signature names ('torch.bfloat16'): signatures hold names so they can key a JSON cache."""
+    return getattr(torch, name.removeprefix("torch."))
+
+
 def _randn(shape, dtype, g: torch.Generator, grad: bool = False) -> torch.Tensor:
     return torch.randn(shape, generator=g).to(dtype).requires_grad_(grad)
 
@@ -145,7 +150,7 @@ def sdpa_attention(qkv, heads, kv_heads, scale, causal, rope=None, mask=None, kv
 
 def _attention_bench(sig, scale, g):
     B, T, H, KV, D, causal, dtype, grad = sig
-    qkv = _randn((B, T, (H + 2 * KV) * D), getattr(torch, dtype.split(".")[-1]), g, grad)
+    qkv = _randn((B, T, (H + 2 * KV) * D), _dtype(dtype), g, grad)
     ins = [qkv] if grad else []
     return (_fwd_bwd(lambda: cpu_kernels.attention(qkv, H, KV, D, scale, causal), ins, grad),
             _fwd_bwd(lambda: sdpa_attention(qkv, H, KV, scale, causal), ins, grad))
@@ -170,8 +175,7 @@ def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 def _rms_bench(sig, eps, g):
     N, C, dtype, grad = sig
-    dt = getattr(torch, dtype.split(".")[-1])
-    x, w = _randn((N, C), dt, g, grad), _randn((C,), dt, g, grad)
+    x, w = _randn((N, C), _dtype(dtype), g, grad), _randn((C,), _dtype(dtype), g, grad)
     ins = [x, w] if grad else []
     return (_fwd_bwd(lambda: cpu_kernels.rms_norm(x, w, eps), ins, grad),
             _fwd_bwd(lambda: torch_rms_norm(x, w, eps), ins, grad))
@@ -228,7 +232,7 @@ def torch_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
 
 def _xent_bench(sig, g):
     N, V, dtype, grad = sig
-    logits = _randn((N, V), getattr(torch, dtype.split(".")[-1]), g, grad)
+    logits = _randn((N, V), _dtype(dtype), g, grad)
     labels = torch.randint(V, (N,), generator=g)
     ins = [logits] if grad else []
     return (_fwd_bwd(lambda: cpu_kernels.cross_entropy(logits, labels), ins, grad),
