@@ -178,11 +178,15 @@ def build(source: Path, flags: list[str]) -> ctypes.CDLL:
     return ctypes.CDLL(str(path))
 
 
+OFF = "turned off by LMLAB_NATIVE=0"
+"""The reason `try_build` gives when the native paths are switched off."""
+
+
 def try_build(source: Path, flags: list[str], what: str, fallback: str) -> tuple[ctypes.CDLL | None, str | None]:
     """(library, None), or (None, why) with a warning: "{what} unavailable (why); {fallback}", `what`
     ending in "is" or "are". `LMLAB_NATIVE=0` turns every native path off (no warning)."""
     if os.environ.get("LMLAB_NATIVE", "1") == "0":
-        return None, "turned off by LMLAB_NATIVE=0"
+        return None, OFF
     try:
         return build(source, flags), None
     except (OSError, RuntimeError) as e:

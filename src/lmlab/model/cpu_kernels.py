@@ -124,10 +124,11 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _missing_reason() -> str | None:
-    """Why the library is not loaded (switched off, or it could not be built), or None when it is."""
+    """Why the library is not loaded (switched off, or it could not be built), or None when it is. Asked on
+    every op: after the first load it reads no environment."""
     if _lib is not None or load() is not None:
         return None
-    return "LMLAB_NATIVE=0" if os.environ.get("LMLAB_NATIVE", "1") == "0" else "kernels not built"
+    return "LMLAB_NATIVE=0" if _lib_error == cbuild.OFF else "kernels not built"
 
 
 def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
