@@ -122,13 +122,15 @@ def sdpa_attention(qkv, heads, kv_heads, scale, causal, rope=None, mask=None, kv
         # PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32
         # at small shapes, and attention is a small share of the FLOPs: run it in fp32.
         qkv = qkv.float()
-    qk, v = qkv.split([(heads + kv_heads) * hd, kv_heads * hd], -1)
-    qk = qk.view(B, T, heads + kv_heads, hd)
-    if rope is not None:  # q and k rotated in one pass, in the (B, T, heads, head_dim) layout
+    if rope is None:
+        q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], -1)
+        q, k = q.view(B, T, heads, hd), k.view(B, T, kv_heads, hd)
+    else:  # q and k rotated in one pass, in the (B, T, heads, head_dim) layout
+        qk, v = qkv.split([(heads + kv_heads) * hd, kv_heads * hd], -1)
         cos, sin = (t.transpose(-2, -3) if t.dim() == 4 else t.unsqueeze(-2) for t in rope)
-        qk = apply_rope(qk, cos, sin)
-    q, k = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2)
-    v = v.view(B, T, kv_heads, hd).transpose(1, 2)
+        q, k = apply_rope(qk.view(B, T, heads + kv_heads, hd), cos, sin).split([heads, kv_heads], dim=2)
+    # split, not slicing: a slice's backward zero-fills a whole input-sized gradient, a split's is one cat
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, kv_heads, hd).transpose(1, 2)
     if kv is not None:  # decoding: attend over everything cached; the cache's mask is already causal
         cache, layer = kv
         k, v = cache.write(layer, k, v)
