@@ -396,3 +396,106 @@ def test_overriding_one_nested_field_keeps_the_parents_other_defaults():
     assert qs.pretrain.train.steps == 7
     assert qs.pretrain.model == QuickstartConfig().pretrain.model  # not reset to ModelConfig()'s defaults
     assert qs.pretrain.train.batch_size == QuickstartConfig().pretrain.train.batch_size
+
+
+# --- one value for a list field, binary recipes, built-in recipe names, recipes naming code ------
+
+
+def test_a_single_value_is_a_list_of_one():
+    parser = make_parser()
+    assert from_args(Outer, parser.parse_args(["--tags", "8"])).tags == [8]
+    assert from_args(Outer, parser.parse_args(["--tags", "1,2,4"])).tags == [1, 2, 4]
+    assert from_args(Outer, parser.parse_args(["--tags", "[1, 2]"])).tags == [1, 2]
+    assert from_dict(Outer, {"tags": 3}).tags == [3]
+    with pytest.raises(LmlabError, match="'tags'.*integer"):
+        from_dict(Outer, {"tags": 2.5})
+
+
+def test_testtime_n_takes_one_number_a_comma_list_or_a_yaml_list(tmp_path):
+    from lmlab.testtime.run import TestTimeConfig
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TestTimeConfig)
+    for raw, want in (("8", [8]), ("1,2,4", [1, 2, 4]), ("[1, 2, 4]", [1, 2, 4])):
+        assert from_args(TestTimeConfig, parser.parse_args(["--n", raw])).n == want
+    assert load(TestTimeConfig, write(tmp_path, "n: 16\n")).n == [16]
+
+
+def test_a_binary_or_non_mapping_recipe_is_one_clear_error(tmp_path):
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for path, match in ((binary, "not UTF-8 text"), (write(tmp_path, "a: 1\x00\n", "nul.yaml"), "binary file"),
+                        (write(tmp_path, "just words\n", "s.yaml"), "must hold a mapping"),
+                        (write(tmp_path, "a: [1\nb: }\n", "bad.yaml"), "not valid YAML")):
+        with pytest.raises(LmlabError, match=match) as e:
+            read_yaml(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_binary_recipe_through_the_cli_is_exit_2_without_traceback(tmp_path, capsys):
+    from lmlab.cli import main
+
+    binary = tmp_path / "x.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01" * 100)
+    assert main(["size", "--config", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lmlab: error: config file") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_built_in_recipe_by_name_from_any_directory(tmp_path, monkeypatch):
+    from lmlab.config import builtin_recipes, resolve_recipe
+    from lmlab.train.trainer import PretrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert set(builtin_recipes()) == {p.stem for p in root.glob("*.yaml")}
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recipe("shakespeare_char").read_bytes() == (root / "shakespeare_char.yaml").read_bytes()
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, PretrainConfig)
+    cfg = from_args(PretrainConfig, parser.parse_args(["--config", "shakespeare_char"]))
+    assert cfg == load(PretrainConfig, root / "shakespeare_char.yaml")
+    with pytest.raises(LmlabError, match="built-in recipe's name: .*shakespeare_char"):
+        resolve_recipe("shakespear_char")
+    (tmp_path / "shakespeare_char").write_text("steps: 1\n")  # a file of that name is the user's own
+    assert resolve_recipe("shakespeare_char") == Path("shakespeare_char")
+
+
+@dataclass
+class Scored:
+    scorer: str | None = None
+    """A function to import."""
+    reward: str = "gold"
+    """'gold' or 'python:module:function'."""
+    CODE_KEYS = {"scorer": "", "reward": "python:"}
+
+
+@dataclass
+class Holder:
+    inner: Scored = field(default_factory=Scored)
+    """A nested section that names code."""
+
+
+def test_a_recipe_naming_code_is_refused_without_allow_code(tmp_path):
+    recipe = write(tmp_path, "scorer: os:system\n")
+    with pytest.raises(LmlabError, match="names code.*scorer: 'os:system'.*--allow-code"):
+        load(Scored, recipe)
+    assert load(Scored, recipe, allow_code=True).scorer == "os:system"
+    nested = write(tmp_path, "inner:\n  reward: python:os:system\n", "nested.yaml")
+    with pytest.raises(LmlabError, match="inner.reward"):
+        load(Holder, nested)
+    assert load(Holder, write(tmp_path, "inner:\n  reward: gold\n", "gold.yaml")).inner.reward == "gold"
+
+
+def test_code_typed_on_the_command_line_is_the_users_choice(tmp_path):
+    recipe = write(tmp_path, "scorer: os:system\nreward: python:os:getcwd\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Scored)
+    with pytest.raises(LmlabError, match="reward"):  # the recipe's reward is still the recipe's
+        from_args(Scored, parser.parse_args(["--config", str(recipe), "--scorer", "mine:f"]))
+    cfg = from_args(Scored, parser.parse_args(["--config", str(recipe), "--scorer", "mine:f",
+                                               "--set", "reward=python:mine:r"]))
+    assert (cfg.scorer, cfg.reward) == ("mine:f", "python:mine:r")
+    cfg = from_args(Scored, parser.parse_args(["--config", str(recipe), "--allow-code"]))
+    assert cfg.scorer == "os:system"
+    assert from_args(Scored, parser.parse_args(["--scorer", "mine:f"])).scorer == "mine:f"
+    assert "--allow-code" not in make_parser().format_help()  # only verbs whose recipe can name code

@@ -106,3 +106,14 @@ def test_chat_turn_markers_are_single_special_tokens(tiny_data):
     ids = tok.encode(render([{"role": "user", "content": "Hi"}]))
     assert ids[0] == tok.token_to_id("<|user|>") and tok.end_of_turn_id in ids
     assert ids[-1] == tok.token_to_id("<|assistant|>")
+
+
+@pytest.mark.parametrize("verb", [["sample"], ["generate", "--prompt", "x"], ["sampling", "explain", "--prompt", "x"]])
+def test_a_missing_default_checkpoint_names_it_and_points_at_pretrains(verb, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(verb) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found: runs/quickstart/checkpoint" in err and "runs/pretrain" not in err
+    (tmp_path / "runs" / "pretrain" / "checkpoint").mkdir(parents=True)
+    assert main(verb) == 2
+    assert "pass --checkpoint runs/pretrain/checkpoint" in capsys.readouterr().err

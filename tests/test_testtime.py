@@ -285,3 +285,34 @@ def test_labelled_pairs_take_right_over_wrong_per_problem():
                            [["r1", "w1", "w2", "r1"], ["w", "w2"], ["r", "r2"]],
                            [[True, False, False, True], [False, False], [True, True]], per_problem=2)
     assert pairs == [{"prompt": "q1", "chosen": "r1", "rejected": "w1"}]
+
+
+def test_a_recipe_naming_a_scorer_or_extractor_is_refused_unless_allowed(tmp_path, capsys, monkeypatch):
+    from lmlab.cli import main
+    from lmlab.config import code_keys
+    from lmlab.quickstart import QuickstartConfig
+
+    recipe = tmp_path / "tt.yaml"
+    monkeypatch.chdir(tmp_path)  # whatever the verb writes by default stays out of the repository
+    recipe.write_text("methods: [scorer]\nscorer: os:getcwd\n")
+    assert main(["testtime", "--config", str(recipe)]) == 2
+    assert "names code to run (scorer: 'os:getcwd')" in capsys.readouterr().err
+    recipe.write_text("extractor: os:getcwd\n")
+    assert main(["testtime", "--config", str(recipe)]) == 2
+    assert "names code to run (extractor: 'os:getcwd')" in capsys.readouterr().err
+    assert main(["testtime", "--config", str(recipe), "--allow-code", "--world", str(tmp_path)]) == 2
+    assert "names code" not in capsys.readouterr().err
+    assert {"testtime.scorer", "testtime.extractor"} <= set(code_keys(QuickstartConfig))
+
+
+def test_a_masked_lm_is_refused_like_dpo_and_rl_refuse_it(tiny_data, tmp_path):
+    from lmlab.model.config import ModelConfig
+    from lmlab.model.transformer import Transformer
+    from lmlab.testtime.generators import LocalGenerator
+    from lmlab.train.checkpoint import model_state, save_checkpoint
+
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32, vocab_size=300, causal=False)
+    path = save_checkpoint(tmp_path / "mlm", model_state(Transformer(cfg)), cfg,
+                           tokenizer=tiny_data / "tokenizer.json")
+    with pytest.raises(LmlabError, match="masked .*LM; test-time sampling needs a causal model"):
+        LocalGenerator(str(path), device="cpu")

@@ -250,3 +250,59 @@ def test_tinyshakespeare_char_vocab_and_bpe_round_trip():
     sample = text[:20000]
     assert bpe.decode(bpe.encode(sample)) == sample
     assert len(bpe.encode(sample)) < len(sample) / 2
+
+
+# --- long documents go to Rust in pieces, with exactly the ids of one call -------------------------
+
+
+def long_text(seed: int, chars: int) -> str:
+    """NASTY, random and plain strings joined by varied whitespace, at least `chars` long."""
+    rng = random.Random(seed)
+    pool = NASTY + random_strings(seed, 200) + CORPUS[:3]
+    parts, n = [], 0
+    while n < chars:
+        s = rng.choice(pool) + rng.choice([" ", "  ", "\n", "\r\n", "\t", "\n\n ", ""])
+        parts.append(s)
+        n += len(s)
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_long_texts_are_encoded_in_pieces_with_the_ids_of_one_call(kind, bpe, char, monkeypatch):
+    from lmlab.data import tokenizer as tk
+
+    tok = {"bpe": bpe, "char": char}[kind]
+    monkeypatch.setattr(tk, "PIECE_CHARS", 4096)
+    monkeypatch.setattr(tk, "BATCH_CHARS", 16384)
+    texts = [long_text(1, 60_000), "short", "", long_text(2, 30_000) + "x" * 9000]
+    calls = []
+    real = tok._encode_batch
+    monkeypatch.setattr(tok, "_encode_batch", lambda b, **kw: calls.append(sum(map(len, b))) or real(b, **kw))
+    got = tok.encode_batch(texts, add_eos=True)
+    assert max(calls) < 16384 + 4096 + 9000 and len(calls) > 5  # bounded calls, not one call per corpus
+    assert got == [tok.hf.encode(t).ids + [tok.eos_id] for t in texts]
+    assert tok.encode(texts[0]) == tok.hf.encode(texts[0]).ids
+
+
+def test_pieces_cut_only_between_a_non_space_and_a_space():
+    from lmlab.data.tokenizer import pieces
+
+    text = long_text(3, 20_000)
+    got = list(pieces(text, 500))
+    assert "".join(got) == text and len(got) > 10
+    for a, b in zip(got, got[1:]):
+        assert len(a) >= 500 and not a[-1].isspace() and b[0].isspace()
+    assert list(pieces("x" * 2000, 500)) == ["x" * 2000]  # nowhere to cut: one piece
+
+
+def test_tokenizers_that_change_at_a_cut_are_sent_whole(tmp_path):
+    from lmlab.data.tokenizer import cuts_at_spaces
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()  # adds a "▁" at the start of every text it is given
+    hf.train_from_iterator(CORPUS, trainer=trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    assert not cuts_at_spaces(json.loads(hf.to_str()))
+    spec = json.loads(Tokenizer.train_bpe(CORPUS, vocab_size=300).hf.to_str())
+    assert cuts_at_spaces(spec)
+    spec["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = True
+    assert not cuts_at_spaces(spec)

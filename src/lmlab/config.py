@@ -5,7 +5,11 @@ with attribute docstrings (a string literal on the line after the field), and
 those docstrings are the `--help` text, so the code and the help never drift.
 Values are layered: dataclass defaults < YAML recipe (`--config`) < each
 `--set key=value` < explicit `--key value` flags. Unknown keys and values of
-the wrong type are errors that name the key and the file.
+the wrong type are errors that name the key and the file. `--config` takes a
+path or the name of a recipe shipped in configs/. A recipe value that names
+code to import and run (a class's `CODE_KEYS`) is refused unless the command
+line gives it or `--allow-code` vouches for the recipe: a recipe naming code is
+code.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        elif origin is list and isinstance(value, (int, float)):  # `--n 8`: one number is a list of one
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise LmlabError(f"config key '{key}' in {where} must be a list, got {value!r}")
         (inner, *_) = get_args(tp) or (Any,)
@@ -208,14 +214,57 @@ def parse_set(item: str, cls: type | None = None) -> tuple[str, Any]:
     return key, parse_value(raw, types_.get(key))
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def recipe_dirs() -> list[Path]:
+    """Where the built-in recipes live: inside the installed package (a wheel carries a copy of configs/,
+    see setup.py), then the source checkout's configs/ (an editable install or a run from the tree)."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parents[1]  # src/lmlab -> the repository, when this file is run from one
+    dirs = [here / "configs"] + ([checkout / "configs"] if (checkout / "pyproject.toml").is_file() else [])
+    return [d for d in dirs if d.is_dir()]
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Recipe name -> file, for every recipe that ships with lmlab (`--config NAME`)."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe file: `path` itself, or, for a bare name (no directory, no suffix), the built-in recipe."""
     p = Path(path)
-    if not p.is_file():
-        raise LmlabError(f"config file not found: {p}")
+    if p.is_file():
+        return p
+    recipes = builtin_recipes()
+    if len(p.parts) == 1 and not p.suffix and str(p) in recipes:
+        return recipes[str(p)]
+    names = ", ".join(recipes) or "none found"
+    raise LmlabError(f"config file not found: {p} (a path to a YAML recipe, or a built-in recipe's name: {names})")
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line: what is wrong and where (its own text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = resolve_recipe(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LmlabError(f"config file {p} is not UTF-8 text (byte {e.start}): expected a YAML recipe") from None
+    except OSError as e:
+        raise LmlabError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise LmlabError(f"config file {p} is a binary file (it holds NUL bytes): expected a YAML recipe")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise LmlabError(f"config file {p} is not valid YAML: {e}") from None
+        raise LmlabError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -223,14 +272,51 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@cache
+def code_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> the prefix that makes its value name code to import and run ('' = any value), for
+    `cls` and its nested sections. A class declares its own in `CODE_KEYS`."""
+    out = {prefix + k: marker for k, marker in getattr(cls, "CODE_KEYS", {}).items()}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            out.update(code_keys(tp, prefix + f.name + "."))
+    return out
+
+
+def _dotted_get(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def refuse_code(cls: type, data: dict[str, Any], path: str | Path, overridden: set[str]) -> None:
+    """A recipe that names code (a scorer, a reward function) would run it on load: refuse such a value unless
+    the command line replaced it (the user's own choice) or `--allow-code` vouches for the recipe."""
+    for key, marker in code_keys(cls).items():
+        value = _dotted_get(data, key)
+        parts = key.split(".")
+        replaced = any(".".join(parts[:i]) in overridden for i in range(1, len(parts) + 1))
+        if isinstance(value, str) and value and value.startswith(marker) and not replaced:
+            raise LmlabError(f"recipe {path} names code to run ({key}: {value!r}), and a recipe that names code is "
+                             f"code: pass --allow-code if you trust it, or give {key} on the command line")
+
+
 def load(cls: type, path: str | Path | None = None, sets: list[str] | None = None,
-         flags: dict[str, Any] | None = None) -> Any:
+         flags: dict[str, Any] | None = None, allow_code: bool = False) -> Any:
     """Layer defaults < YAML file < `--set` overrides < explicit flags."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     where = str(path) if path else "command line"
+    overridden = set(flags or {})
     for item in sets or []:
         key, value = parse_set(item, cls)
         _set_dotted(data, key, value)
+        overridden.add(key)
+    if path and not allow_code:
+        refuse_code(cls, data, path, overridden)
     for key, value in (flags or {}).items():
         _set_dotted(data, key, value)
     if sets or flags:
@@ -266,9 +352,15 @@ _UNSET = object()
 def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> None:
     """Give an argparse parser `--config`, `--set` and one `--flag` per field."""
     parser.add_argument("--config", default=default_config,
-                        help=f"YAML recipe (default: {default_config or 'none, built-in defaults'})")
+                        help="YAML recipe: a path, or a built-in recipe's name "
+                             f"({', '.join(builtin_recipes()) or 'none'}) (default: "
+                             f"{default_config or 'none, built-in defaults'})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+    if code_keys(cls):
+        parser.add_argument("--allow-code", action="store_true",
+                            help=f"let the recipe name code to import and run ({', '.join(code_keys(cls))}); "
+                                 "a recipe that names code is code: allow only recipes you trust")
     docs = {name: doc for name, _tp, _default, doc in leaf_fields(cls)}
     positional = getattr(cls, "POSITIONAL", ())
     if positional and parser.usage:
@@ -277,12 +369,14 @@ def add_arguments(parser: Any, cls: type, default_config: str | None = None) -> 
     for name in positional:  # e.g. `lmlab import-hf DIR`: the same field, without its flag
         parser.add_argument(f"pos:{name}", nargs="?", default=_UNSET, metavar=name.upper(),
                             help=docs[name].replace("%", "%%") + f" (or --{name})")
-    for name, _tp, default, doc in leaf_fields(cls):
+    for name, tp, default, doc in leaf_fields(cls):
         spellings = [f"--{name}"]
         if "_" in name:
             spellings.append(f"--{name.replace('_', '-')}")
         text = f"{doc} (default: {default!r})".replace("%", "%%")  # argparse formats help with %
-        parser.add_argument(*spellings, dest=f"cfg:{name}", default=_UNSET, metavar="V", help=text)
+        # A switch reads like one: `--force` alone means `--force true`.
+        switch = {"nargs": "?", "const": "true"} if tp is bool else {}
+        parser.add_argument(*spellings, dest=f"cfg:{name}", default=_UNSET, metavar="V", help=text, **switch)
 
 
 def from_args(cls: type, args: Any) -> Any:
@@ -297,4 +391,4 @@ def from_args(cls: type, args: Any) -> Any:
             if k[4:] in flags:
                 raise LmlabError(f"{k[4:]} given twice: as an argument and as --{k[4:]}")
             flags[k[4:]] = parse_value(v, types_.get(k[4:]))
-    return load(cls, args.config, args.set, flags)
+    return load(cls, args.config, args.set, flags, allow_code=getattr(args, "allow_code", False))

@@ -20,7 +20,7 @@ from lmlab.infer import native as native_decode
 from lmlab.model import autotune, cpu_kernels
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.train.hardware import cpu_has_fast_bf16, measure_matmul_peak
+from lmlab.train.hardware import cached_peak, cpu_has_fast_bf16
 from lmlab.train.objectives import causal_lm_loss
 from lmlab.train.optim import make_adamw, param_groups
 from lmlab.train.precision import Precision
@@ -32,7 +32,10 @@ class DoctorConfig:
     """Measure the kernel choices at the reference shapes (nanoGPT's CPU Shakespeare model: 4 layers, width
     128, batch 12 x 64 tokens; fp32, and bf16 where the CPU has bf16 units). Cached per CPU: fast after once."""
     peaks: bool = True
-    """Measure the fp32 (and, with bf16 units, bf16) matmul peaks (about a second)."""
+    """Show the fp32 (and, with bf16 units, bf16) matmul peaks that MFU divides by: measured once per machine
+    (a few seconds), then read from $LMLAB_CACHE/native/peaks-<cpu>.json."""
+    remeasure_peaks: bool = False
+    """Measure the peaks afresh and replace the cached ones (after a hardware or power-setting change)."""
     threads: int | None = None
     """Torch threads (None = torch's default)."""
 
@@ -59,6 +62,19 @@ def _reference_step(dtype: torch.dtype) -> None:
     prec.step(opt, 1.0)
 
 
+def _peaks(fast_bf16: bool, remeasure: bool) -> dict[str, Any]:
+    """The matmul peaks training divides by for MFU: the cached ones (what a run on this machine uses), and
+    where and when they were measured."""
+    cpu = torch.device("cpu")
+    got = {"fp32": cached_peak(torch.float32, cpu, remeasure=remeasure)}
+    if fast_bf16:
+        got["bf16"] = cached_peak(torch.bfloat16, cpu, remeasure=remeasure)
+    return {"peaks_gflops": {"fp32": round(got["fp32"]["flops"] / 1e9, 1),
+                             "bf16": round(got["bf16"]["flops"] / 1e9, 1) if fast_bf16 else None},
+            "peaks_cache": {"file": got["fp32"]["cache"],
+                            **{k: {"key": v["key"], "measured_at": v.get("measured_at")} for k, v in got.items()}}}
+
+
 def doctor(cfg: DoctorConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -72,10 +88,7 @@ def doctor(cfg: DoctorConfig) -> dict[str, Any]:
                    "decode_step": {"built": native_decode.load() is not None, "error": native_decode.load_error()}},
     }
     if cfg.peaks:
-        cpu = torch.device("cpu")
-        out["peaks_gflops"] = {"fp32": round(measure_matmul_peak(torch.float32, cpu, n=1024, seconds=0.5) / 1e9, 1)}
-        out["peaks_gflops"]["bf16"] = (round(measure_matmul_peak(torch.bfloat16, cpu, n=1024, seconds=0.5) / 1e9, 1)
-                                       if fast_bf16 else None)
+        out.update(_peaks(fast_bf16, cfg.remeasure_peaks))
     if cfg.measure:
         autotune.reset()
         for dtype in (torch.float32, torch.bfloat16) if fast_bf16 else (torch.float32,):

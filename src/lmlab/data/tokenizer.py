@@ -26,9 +26,11 @@ stand in for bos/eos/pad/mask).
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,45 @@ def _byte_token(b: int) -> str:
 
 def _specials_as_added() -> list[AddedToken]:
     return [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]
+
+
+PIECE_CHARS = 1 << 16
+"""Long texts reach the Rust tokenizer in pieces of about this many characters (see `pieces`)."""
+BATCH_CHARS = 1 << 20
+"""Characters per call of the Rust tokenizer: bounds its memory, still many pieces to spread over threads."""
+_CUT = re.compile(r"\S(?=\s)")
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """`text` in pieces of at least `size` characters (the last may be shorter), each cut just before a
+    whitespace character that follows a non-whitespace one. A text with no such place stays whole."""
+    start = 0
+    while len(text) - start > size:
+        m = _CUT.search(text, start + size)
+        if m is None:
+            break
+        yield text[start:m.end()]
+        start = m.end()
+    yield text[start:]
+
+
+def cuts_at_spaces(spec: dict[str, Any]) -> bool:
+    """Whether encoding a text in `pieces` gives exactly the ids of encoding it whole. It does for lmlab's two
+    kinds and GPT-2-style byte-level BPE: no normalizer, no added token that eats or holds whitespace, and
+    either no pre-tokenizer and no merges (a token per character) or only GPT-2's byte-level regex and digit
+    splitting, none of whose words holds a non-space followed by a space. Other tokenizers are sent whole."""
+    added = spec.get("added_tokens") or []
+    if spec.get("normalizer") is not None or any(
+            t.get("lstrip") or t.get("rstrip") or any(c.isspace() for c in t.get("content", "")) for t in added):
+        return False
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer")
+    if pre is None:
+        return model.get("type") == "BPE" and not model.get("merges")
+    parts = (pre.get("pretokenizers") or []) if pre.get("type") == "Sequence" else [pre]
+    if not all(p.get("type") in ("ByteLevel", "Digits") for p in parts):
+        return False
+    byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    return bool(byte_level) and all(p.get("use_regex", True) and not p.get("add_prefix_space") for p in byte_level)
 
 
 def _infer_kind(spec: dict[str, Any]) -> str:
@@ -209,14 +250,46 @@ class Tokenizer:
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, template: bool = False) -> list[int]:
         """Token ids of `text`. Special-token strings in `text` become their ids. `template` applies the
         file's own post-processor, if it has one (a BERT tokenizer's `[CLS] ... [SEP]`)."""
+        if len(text) > PIECE_CHARS and not template and self._cuts_at_spaces:
+            return self._wrap(self._encode_pieces([text])[0], add_bos, add_eos)
         ids = self.hf.encode(text, add_special_tokens=template).ids
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False,
                      add_eos: bool = False, template: bool = False) -> list[list[int]]:
-        """`encode` over many texts at once, in parallel in Rust."""
+        """`encode` over many texts at once, in parallel in Rust; long texts in pieces where that is exact."""
+        if not template and self._cuts_at_spaces:
+            return [self._wrap(ids, add_bos, add_eos) for ids in self._encode_pieces(list(texts))]
         encs = self._encode_batch(list(texts), add_special_tokens=template)
         return [self._wrap(e.ids, add_bos, add_eos) for e in encs]
+
+    @cached_property
+    def _cuts_at_spaces(self) -> bool:
+        return cuts_at_spaces(json.loads(self.hf.to_str()))
+
+    def _encode_pieces(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, the texts cut into pieces (`pieces`) and sent to Rust about BATCH_CHARS at a time:
+        Rust keeps ~100 bytes of bookkeeping per token of a call, so a 10 MB document sent whole took over
+        a gigabyte (docs/benchmarks.md)."""
+        out: list[list[int]] = [[] for _ in texts]
+        owners: list[int] = []
+        batch: list[str] = []
+        size = 0
+        for i, text in enumerate(texts):
+            for piece in pieces(text, PIECE_CHARS):
+                owners.append(i)
+                batch.append(piece)
+                size += len(piece)
+                if size >= BATCH_CHARS:
+                    self._encode_into(out, owners, batch)
+                    owners, batch, size = [], [], 0
+        if batch:
+            self._encode_into(out, owners, batch)
+        return out
+
+    def _encode_into(self, out: list[list[int]], owners: list[int], batch: list[str]) -> None:
+        for i, enc in zip(owners, self._encode_batch(batch, add_special_tokens=False)):
+            out[i].extend(enc.ids)
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         """Text of `ids` (a list, numpy array or 1-D tensor); exact inverse of `encode`."""

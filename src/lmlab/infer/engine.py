@@ -148,9 +148,10 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
                         backend: str = "auto") -> Engine:
+        from lmlab.infer.sample import require_checkpoint
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
-        ck = load_checkpoint(path)
+        ck = load_checkpoint(require_checkpoint(path))
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
         return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights, backend)

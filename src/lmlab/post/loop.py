@@ -62,11 +62,17 @@ class PostTrainConfig:
                 raise LmlabError(f"train.{key} must be >= 0, got {getattr(self, key)}")
 
 
+def require_causal(cfg: Any, path: str | Path, what: str = "post-training") -> None:
+    """Refuse a masked (bidirectional) LM where `what` samples or trains replies left to right: it would run,
+    but every token it wrote would come from a model that never learnt to predict the next one."""
+    if not cfg.causal:
+        raise LmlabError(f"{path} is a masked (bidirectional) LM; {what} needs a causal model")
+
+
 def load_policy(path: str | Path, device: torch.device) -> tuple[Transformer, ckpt_io.Checkpoint]:
     """The model a stage starts from (any lmlab checkpoint, pretrained, imported or post-trained)."""
     ck = ckpt_io.load_checkpoint(path)
-    if not ck.config.causal:
-        raise LmlabError(f"{path} is a masked (bidirectional) LM; post-training needs a causal model")
+    require_causal(ck.config, path)
     if ck.tokenizer_path is None:
         raise LmlabError(f"{path} has no tokenizer.json; post-training needs the model's tokenizer")
     return ckpt_io.build_model(ck, device), ck

@@ -83,8 +83,10 @@ class LocalGenerator:
 
     def __init__(self, checkpoint: str, chat: bool = False, device: str = "auto", batch_rows: int = 256) -> None:
         from lmlab.infer.engine import Engine
+        from lmlab.post.loop import require_causal
 
         self.engine = Engine.from_checkpoint(checkpoint, device=device)
+        require_causal(self.engine.cfg, checkpoint, "test-time sampling")
         self.name = f"local:{checkpoint}"
         self.chat = chat
         self.batch_rows = batch_rows
