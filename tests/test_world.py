@@ -273,7 +273,7 @@ def test_load_world_errors_name_the_problem(tmp_path: Path) -> None:
         load_world(tmp_path / "missing")
     generate_world(WorldConfig(out=str(tmp_path), people=4, unknown=1, arithmetic=3, arithmetic_test=2))
     (tmp_path / "bios.jsonl").write_text("{not json\n", encoding="utf-8")
-    with pytest.raises(LmlabError, match="bios.jsonl, line 1"):
+    with pytest.raises(LmlabError, match="bios.jsonl:1: invalid JSON"):
         load_world(tmp_path)
 
 

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -141,22 +142,47 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmlab: interrupted", file=sys.stderr)
         return 130
-    printed = isinstance(result, dict) and result.pop("_printed", False)
-    if result is not None:
-        if args.json:
-            print(json.dumps(result, default=str))
-        elif isinstance(result, dict) and "samples" in result:
-            for i, s in enumerate(result["samples"]):
-                print(f"--- sample {i} ---\n{s}")
-        elif isinstance(result, dict) and "results" in result:
-            for r in result["results"]:
-                for c in r["completions"]:
-                    print(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}")
-        elif printed or (isinstance(result, dict) and "candidates" in result):
-            pass  # the verb printed its own table
-        else:
-            print(json.dumps(result, indent=2, default=str))
+    except BrokenPipeError:  # the reader went away while the verb was printing (`lmlab chat | head`)
+        return _stdout_closed()
+    try:
+        print_result(result, args.json)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+    except BrokenPipeError:
+        return _stdout_closed()
     return 0
+
+
+def print_result(result: Any, as_json: bool) -> None:
+    """The verb's result on stdout: one JSON line, samples or completions as text, or indented JSON."""
+    printed = isinstance(result, dict) and result.pop("_printed", False)
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(result, default=str))
+    elif isinstance(result, dict) and "samples" in result:
+        for i, s in enumerate(result["samples"]):
+            print(f"--- sample {i} ---\n{s}")
+    elif isinstance(result, dict) and "results" in result:
+        for r in result["results"]:
+            for c in r["completions"]:
+                print(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}")
+    elif printed or (isinstance(result, dict) and "candidates" in result):
+        pass  # the verb printed its own table
+    else:
+        print(json.dumps(result, indent=2, default=str))
+
+
+def _stdout_closed() -> int:
+    """Exit quietly when whoever reads stdout has stopped (`lmlab generate --json | head -c 10`).
+
+    Returns 141 (128 + SIGPIPE), what the shell reports for `cat` or `yes` ended the same way: the
+    output was cut short, and `set -o pipefail` scripts should see lmlab as they see coreutils.
+    """
+    # Python flushes stdout again at exit; pointing it at /dev/null keeps that flush from failing too.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -47,7 +47,9 @@ def to_messages(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
         raise LmlabError(f"{where}: a record needs 'messages', or 'prompt' and 'response' (keys: "
                          f"{', '.join(sorted(obj)) or 'none'})")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+        # The role is checked to be a string first: a list or dict role cannot even be looked up in ROLES.
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role not in ROLES or not isinstance(m.get("content"), str):
             raise LmlabError(f"{where}: message {i} needs a role in {sorted(ROLES)} and a string content")
     if msgs[-1]["role"] != "assistant":
         raise LmlabError(f"{where}: the last message must be the assistant's (it is what is trained)")

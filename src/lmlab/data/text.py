@@ -52,9 +52,25 @@ def input_files(path: str | Path) -> list[Path]:
     return [p]
 
 
+def read_utf8(path: Path) -> str:
+    """A whole file as text; bad UTF-8 is an error naming the file and the byte offset."""
+    return _check_utf8(path.read_bytes(), path)
+
+
 def _iter_txt(path: Path) -> Iterator[str]:
-    text = _check_utf8(path.read_bytes(), path)
-    yield text.removeprefix("\ufeff")
+    yield read_utf8(path).removeprefix("\ufeff")
+
+
+def parse_json_line(line: str, where: str) -> object:
+    """One JSONL line parsed; every way json.loads can refuse a line is an error naming `where`."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise LmlabError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise LmlabError(f"{where}: invalid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer longer than Python's int-conversion limit
+        raise LmlabError(f"{where}: invalid JSON ({e})") from None
 
 
 def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple[int, dict]]:
@@ -68,10 +84,7 @@ def jsonl_records(path: Path, expected: str = "a JSON object") -> Iterator[tuple
                 line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            row = parse_json_line(line, f"{path}:{lineno}")
             if not isinstance(row, dict):
                 raise LmlabError(f"{path}:{lineno}: expected {expected}, got {type(row).__name__}")
             yield lineno, row

@@ -458,24 +458,17 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LmlabError(f"world file missing: {path}; regenerate it with `lmlab world`") from None
-    except json.JSONDecodeError as e:
-        raise LmlabError(f"world file {path} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8 (a ValueError too), nesting too deep
+        raise LmlabError(f"world file {path} is not valid UTF-8 JSON: {e}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise LmlabError(f"world file missing: {path}; regenerate it with `lmlab world`") from None
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise LmlabError(f"world file {path}, line {i}, is not valid JSON: {e}") from None
-    return rows
+    from lmlab.data.text import jsonl_records
+
+    if not path.is_file():
+        raise LmlabError(f"world file missing: {path}; regenerate it with `lmlab world`")
+    # The shared reader names the file and line for bad UTF-8, bad JSON and lines that are not objects.
+    return [row for _, row in jsonl_records(path)]
 
 
 def load_world(directory: str | Path, pretrain: bool = False) -> dict[str, Any]:

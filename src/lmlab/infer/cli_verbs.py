@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,25 +42,31 @@ class GenerateConfig(EngineOptions):
     """A .txt file (one prompt per line) or .jsonl file (a "prompt" field per line)."""
 
 
+def _txt_prompts(path: Path) -> list[str]:
+    from lmlab.data.text import read_utf8
+
+    return [line for line in read_utf8(path).splitlines() if line.strip()]
+
+
+def _jsonl_prompts(path: Path) -> list[str]:
+    # The shared JSONL reader names the file and line for bad UTF-8, bad JSON and non-objects alike.
+    from lmlab.data.text import jsonl_records
+
+    prompts = []
+    for n, row in jsonl_records(path, "an object with a string 'prompt' field"):
+        if not isinstance(row.get("prompt"), str):
+            raise LmlabError(f"{path}:{n}: expected an object with a string 'prompt' field")
+        prompts.append(row["prompt"])
+    return prompts
+
+
 def read_prompts(cfg: GenerateConfig) -> list[str]:
     prompts = [cfg.prompt] if cfg.prompt or not cfg.prompts_file else []
     if cfg.prompts_file:
         path = Path(cfg.prompts_file)
         if not path.is_file():
             raise LmlabError(f"prompts file not found: {path}")
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise LmlabError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                    raise LmlabError(f"{path}:{n}: expected an object with a string 'prompt' field")
-                prompts.append(row["prompt"])
-            else:
-                prompts.append(line)
+        prompts += _jsonl_prompts(path) if path.suffix == ".jsonl" else _txt_prompts(path)
     if not prompts:
         raise LmlabError(f"no prompts in {cfg.prompts_file}")
     return prompts
@@ -99,19 +104,56 @@ def run_chat(cfg: ChatConfig) -> None:
     while True:
         if interactive:
             print("you> ", end="", flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = _read_line()
+        except LmlabError as e:
+            _warn(e)
+            continue
         if not line or not line.strip():
             break
-        history.append({"role": "user", "content": line.rstrip("\n")})
-        print("model> ", end="", flush=True)
-        reply = []
+        before = list(history)
+        history.append({"role": "user", "content": line.rstrip("\r\n")})
         # Forget the oldest turns (never the system message) when the conversation outgrows the context.
         budget = engine.cfg.max_seq_len - min(params.max_new_tokens, engine.cfg.max_seq_len // 2)
         first = 1 if cfg.system else 0
         while len(engine.tok.encode(render(history))) > budget and len(history) > first + 1:
             del history[first]
-        for d in engine.stream([render(history)], params):
-            print(d.text, end="", flush=True)
-            reply.append(d.text)
-        print(flush=True)
-        history.append({"role": "assistant", "content": "".join(reply).strip()})
+        try:
+            reply = _stream_reply(engine, render(history), params)
+        except LmlabError as e:
+            history[:] = before  # drop the message the model cannot take (it would break every later turn)
+            _warn(f"{e}; the message was skipped")
+            continue
+        history.append({"role": "assistant", "content": reply})
+
+
+def _read_line() -> str:
+    """One line of stdin; bytes that are not UTF-8 are an error for this line only."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # stdin replaced by a text-only stream (tests, embedding)
+        return sys.stdin.readline()
+    raw = buffer.readline()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LmlabError(f"message not valid UTF-8 at byte {e.start} ({e.reason}); it was skipped") from None
+
+
+def _stream_reply(engine: Any, prompt: str, params: SamplingParams) -> str:
+    """Print the reply as it comes; the first token is drawn before the marker, so a refused prompt prints
+    nothing."""
+    reply = []
+    for d in engine.stream([prompt], params):
+        if not reply:
+            print("model> ", end="", flush=True)
+        print(d.text, end="", flush=True)
+        reply.append(d.text)
+    if not reply:
+        print("model> ", end="", flush=True)
+    print(flush=True)
+    return "".join(reply).strip()
+
+
+def _warn(e: LmlabError | str) -> None:
+    # One line, and the chat goes on: one bad message should not end the conversation.
+    print(f"lmlab: warning: {e}", file=sys.stderr, flush=True)

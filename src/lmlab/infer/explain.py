@@ -91,6 +91,10 @@ def plot(result: dict[str, Any], prompt: str, out: str | Path) -> Path:
 def run_explain(cfg: ExplainConfig) -> dict[str, Any]:
     from lmlab.infer.engine import Engine
 
+    # Checked before the model loads: otherwise the work is done and lost at the very last step.
+    if Path(cfg.out).is_dir():
+        raise LmlabError(f"out {cfg.out!r} is a directory; expected the path of a .png file to write, "
+                         f"e.g. {str(Path(cfg.out) / 'explain.png')!r}")
     engine = Engine.from_checkpoint(cfg.checkpoint)
     result = explain_logits(engine.next_token_logits(cfg.prompt), engine.tok.decode, cfg)
     result["png"] = str(plot(result, cfg.prompt, cfg.out))

@@ -63,8 +63,10 @@ def fill_mask(model: Transformer, tok: Tokenizer, text: str, top_k: int = 5) -> 
 
 
 def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
+    from lmlab.device import pick_device
     from lmlab.train.checkpoint import load_checkpoint, load_model
 
+    device = pick_device(cfg.device)  # a bad device is an error now, not deep in loading
     if not cfg.text:
         raise LmlabError('give a text with a blank: lmlab fill-mask "Ada was born in [MASK]."')
     if cfg.top_k < 1:
@@ -72,7 +74,7 @@ def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
     ck = load_checkpoint(cfg.checkpoint)
     if ck.tokenizer_path is None:
         raise LmlabError(f"checkpoint {cfg.checkpoint} has no tokenizer.json")
-    blanks = fill_mask(load_model(cfg.checkpoint, cfg.device), Tokenizer.load(ck.tokenizer_path), cfg.text, cfg.top_k)
+    blanks = fill_mask(load_model(cfg.checkpoint, device), Tokenizer.load(ck.tokenizer_path), cfg.text, cfg.top_k)
     for n, blank in enumerate(blanks, 1):
         print(f"blank {n} (token {blank['position']}):")
         for c in blank["candidates"]:

@@ -9,12 +9,16 @@ from lmlab.figures import pyplot, save_png
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The objects of a metrics.jsonl; anything else (a line cut by a kill, a stray value) is skipped: a plot
+    of the readable rows beats no plot."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

@@ -1,0 +1,83 @@
+"""Fuzzing every JSONL reader: arbitrary bytes and arbitrary JSON values per line.
+
+A reader may accept the file or refuse it with an LmlabError (one line naming the file and line); any
+other exception is a bug, since the CLI would show it as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmlab.errors import LmlabError
+
+# Keys the readers look for, mixed with arbitrary ones, so generated objects often get past the first checks.
+KEYS = st.sampled_from(["prompt", "chosen", "rejected", "margin", "system", "messages", "role", "content",
+                        "response", "text", "answer", "user", "assistant"]) | st.text(max_size=6)
+SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+           | st.sampled_from(["user", "assistant", "system", "", " "]))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=4),
+                      max_leaves=12)
+# Records shaped like the real ones, each field a plausible string or anything at all, to get past the first checks.
+FIELD = st.one_of(st.text(min_size=1, max_size=8), st.text(min_size=1, max_size=8), VALUES)
+MESSAGE = st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "assistant", "system"]) | VALUES,
+                                              "content": FIELD})
+RECORD = st.fixed_dictionaries({}, optional={
+    **{k: FIELD for k in ("prompt", "chosen", "rejected", "response", "text", "answer", "system", "margin")},
+    "messages": st.lists(MESSAGE | VALUES, max_size=3) | VALUES})
+JSON_LINE = (VALUES | RECORD).map(lambda v: json.dumps(v).encode())  # NaN and Infinity included, as json.dumps writes
+ODD_LINE = st.binary(max_size=40) | st.sampled_from([b"[" * 5000, b"1" * 5000, b"\xef\xbb\xbf{}", b"\xff", b" "])
+FILES = st.lists(JSON_LINE | ODD_LINE, max_size=6).map(b"\n".join)
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def readers() -> dict[str, tuple[str, Callable[[Path], object]]]:
+    """name -> (file suffix, a call that reads the file the way lmlab does)."""
+    from lmlab.data.conversations import read_located
+    from lmlab.data.text import load_documents
+    from lmlab.data.world import _read_jsonl
+    from lmlab.infer.cli_verbs import GenerateConfig, read_prompts
+    from lmlab.post.rl import load_prompts
+    from lmlab.post.rm import load_pairs, read_preferences
+    from lmlab.report.plots import read_metrics
+    from lmlab.testtime.tasks import file_task
+
+    return {
+        "conversations": (".jsonl", read_located),
+        "text-jsonl": (".jsonl", load_documents),
+        "text-txt": (".txt", load_documents),
+        "prompts-jsonl": (".jsonl", lambda p: read_prompts(GenerateConfig(prompts_file=str(p)))),
+        "prompts-txt": (".txt", lambda p: read_prompts(GenerateConfig(prompts_file=str(p)))),
+        "world": (".jsonl", _read_jsonl),
+        "preferences": (".jsonl", read_preferences),
+        "preference-splits": (".jsonl", lambda p: load_pairs(str(p), 0)),
+        "rl-prompts": (".jsonl", lambda p: load_prompts(str(p), 0)),
+        "testtime-task": (".jsonl", file_task),
+        "metrics": (".jsonl", read_metrics),
+    }
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
+
+
+@pytest.mark.parametrize("name", list(readers()))
+@FUZZ
+@given(content=FILES)
+def test_reader_fails_only_with_lmlab_error(name, content, scratch):
+    suffix, read = readers()[name]
+    path = scratch / f"input{suffix}"
+    path.write_bytes(content)
+    try:
+        read(path)
+    except LmlabError as e:
+        assert "\n" not in str(e), str(e)  # the CLI shows it as one line
