@@ -94,3 +94,16 @@ def test_short_rl_run_raises_the_reward_of_a_python_function(tiny_data, tiny_mod
     assert last > first + 0.1, (first, last)
     assert all(math.isfinite(r["kl"]) and 0 <= r["clip_fraction"] <= 1 for r in rows)
     assert s["final"]["kl"] > 0 and (tmp_path / algo / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_a_recipe_naming_a_python_reward_is_refused_unless_allowed(tmp_path, capsys, monkeypatch):
+    from lmlab.cli import main
+
+    monkeypatch.chdir(tmp_path)  # whatever the verb writes by default stays out of the repository
+    recipe = tmp_path / "rl.yaml"
+    recipe.write_text("reward: python:os:getcwd\n")
+    assert main(["rl", "--config", str(recipe)]) == 2
+    assert "names code to run (reward: 'python:os:getcwd')" in capsys.readouterr().err
+    # allowed, the recipe gets as far as the missing policy
+    assert main(["rl", "--config", str(recipe), "--allow-code", "--init", str(tmp_path / "none")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

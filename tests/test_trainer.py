@@ -162,3 +162,15 @@ def test_resume_refuses_other_data(tiny_data, tmp_path):
                           tokenizer=str(tiny_data / "tokenizer.json"), out=str(other), val_fraction=0.3))
     with pytest.raises(LmlabError, match="different data"):
         pretrain(tiny_cfg(other, out, steps=20))
+
+
+def test_raising_steps_on_a_finished_run_says_the_schedule_is_replanned(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    pretrain(tiny_cfg(tiny_data, out, steps=10))
+    with (out / "metrics.jsonl").open("ab") as f:
+        f.write(b'[1, 2]\n\xff\xfe not a line this log wrote\n')  # garbage after the kept rows
+    with pytest.warns(UserWarning, match="train.steps is 20 but the checkpoint was planned for 10"):
+        s = pretrain(tiny_cfg(tiny_data, out, steps=20))
+    assert s["resumed_from_step"] == 10
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 20

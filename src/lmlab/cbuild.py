@@ -4,7 +4,8 @@ lmlab's native kernels (the decode step, the fused training ops) are plain C com
 system compiler the first time they are needed (a second or two), so installing lmlab needs no build
 step and a machine without a compiler still runs everything through PyTorch. The library lands in
 `$LMLAB_CACHE/native` (default `~/.cache/lmlab/native`, or the temporary directory where home is
-read-only), named by a hash of the source, the flags, the target architecture, the compiler and the
+read-only; both created private, 0700, and checked to be this user's before anything is loaded
+from them), named by a hash of the source, the flags, the target architecture, the compiler and the
 CPU (model and instruction-set flags), so a library built with `-march=native` on one CPU is never
 loaded on another that shares the home directory. It is written with an atomic rename, so concurrent
 builds never see half a library. A build that fails is remembered in a `.failed` file beside where
@@ -24,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,7 @@ def _compile(source: Path, flags: list[str], arch: str, out: Path) -> None:
             except OSError as e:
                 raise RuntimeError(f"{cc} could not run: {e}") from e
             if r.returncode == 0:
+                os.chmod(tmp_so, 0o755)
                 os.replace(tmp_so, out)  # atomic: a concurrent build never sees half a library
                 return
             last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
@@ -150,7 +153,36 @@ def _failure(path: Path) -> Path:
     return path.with_suffix(".failed")
 
 
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 if missing, and refused unless this user owns it and no one else can write it.
+
+    A library is code: one loaded from a directory that others can write (a predictable name under /tmp
+    that someone else created first) could be anyone's code.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid"):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise RuntimeError(f"{path} is not a directory of this user's; native kernels are not built or "
+                               f"loaded there")
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)  # ours, made before this rule: close it
+    return path
+
+
+def _check_library(path: Path) -> Path:
+    """Refuse a library file that is a link or someone else's; make sure no one else can write it."""
+    if hasattr(os, "getuid"):
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            raise RuntimeError(f"{path} is not a regular file of this user's; not loading it")
+        if st.st_mode & 0o022:
+            os.chmod(path, 0o755)  # built under a group-writable umask: close it
+    return path
+
+
 def _build_at(source: Path, flags: list[str], path: Path) -> Path:
+    private_dir(path.parent)
     failed = _failure(path)
     if failed.exists():
         raise RuntimeError(f"{failed.read_text(errors='replace').strip()} (an earlier build failed; delete "
@@ -164,7 +196,7 @@ def _build_at(source: Path, flags: list[str], path: Path) -> Path:
             except OSError:
                 pass
             raise
-    return path
+    return _check_library(path)
 
 
 def build(source: Path, flags: list[str]) -> ctypes.CDLL:
@@ -173,8 +205,8 @@ def build(source: Path, flags: list[str]) -> ctypes.CDLL:
     try:
         path = _build_at(source, flags, path)
     except PermissionError:  # a read-only home: build in the temporary directory instead
-        path = _build_at(source, flags, library_path(source, flags, Path(tempfile.gettempdir())
-                                                     / f"lmlab-{_user()}" / "native"))
+        root = private_dir(Path(tempfile.gettempdir()) / f"lmlab-{_user()}")
+        path = _build_at(source, flags, library_path(source, flags, root / "native"))
     return ctypes.CDLL(str(path))
 
 

@@ -16,7 +16,11 @@ from typing import Any, ClassVar
 from safetensors.torch import save_file
 
 from lmlab.errors import LmlabError
-from lmlab.io import atomic_dir
+from lmlab.io import confined
+from lmlab.rundir import output_dir
+
+EXPORT_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json")
+"""What export-hf writes; config.json last, since without it the directory is not a model."""
 
 
 @dataclass
@@ -27,6 +31,8 @@ class ImportHFConfig:
     """lmlab checkpoint directory to write (default: runs/imported/<name of src>)."""
     max_seq_len: int | None = None
     """Keep only this much context (smaller position tables / RoPE caches); None = the model's own."""
+    force: bool = False
+    """Write into an output directory that holds other files too (they are left alone)."""
     POSITIONAL: ClassVar[tuple[str, ...]] = ("src", "out")
 
 
@@ -35,35 +41,41 @@ class ExportHFConfig:
     checkpoint: str = ""
     """lmlab checkpoint directory to export."""
     out: str = ""
-    """Hugging Face model directory to write."""
+    """Hugging Face model directory to write (new, or a previous export; other files need --force)."""
+    force: bool = False
+    """Write into a directory that holds other files too: only export-hf's own files there are replaced."""
     POSITIONAL: ClassVar[tuple[str, ...]] = ("checkpoint", "out")
+
+
+def _hf_tokenizer(src: Path, vocab_size: int) -> Path | None:
+    """The source's tokenizer.json, if any: inside the directory, a valid tokenizer, and fitting the model."""
+    from lmlab.data.tokenizer import Tokenizer
+
+    if not (src / "tokenizer.json").is_file() and not (src / "tokenizer.json").is_symlink():
+        return None
+    path = confined(src, "tokenizer.json", str(src))
+    tok = Tokenizer.load(path)
+    if tok.vocab_size > vocab_size:
+        raise LmlabError(f"{path} has {tok.vocab_size} tokens but the model's vocab_size is {vocab_size}: "
+                         f"they are not a pair")
+    return path
 
 
 def import_hf(cfg: ImportHFConfig) -> dict[str, Any]:
     from lmlab.model.hf import load_hf
-    from lmlab.model.transformer import Transformer
-    from lmlab.train.checkpoint import model_state, save_checkpoint
+    from lmlab.train.checkpoint import model_from_state, model_state, save_checkpoint
 
     if not cfg.src:
         raise LmlabError("give the Hugging Face model directory: lmlab import-hf DIR [OUT]")
     src = Path(cfg.src)
     model_cfg, state, mtype = load_hf(src, cfg.max_seq_len)
-    model = Transformer(model_cfg)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise LmlabError(f"{src}: tensor shapes do not match config.json ({str(e).splitlines()[-1].strip()})") \
-            from None
-    missing = [m for m in missing if not (m == "head.weight" and model_cfg.tie_embeddings)]
-    if missing or unexpected:
-        raise LmlabError(f"{src}: weights do not match config.json (missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]})")
-    tok = src / "tokenizer.json"
+    model = model_from_state(model_cfg, state, src)
+    tok = _hf_tokenizer(src, model_cfg.vocab_size)
     out = Path(cfg.out or f"runs/imported/{src.resolve().name}")
-    save_checkpoint(out, model_state(model), model_cfg, tokenizer=tok if tok.is_file() else None,
-                    meta={"source": {"huggingface_dir": str(src.resolve()), "model_type": mtype}})
+    save_checkpoint(out, model_state(model), model_cfg, tokenizer=tok, reads=[src], force=cfg.force,
+                    verb="import-hf", meta={"source": {"huggingface_dir": str(src.resolve()), "model_type": mtype}})
     return {"checkpoint": str(out), "model_type": mtype, "params": model.count_params()["total"],
-            "tokenizer": tok.is_file(), "config": model_cfg.to_dict()}
+            "tokenizer": tok is not None, "config": model_cfg.to_dict()}
 
 
 def _tokenizer_config(tokenizer_json: Path) -> dict[str, Any]:
@@ -89,7 +101,7 @@ def export_hf(cfg: ExportHFConfig) -> dict[str, Any]:
     hf_cfg = config_to_hf(ck.config)
     weights = weights_to_hf(ck.config, ck.weights)
     out = Path(cfg.out)
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "export-hf", EXPORT_FILES, reads=[cfg.checkpoint], force=cfg.force) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         if ck.tokenizer_path is not None:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lmlab.errors import LmlabError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -66,12 +68,44 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def confined(base: str | Path, name: Any, where: str) -> Path:
+    """`base / name` for a file name read from a file (`where`), refused unless it stays inside `base`.
+
+    Names in headers and indexes are data, not the user's choice: an absolute path, a `..` or a
+    symlink leading out of `base` would let a downloaded directory read any file on the machine.
+    """
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise LmlabError(f"{where}: file name {name!r} is not a file name")
+    path = Path(base) / name
+    root = Path(base).resolve()
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(root) or path.resolve() == root:
+        raise LmlabError(f"{where}: {name!r} points outside {base}; only files inside it are read")
+    return path
+
+
 def recover_dir(path: str | Path) -> None:
     """Finish an `atomic_dir` swap that a crash interrupted between its two renames."""
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and old.is_dir():
         os.replace(old, path)
+
+
+def sync_tree(directory: Path) -> None:
+    """Give every file under `directory` the usual permissions and flush it to disk."""
+    for p in directory.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o666 & ~_UMASK)  # some writers (safetensors) make 0600 files
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A fresh hidden directory next to `path`, on the same file system, so renames out of it are atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
 
 
 @contextmanager
@@ -84,16 +118,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     readers such as checkpoint loading) puts back; a failed rename is undone at once.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    tmp = temp_dir_beside(path)
     try:
         yield tmp
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
+        sync_tree(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

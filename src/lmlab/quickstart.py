@@ -25,6 +25,7 @@ from lmlab.post.dpo import DPOConfig, dpo
 from lmlab.post.loop import PostTrainConfig
 from lmlab.post.rm import RMConfig, train_rm
 from lmlab.post.sft import SFTConfig, sft
+from lmlab.rundir import locked_run
 from lmlab.summary import read_summary, update_summary
 from lmlab.testtime.run import TestTimeConfig, run_testtime
 from lmlab.testtime.verifier import VerifierConfig, train_verifier
@@ -118,6 +119,7 @@ def _stage(name: str) -> float:
     return time.perf_counter()
 
 
+@locked_run
 def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

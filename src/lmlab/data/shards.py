@@ -31,10 +31,13 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.io import atomic_path, sha256_file, write_bytes, write_json
+from lmlab.io import confined, sha256_file, write_json
+from lmlab.rundir import output_dir
 
 SPLITS = ("train", "val")
 META = "meta.json"
+OWN_FILES = ("train.bin", "val.bin", "tokenizer.json", META)
+"""What `prepare` writes, the header last: a directory without it reads as not prepared."""
 
 
 @dataclass
@@ -56,6 +59,8 @@ class PrepareConfig:
     or 'auto' (tail for a single document, documents otherwise)."""
     seed: int = 1337
     """Seed for choosing the held-out documents."""
+    force: bool = False
+    """Write into an output directory that holds other files too (only prepare's own files are replaced)."""
 
     def __post_init__(self) -> None:
         if self.split not in ("auto", "tail", "documents"):
@@ -121,14 +126,6 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         split_tokens = {"train": tokens[~token_is_val], "val": tokens[token_is_val]}
         split_docs = {"train": n_docs - n_val, "val": n_val}
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Drop the old header first: a crash mid-way then reads as "not prepared", never as stale data.
-    (out / META).unlink(missing_ok=True)
-    for split, arr in split_tokens.items():
-        with atomic_path(out / f"{split}.bin") as tmp:
-            np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<")).tofile(tmp)
-    write_bytes(out / "tokenizer.json", tok_path.read_bytes())
     meta = {
         "format": "lmlab-tokens",
         "version": 1,
@@ -153,7 +150,11 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             "copy": "tokenizer.json",
         },
     }
-    write_json(out / META, meta)
+    with output_dir(cfg.out, "prepare", OWN_FILES, force=cfg.force) as tmp:
+        for split, arr in split_tokens.items():
+            np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<")).tofile(tmp / f"{split}.bin")
+        (tmp / "tokenizer.json").write_bytes(tok_path.read_bytes())
+        write_json(tmp / META, meta)
     return meta
 
 
@@ -185,7 +186,7 @@ class TokenData:
             dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         except TypeError:
             raise LmlabError(f"{Path(directory) / META}: unknown dtype {meta['dtype']!r}") from None
-        path = Path(directory) / info.get("file", f"{split}.bin")
+        path = confined(directory, info.get("file", f"{split}.bin"), str(Path(directory) / META))
         if not path.is_file():
             raise LmlabError(f"token shard {path} is missing (listed in {META})")
         n = int(info["n_tokens"])
@@ -198,6 +199,31 @@ class TokenData:
         if n == 0:
             return np.empty(0, dtype=dtype)  # type: ignore[return-value]
         return np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+
+    @staticmethod
+    def max_id(tokens: np.ndarray, chunk: int = 1 << 22) -> int:
+        """The largest token id (-1 for no tokens), a chunk at a time: a big memmap is never one big temporary."""
+        top = -1
+        for i in range(0, len(tokens), chunk):
+            top = max(top, int(tokens[i : i + chunk].max()))
+        return top
+
+    @staticmethod
+    def check_ids(directory: str | Path, splits: dict[str, np.ndarray]) -> None:
+        """Every id must be below the header's vocab_size, which sizes the model's embedding: a larger id
+        fails deep inside training on a CPU, and on a GPU may read out of bounds."""
+        meta = TokenData.read_meta(directory)
+        vocab = meta.get("vocab_size")
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+            raise LmlabError(f"{Path(directory) / META}: 'vocab_size' must be a positive integer, got {vocab!r}")
+        for split, tokens in splits.items():
+            top = TokenData.max_id(tokens)
+            if top >= vocab:
+                raise LmlabError(
+                    f"token shard for split '{split}' in {directory} holds token id {top}, but {META} says "
+                    f"vocab_size {vocab} (ids must be below it): the shards and their header disagree; "
+                    "prepare the data again with the tokenizer the header names"
+                )
 
 
 def _check_tokens(data: Any, block_size: int, batch_size: int) -> tuple[np.ndarray, str]:

@@ -156,12 +156,31 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """A config from JSON data (a file, a header): keys and value types are checked before `validate`."""
+        if not isinstance(data, dict):
+            raise LmlabError(f"a model config must be a JSON object, got {type(data).__name__}")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
             raise LmlabError(f"unknown model config key(s): {', '.join(unknown)}")
+        for name, value in data.items():
+            if not _is_a(value, str(fields[name])):
+                raise LmlabError(f"model config key {name!r} must be {fields[name]}, got {value!r}")
         return cls(**data)
+
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _is_a(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a simple annotation such as 'int', 'float' or 'int | None'."""
+    kinds = [_JSON_TYPES.get(t.strip()) for t in annotation.split("|")]
+    if any(k is None for k in kinds):
+        return True  # a structured type: left to the constructor
+    if isinstance(value, bool) and "bool" not in annotation:
+        return False  # JSON true is not a number here
+    return any(isinstance(value, k) for k in kinds)
 
 
 _GPT2 = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True)

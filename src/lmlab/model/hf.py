@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lmlab.errors import LmlabError
+from lmlab.io import confined
 from lmlab.model.config import ModelConfig
 
 SUPPORTED = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -36,18 +37,34 @@ def read_config(path: Path) -> dict[str, Any]:
     if not f.is_file():
         raise LmlabError(f"{path}: no config.json (expected a Hugging Face model directory)")
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
+        cfg = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LmlabError(f"{f} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LmlabError(f"{f} is not a JSON object")
+    return cfg
+
+
+def shard_files(path: Path, index: Path) -> list[Path]:
+    """The safetensors files a sharded checkpoint's index names, each confined to the model directory."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, TypeError, KeyError) as e:  # bad JSON or UTF-8; not an object; no weight_map
+        raise LmlabError(f"{index} is not a safetensors index (a JSON object with a 'weight_map'): "
+                         f"{type(e).__name__} {e}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise LmlabError(f"{index}: 'weight_map' must map tensor names to shard files")
+    names = sorted({str(v) if not isinstance(v, str) else v for v in weight_map.values()})
+    return [confined(path, name, str(index)) for name in names]
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of the shards its index lists; pickle files are refused."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = shard_files(path, index)
     elif (path / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
+        shards = [confined(path, "model.safetensors", str(path))]
     else:
         pickles = [n for n in PICKLE_FILES if (path / n).is_file()]
         if pickles:
@@ -58,18 +75,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
                 f"model.safetensors.")
         raise LmlabError(f"{path}: no model.safetensors (or model.safetensors.index.json) found")
     weights: dict[str, torch.Tensor] = {}
-    for name in shards:
+    for shard in shards:
         try:
-            weights.update(load_file(str(path / name)))
+            weights.update(load_file(str(shard)))
         except (SafetensorError, OSError) as e:
-            raise LmlabError(f"{path / name}: unreadable safetensors file ({e})") from None
+            raise LmlabError(f"{shard}: unreadable safetensors file ({e})") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def _need(cfg: dict[str, Any], key: str, where: str) -> Any:
+def _need(cfg: dict[str, Any], key: str, where: str) -> int:
+    """A required size of the architecture: present, and a positive integer."""
     if key not in cfg:
         raise LmlabError(f"{where}: config.json lacks required key {key!r}")
-    return cfg[key]
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LmlabError(f"{where}: {key} must be a positive integer, got {value!r}")
+    return value
 
 
 def _strip(weights: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

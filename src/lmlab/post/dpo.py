@@ -25,6 +25,7 @@ from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.post.rm import conversation, load_pairs
+from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 
@@ -127,6 +128,7 @@ class DPOConfig:
             raise LmlabError(f"beta must be positive, got {self.beta}")
 
 
+@locked_run
 def dpo(cfg: DPOConfig) -> dict[str, Any]:
     from lmlab.post.evaluate import policy_report
 
@@ -150,6 +152,7 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
                                     .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
     opt = Optimizer(policy, tc, device)
     out = Path(cfg.out)
+    ckpt_io.check_target(out / "checkpoint", [cfg.init], "dpo")
     log = Log(out / "metrics.jsonl")
     batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
@@ -184,6 +187,7 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     log.close()
     wall = time.perf_counter() - t0
     ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(policy), policy.cfg, ck.tokenizer_path,
+                            reads=[cfg.init], verb="dpo",
                             meta={"stage": "dpo", "init": str(cfg.init), "beta": cfg.beta, "loss": cfg.loss})
     after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     summary = {"steps": tc.steps, "pairs": len(train), "beta": cfg.beta, "loss": cfg.loss,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -35,8 +35,10 @@ from lmlab.errors import LmlabError
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.dpo import pad_batch, token_logprobs
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
+from lmlab.usercode import call_user
 
 ALGOS = ("ppo", "grpo")
 
@@ -143,7 +145,8 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError, ValueError) as e:
             raise LmlabError(f"reward {spec!r}: cannot load {name!r} from module {module!r} ({e})") from None
-        return lambda prompts, replies: [float(fn(p, r)) for p, r in zip(prompts, replies)]
+        label, as_float = f"reward {spec!r}", lambda p, r: float(fn(p, r))  # a non-number is the user's error
+        return lambda prompts, replies: [call_user(as_float, label, p, r) for p, r in zip(prompts, replies)]
     raise LmlabError(f"reward must be 'gold', 'rm:PATH' or 'python:module:function', got {spec!r}")
 
 
@@ -204,6 +207,8 @@ class RLConfig:
     train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=60, lr=3e-5, min_lr=3e-6,
                                                                            warmup_steps=5, log_interval=5))
     """Optimisation settings (steps = rollout rounds; batch_size unused)."""
+    CODE_KEYS: ClassVar[dict[str, str]] = {"reward": "python:"}
+    """A 'python:module:function' reward is code to import and run: refused from a recipe without --allow-code."""
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -240,6 +245,7 @@ def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, s
     return pad_batch(seqs, tok.pad_id if tok.pad_id is not None else 0), replies, row_prompts
 
 
+@locked_run
 def rl(cfg: RLConfig) -> dict[str, Any]:
     from lmlab.post.evaluate import policy_report
 
@@ -257,6 +263,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     opt = Optimizer(model, replace(tc, steps=tc.steps * cfg.epochs, warmup_steps=tc.warmup_steps * cfg.epochs),
                     device)
     out = Path(cfg.out)
+    ckpt_io.check_target(out / "checkpoint", [cfg.init], "rl")
     log = Log(out / "metrics.jsonl")
     rng = random.Random(tc.seed + 1)
     tokens, flops, t0, row = 0, 0.0, time.perf_counter(), {}
@@ -312,7 +319,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     log.close()
     wall = time.perf_counter() - t0
     weights = {k.removeprefix("policy."): v for k, v in opt.weights(model).items() if not k.startswith("value_head")}
-    ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path,
+    ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path, reads=[cfg.init], verb="rl",
                             meta={"stage": "rl", "algo": cfg.algo, "init": str(cfg.init), "reward": cfg.reward})
     after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     summary = {"algo": cfg.algo, "reward": cfg.reward, "steps": tc.steps, "final": row, "train_tokens": tokens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from lmlab.errors import LmlabError
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
+from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 
@@ -92,6 +94,25 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: flo
     return loss.mean()
 
 
+def _is_finite_number(x: Any) -> bool:
+    # bool is an int to Python but never a margin; an int too big for a float overflows the loss.
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
+def _check_optional(obj: dict[str, Any], where: str) -> None:
+    """The optional fields, checked while the line is known (training would fail later without saying where)."""
+    margin = obj.get("margin", 0.0)
+    if not _is_finite_number(margin):
+        raise LmlabError(f"{where}: 'margin' must be a finite number, got {reprlib.repr(margin)}")
+    if not isinstance(obj.get("system", ""), str):
+        raise LmlabError(f"{where}: 'system' must be a string, got {type(obj['system']).__name__}")
+
+
 def read_preferences(path: str | Path) -> list[dict[str, Any]]:
     """Preference pairs from JSONL: {"prompt", "chosen", "rejected"} (optional "system", "margin")."""
     pairs = []
@@ -103,6 +124,7 @@ def read_preferences(path: str | Path) -> list[dict[str, Any]]:
         for k in ("prompt", "chosen", "rejected"):
             if not isinstance(obj[k], str) or not obj[k].strip():
                 raise LmlabError(f"{where}: '{k}' must be a non-empty string")
+        _check_optional(obj, where)
         pairs.append({**obj, "where": where})
     return pairs
 
@@ -216,7 +238,8 @@ class RMConfig:
 def save_reward_model(path: Path, model: RewardModel, opt: Optimizer, tokenizer: Path, meta: dict) -> None:
     """One safetensors file: the backbone's weights as usual plus value_head.weight and value_head.bias."""
     weights = {k.removeprefix("backbone."): v for k, v in opt.weights(model).items()}
-    ckpt_io.save_checkpoint(path, weights, model.backbone.cfg, tokenizer,
+    reads = [meta["init"]] if "init" in meta else []
+    ckpt_io.save_checkpoint(path, weights, model.backbone.cfg, tokenizer, reads=reads, verb="rm",
                             meta={"stage": "rm", **meta})
 
 
@@ -235,6 +258,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), Tokenizer.load(ck.tokenizer_path)
 
 
+@locked_run
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
     tc = cfg.train
     device = setup(tc)
@@ -246,6 +270,7 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
     opt = Optimizer(model, tc, device)
     out = Path(cfg.out)
+    ckpt_io.check_target(out / "checkpoint", [cfg.init], "rm")
     log = Log(out / "metrics.jsonl")
     batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()

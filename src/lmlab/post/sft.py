@@ -31,6 +31,7 @@ from lmlab.post.loop import (
     shuffled_batches,
     tokenizer_of,
 )
+from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.objectives import token_cross_entropy
@@ -93,12 +94,14 @@ def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, d
     return result
 
 
+@locked_run
 def sft(cfg: SFTConfig) -> dict[str, Any]:
     tc = cfg.train
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
     out = Path(cfg.out)
+    ckpt_io.check_target(out / "checkpoint", [cfg.init], "sft")
     tok, new_tok = add_chat_tokens(model, tok, out)
     tok_path = new_tok or ck.tokenizer_path
     convs, where, world = load_data(cfg)
@@ -151,7 +154,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
             log.write({"step": step, "eval": True, "val_loss": val_loss})
     log.close()
     wall = time.perf_counter() - t0
-    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path,
+    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path, reads=[cfg.init], verb="sft",
                             meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
     after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
     summary = {"steps": tc.steps, "conversations": len(train), "val_conversations": len(val),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
+from lmlab.rundir import locked_run
 from lmlab.scale.sweep import prepare_corpus, pretrain_run, read_rows, write_rows
 
 COLUMNS = ("parametrization", "width", "log2_lr", "lr", "loss", "train_loss", "params", "wall_s")
@@ -131,6 +132,7 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Pat
     return save_png(fig, path)
 
 
+@locked_run
 def lr_transfer(cfg: LRTransferConfig) -> dict[str, Any]:
     from lmlab.data.shards import TokenData
     from lmlab.model.config import ModelConfig

@@ -18,6 +18,7 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 from lmlab.io import atomic_path
+from lmlab.rundir import locked_run
 
 COLUMNS = ("name", "d_model", "n_layers", "n_heads", "params", "non_embedding_params", "flops", "tokens",
            "tokens_per_param", "steps", "loss", "train_loss", "wall_s", "tokens_per_s")
@@ -182,6 +183,7 @@ def train_one(cfg: SweepConfig, run: dict[str, Any], data: Path) -> dict[str, An
             "tokens_per_s": round(summary["tokens_per_s"] or 0.0, 1)}
 
 
+@locked_run
 def sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or finish) the grid; returns where the CSV is and how many runs it holds."""
     from lmlab.data.shards import TokenData

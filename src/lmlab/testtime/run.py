@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from lmlab.errors import LmlabError
 from lmlab.testtime.generators import Generation, Request
 from lmlab.testtime.select import expected_accuracy, pass_at, pick_best, pick_vote
 from lmlab.testtime.tasks import Task, import_function, load_task
+from lmlab.usercode import call_user
 
 METHODS = ("greedy", "sample", "logprob", "rm", "vote", "scorer", "oracle")
 
@@ -87,6 +88,8 @@ class TestTimeConfig:
     """'auto', 'cpu' or 'cuda' (local model and reward model)."""
     out: str = "runs/testtime"
     """Output directory: testtime.csv, testtime.png, samples.jsonl, summary.json."""
+    CODE_KEYS: ClassVar[dict[str, str]] = {"scorer": "", "extractor": ""}
+    """Fields whose value names a Python function to import and run: refused from a recipe without --allow-code."""
 
     def __post_init__(self) -> None:
         if not self.n:
@@ -232,7 +235,9 @@ def _scores(cfg: TestTimeConfig, task: Task, g: Generation, methods: list[str]
     if "scorer" in methods:
         fn = import_function(cfg.scorer, "scorer")
         t = time.perf_counter()
-        scores["scorer"] = [[float(fn(task.questions[i], s.text)) for s in row] for i, row in enumerate(g.samples)]
+        label, as_float = f"scorer {cfg.scorer!r}", lambda q, r: float(fn(q, r))  # a non-number is the user's error
+        scores["scorer"] = [[call_user(as_float, label, task.questions[i], s.text) for s in row]
+                            for i, row in enumerate(g.samples)]
         extra_wall["scorer"] = (time.perf_counter() - t) / (P * M)
     return scores, extra_flops, extra_wall
 

@@ -17,6 +17,7 @@ from typing import Any
 from lmlab.errors import LmlabError
 from lmlab.post.loop import PostTrainConfig
 from lmlab.post.rm import RMConfig
+from lmlab.rundir import locked_run
 
 
 def score_responses(model, tok, questions: list[str], responses: list[str]) -> tuple[list[float], float]:
@@ -81,6 +82,7 @@ class VerifierConfig:
     """Reward-model training (batch_size counts pairs)."""
 
 
+@locked_run
 def train_verifier(cfg: VerifierConfig) -> dict[str, Any]:
     from lmlab.io import write_jsonl
     from lmlab.post.rm import train_rm

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,12 @@ from lmlab.config import to_dict
 from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
+from lmlab.io import confined, recover_dir
 from lmlab.model import autotune
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
+from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
@@ -161,6 +164,23 @@ def data_fingerprint(data_dir: str | Path) -> dict[str, Any]:
             "tokens": {k: v.get("n_tokens") for k, v in sorted(meta.get("splits", {}).items())}}
 
 
+def shards_tokenizer(data: str | Path, meta: dict[str, Any]) -> str | None:
+    """The tokenizer copy that `prepare` keeps beside the shards, confined to their directory."""
+    info = meta.get("tokenizer")
+    name = info.get("copy", "tokenizer.json") if isinstance(info, dict) else "tokenizer.json"
+    path = confined(data, name, str(Path(data) / "meta.json"))
+    return str(path) if path.is_file() else None
+
+
+def _note_schedule_change(saved: Any, tc: TrainConfig) -> None:
+    """Warn when a resumed run's step count differs from the checkpoint's: the cosine is re-planned."""
+    old = saved.get("steps") if isinstance(saved, dict) else None
+    if isinstance(old, int) and old != tc.steps and tc.decay_steps is None:
+        warnings.warn(f"train.steps is {tc.steps} but the checkpoint was planned for {old}: the learning-rate "
+                      f"cosine now decays to step {tc.steps}, so the steps already taken followed another "
+                      f"schedule (set train.decay_steps={old} to keep the old one)", stacklevel=3)
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed as written; trimmed on resume."""
 
@@ -168,12 +188,15 @@ class MetricsLog:
         self.path = path
         kept = []
         if resume_step > 0 and path.exists():
-            for line in path.read_text().splitlines():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
+                    row = json.loads(line)
+                except (ValueError, RecursionError):
                     break  # a line cut by a kill: drop it and everything after
+                if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
+                    break  # not a line this log wrote
+                if row.get("step", 0) <= resume_step:
+                    kept.append(line)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(line + "\n" for line in kept))
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -193,6 +216,7 @@ class Trainer:
         self.cfg, tc = cfg, cfg.train
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoint"
+        ckpt_io.check_target(self.ckpt_dir, [cfg.init] if cfg.init else [], "pretrain")
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.device = pick_device(tc.device)
@@ -203,9 +227,9 @@ class Trainer:
             tune_cpu_allocator()
         self.train_data = TokenData.open(cfg.data, "train")
         self.val_data = TokenData.open(cfg.data, "val")
+        TokenData.check_ids(cfg.data, {"train": self.train_data, "val": self.val_data})  # before any step
         meta = TokenData.read_meta(cfg.data)
-        copy = Path(cfg.data) / meta.get("tokenizer", {}).get("copy", "tokenizer.json")
-        self.tokenizer = cfg.tokenizer or (str(copy) if copy.is_file() else None)
+        self.tokenizer = cfg.tokenizer or shards_tokenizer(cfg.data, meta)
         if self.tokenizer and not Path(self.tokenizer).is_file():
             raise LmlabError(f"tokenizer file not found: {self.tokenizer} (set tokenizer=PATH)")
         mc = ModelConfig(**{**to_dict(cfg.model), "vocab_size": int(meta["vocab_size"]),
@@ -268,9 +292,11 @@ class Trainer:
         return masked_lm_loss(self.fwd, inputs.to(self.device), labels.to(self.device))
 
     def _resume_checkpoint(self, mc: ModelConfig) -> ckpt_io.Checkpoint | None:
+        recover_dir(self.ckpt_dir)  # a kill between a save's two renames left the checkpoint aside
         if not self.cfg.resume or not (self.ckpt_dir / "meta.json").exists():
             return None
         ck = ckpt_io.load_checkpoint(self.ckpt_dir, with_trainer_state=True)
+        _note_schedule_change(ck.meta.get("train_config", {}), self.cfg.train)
         saved = ck.meta.get("data_fingerprint")
         if saved is not None and saved != self.fingerprint:
             raise LmlabError(f"{self.ckpt_dir} was trained on different data or a different tokenizer than "
@@ -344,7 +370,7 @@ class Trainer:
         meta = {"step": self.step, "stage": "pretrain", "objective": self.cfg.objective,
                 "train_config": to_dict(self.cfg.train), "data": self.cfg.data,
                 "data_fingerprint": self.fingerprint}
-        ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta)
+        ckpt_io.save_checkpoint(self.ckpt_dir, weights, self.model_cfg, self.tokenizer, state, meta, verb="pretrain")
 
     def _init_from(self, path: str, mc: ModelConfig) -> None:
         init = ckpt_io.load_checkpoint(path)
@@ -433,6 +459,7 @@ class Trainer:
         return summary
 
 
+@locked_run
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train (or resume) and plot the loss curve; returns the `pretrain` summary."""
     from lmlab.report.plots import plot_loss
