@@ -187,3 +187,20 @@ def test_rows_finishing_at_different_times_match_rows_run_alone(engine, backend,
         alone = eng.generate([prompt], p)[0].completions[0].token_ids
         assert out.completions[0].token_ids == alone
         assert len(alone) == min(p.max_new_tokens, eng.cfg.max_seq_len - len(eng.encode(prompt)))
+
+
+def test_context_cutting_a_generation_short_warns_once(tiny_data):
+    import warnings
+
+    tok = Tokenizer.load(tiny_data / "tokenizer.json")
+    cfg = ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    eng = Engine(Transformer(cfg), tok)
+    no_eos = dict(ignore_eos=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eng.generate([[5, 6, 7]] * 2, SamplingParams(max_new_tokens=8, **no_eos))  # fits: no warning
+        out = eng.generate([[5, 6, 7]], SamplingParams(max_new_tokens=40, **no_eos))
+        eng.generate([[5, 6, 7]], SamplingParams(max_new_tokens=40, **no_eos))
+    said = [str(w.message) for w in caught if "context" in str(w.message)]
+    assert len(said) == 1 and "room for 13 of the 40 new tokens" in said[0]
+    assert out[0].completions[0].finish_reason == "length" and len(out[0].completions[0].token_ids) == 13

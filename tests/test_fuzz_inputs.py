@@ -7,6 +7,7 @@ other exception is a bug, since the CLI would show it as a traceback.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,9 @@ JSON_LINE = (VALUES | RECORD).map(lambda v: json.dumps(v).encode())  # NaN and I
 ODD_LINE = st.binary(max_size=40) | st.sampled_from([b"[" * 5000, b"1" * 5000, b"\xef\xbb\xbf{}", b"\xff", b" "])
 FILES = st.lists(JSON_LINE | ODD_LINE, max_size=6).map(b"\n".join)
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 60 examples per reader keep the suite fast; LMLAB_FUZZ_EXAMPLES=2000 searches harder.
+FUZZ = settings(max_examples=int(os.environ.get("LMLAB_FUZZ_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def readers() -> dict[str, tuple[str, Callable[[Path], object]]]:
@@ -81,3 +84,59 @@ def test_reader_fails_only_with_lmlab_error(name, content, scratch):
         read(path)
     except LmlabError as e:
         assert "\n" not in str(e), str(e)  # the CLI shows it as one line
+
+
+# --- the recipe loader ------------------------------------------------------------------------------------
+
+def recipe_classes() -> dict[str, type]:
+    """The config classes recipes most often feed: nested sections, lists, optionals, code keys."""
+    from lmlab.quickstart import QuickstartConfig
+    from lmlab.testtime.run import TestTimeConfig
+    from lmlab.train.trainer import PretrainConfig
+
+    return {"pretrain": PretrainConfig, "testtime": TestTimeConfig, "quickstart": QuickstartConfig}
+
+
+def recipe_keys(cls: type) -> st.SearchStrategy:
+    """Real dotted keys of `cls` (so values reach the type checks and __post_init__), and arbitrary ones."""
+    from lmlab.config import leaf_fields
+
+    return st.sampled_from([name for name, *_ in leaf_fields(cls)]) | st.text(max_size=8)
+
+
+def nest(flat: dict[str, object]) -> dict[str, object]:
+    """{'train.lr': 1} -> {'train': {'lr': 1}}; a clash keeps whichever came first."""
+    out: dict[str, object] = {}
+    for key, value in flat.items():
+        node, *parts = key.split(".")
+        target = out
+        for part in [node, *parts][:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            target.setdefault(([node, *parts])[-1], value)
+    return out
+
+
+YAML_TEXT = st.text(max_size=80) | st.sampled_from(["[1, 2]", "a: [", "{a: {b: {c: ", "!!python/object:os.system",
+                                                    "x: &a [*a]", "train: 5", "model: {d_model: -3}"])
+
+
+@pytest.mark.parametrize("verb", list(recipe_classes()))
+@FUZZ
+@given(data=st.data())
+def test_recipe_loader_fails_only_with_lmlab_error(verb, data, scratch):
+    import yaml
+
+    from lmlab.config import load
+
+    cls = recipe_classes()[verb]
+    flat = data.draw(st.dictionaries(recipe_keys(cls), VALUES, max_size=5))
+    text = data.draw(st.just(yaml.safe_dump(nest(flat))) | YAML_TEXT | st.binary(max_size=60).map(repr))
+    path = scratch / "recipe.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    try:
+        load(cls, path)
+    except LmlabError as e:
+        assert "\n" not in str(e), str(e)

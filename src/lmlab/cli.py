@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -117,8 +118,15 @@ def _which_verb(argv: list[str]) -> str | None:
     return None
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings as the CLI's users read them: one `lmlab: warning:` line, not a file path and a code line."""
+    return f"lmlab: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _one_line_warning
     if argv and argv[0] in DEFAULT_SUBVERB and not (len(argv) > 1 and f"{argv[0]} {argv[1]}" in VERBS):
         argv.insert(1, DEFAULT_SUBVERB[argv[0]])
     parser, verbs = build_parser()

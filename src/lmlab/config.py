@@ -154,7 +154,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config", prefix: st
         if key not in names:
             close = difflib.get_close_matches(str(key), list(names), n=3)
             hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-            raise LmlabError(f"unknown config key '{prefix}{key}' in {where}{hint}")
+            raise LmlabError(f"unknown config key {prefix + str(key)!r} in {where}{hint}")
         f = names[key]
         if isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

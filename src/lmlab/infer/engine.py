@@ -11,6 +11,7 @@ streaming holds back any text that could still turn into a stop string.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class Engine:
         if backend not in ("auto", "torch", "native"):
             raise LmlabError(f"backend must be 'auto', 'torch' or 'native', got {backend!r}")
         device = pick_device(device)
+        self.context_warned = False  # the first generation that the context cuts short says so, once
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
         if weights == "int8":
@@ -212,6 +214,8 @@ class Engine:
         rows = []
         for p, (ids, sp) in enumerate(zip(prompt_ids, plist)):
             limit = min(sp.max_new_tokens, self.cfg.max_seq_len - len(ids))
+            if limit < sp.max_new_tokens:
+                self._warn_context(len(ids), sp.max_new_tokens)
             for j in range(sp.n):
                 u = None
                 if sp.temperature > 0 and limit > 0:
@@ -225,6 +229,15 @@ class Engine:
                     u = torch.rand(limit, generator=g, dtype=torch.float64)
                 rows.append(_Row(p, j, sp, limit, u))
         return rows
+
+    def _warn_context(self, prompt_len: int, wanted: int) -> None:
+        """Say once per engine that the context, not max_new_tokens, ends a generation (finish 'length')."""
+        if not self.context_warned:
+            self.context_warned = True
+            ctx = self.cfg.max_seq_len
+            warnings.warn(f"a {prompt_len}-token prompt leaves room for {max(0, ctx - prompt_len)} of the "
+                          f"{wanted} new tokens asked for in this model's {ctx}-token context: generation stops "
+                          f"there (finish_reason 'length'); said once", stacklevel=2)
 
     @torch.no_grad()
     def _run(self, prompts, params, streaming: bool = False) -> Iterator[Delta | list[RequestOutput]]:
