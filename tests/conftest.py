@@ -41,3 +41,17 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
         "train": dict(steps=150, batch_size=8, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
                       eval_interval=0, eval_batches=2, precision="fp32", threads=1, progress=False)}))
     return out / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def cli_model(tiny_data, tmp_path_factory) -> Path:
+    """A one-layer causal LM trained for 30 steps through `lmlab pretrain` itself (read-only: copy to edit)."""
+    from lmlab.cli import main
+
+    out = tmp_path_factory.mktemp("cli_model") / "run"
+    code = main(["pretrain", "--data", str(tiny_data), "--out", str(out), "--set", "model.d_model=32",
+                 "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "model.max_seq_len=48",
+                 "--set", "train.steps=30", "--set", "train.batch_size=4", "--set", "train.progress=false",
+                 "--set", "train.precision=fp32", "--set", "train.eval_batches=1", "--set", "train.threads=1"])
+    assert code == 0
+    return out / "checkpoint"

@@ -23,15 +23,8 @@ from lmlab.usercode import call_user
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_data, tmp_path_factory) -> Path:
-    """One tiny causal checkpoint shared by every case (a few seconds on 2 cores)."""
-    out = tmp_path_factory.mktemp("cli_errors") / "run"
-    code = main(["pretrain", "--data", str(tiny_data), "--out", str(out), "--set", "model.d_model=32",
-                 "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "model.max_seq_len=48",
-                 "--set", "train.steps=10", "--set", "train.batch_size=4", "--set", "train.progress=false",
-                 "--set", "train.precision=fp32", "--set", "train.eval_batches=1", "--set", "train.threads=1"])
-    assert code == 0
-    return out / "checkpoint"
+def ckpt(cli_model) -> Path:
+    return cli_model
 
 
 @pytest.fixture()
@@ -147,6 +140,10 @@ def hf_huge_positions(env) -> list[str]:
 
 
 CASES = [
+    pytest.param(lambda e: ["pretrain", "--config", write(e.tmp / "r.yaml", bytes(range(256)))], "not UTF-8",
+                 id="config-binary-file"),
+    pytest.param(lambda e: ["pretrain", "--config", write(e.tmp / "r.yaml", b"a\x00b: 1")], "binary file",
+                 id="config-nul-bytes"),
     pytest.param(lambda e: bad_utf8_prompts(e, ".txt"), "not valid UTF-8", id="generate-prompts-txt-bad-utf8"),
     pytest.param(lambda e: bad_utf8_prompts(e, ".jsonl"), "not valid UTF-8", id="generate-prompts-jsonl-bad-utf8"),
     *[pytest.param(lambda e, v=verb, d=dev: device_argv(e, v, d), dev, id=f"{verb}-device-{dev}")

@@ -15,14 +15,8 @@ from lmlab.errors import LmlabError
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("infer") / "run"
-    code = main(["pretrain", "--data", str(tiny_data), "--out", str(out), "--set", "model.d_model=32",
-                 "--set", "model.n_layers=1", "--set", "model.n_heads=2", "--set", "model.max_seq_len=48",
-                 "--set", "train.steps=30", "--set", "train.batch_size=4", "--set", "train.progress=false",
-                 "--set", "train.precision=fp32", "--set", "train.eval_batches=1"])
-    assert code == 0
-    return out / "checkpoint"
+def ckpt(cli_model) -> Path:
+    return cli_model
 
 
 def test_generate_json_with_every_control(ckpt, tmp_path, capsys):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from safetensors.torch import save_file
 
+from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.io import confined
 from lmlab.rundir import output_dir
@@ -49,8 +50,6 @@ class ExportHFConfig:
 
 def _hf_tokenizer(src: Path, vocab_size: int) -> Path | None:
     """The source's tokenizer.json, if any: inside the directory, a valid tokenizer, and fitting the model."""
-    from lmlab.data.tokenizer import Tokenizer
-
     if not (src / "tokenizer.json").is_file() and not (src / "tokenizer.json").is_symlink():
         return None
     path = confined(src, "tokenizer.json", str(src))
@@ -80,8 +79,6 @@ def import_hf(cfg: ImportHFConfig) -> dict[str, Any]:
 
 def _tokenizer_config(tokenizer_json: Path) -> dict[str, Any]:
     """What transformers' AutoTokenizer needs beside tokenizer.json: the class and the special tokens."""
-    from lmlab.data.tokenizer import Tokenizer
-
     tok = Tokenizer.load(tokenizer_json)
     roles = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "mask_token": "<|mask|>"}
     out: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}

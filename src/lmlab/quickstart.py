@@ -25,7 +25,7 @@ from lmlab.post.dpo import DPOConfig, dpo
 from lmlab.post.loop import PostTrainConfig
 from lmlab.post.rm import RMConfig, train_rm
 from lmlab.post.sft import SFTConfig, sft
-from lmlab.rundir import locked_run
+from lmlab.rundir import QUICKSTART_OUT, locked_run
 from lmlab.summary import read_summary, update_summary
 from lmlab.testtime.run import TestTimeConfig, run_testtime
 from lmlab.testtime.verifier import VerifierConfig, train_verifier
@@ -61,7 +61,7 @@ def _train() -> TrainConfig:
 
 @dataclass
 class QuickstartConfig:
-    out: str = "runs/quickstart"
+    out: str = QUICKSTART_OUT
     """Run directory for every stage's output."""
     world: WorldConfig = field(default_factory=_world)
     """The built-in world (its `out` is set to <out>/world)."""

@@ -25,6 +25,12 @@ from typing import IO, Any, TypeVar
 from lmlab.errors import LmlabError
 from lmlab.io import atomic_dir, recover_dir, sync_tree, temp_dir_beside
 
+QUICKSTART_OUT = "runs/quickstart"
+"""Where `lmlab quickstart` writes; its checkpoint is what the inference verbs read unless told."""
+PRETRAIN_OUT = "runs/pretrain"
+"""Where `lmlab pretrain` writes unless told."""
+DEFAULT_CHECKPOINT = f"{QUICKSTART_OUT}/checkpoint"
+
 LOCK = ".lmlab.lock"
 """The lock file in a run directory; it holds the pid of the run that has it."""
 
@@ -177,3 +183,19 @@ def locked_run(verb: Callable[[Any], R]) -> Callable[[Any], R]:
             return verb(cfg)
 
     return run
+
+
+def require_checkpoint(path: str | Path) -> Path:
+    """`path` if it is a directory; else an error naming it, and, when the default is missing but
+    `lmlab pretrain` has written its own default checkpoint, the flag that points at that one."""
+    p = Path(path)
+    recover_dir(p)  # a checkpoint swap that a crash interrupted is still a checkpoint
+    if p.is_dir():
+        return p
+    msg = f"checkpoint not found: {p}"
+    if p == Path(DEFAULT_CHECKPOINT):
+        pretrained = Path(PRETRAIN_OUT) / "checkpoint"
+        msg += " (the default: `lmlab quickstart` writes it)"
+        if pretrained.is_dir():
+            msg += f"; `lmlab pretrain` wrote {pretrained}: pass --checkpoint {pretrained}"
+    raise LmlabError(msg)

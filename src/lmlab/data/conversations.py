@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lmlab.data.chat import END_OF_TURN, ROLES, SPACE
+from lmlab.data.text import jsonl_records
 from lmlab.errors import LmlabError
 
 IGNORE = -100
@@ -23,8 +24,6 @@ IGNORE = -100
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; errors name the file and line."""
-    from lmlab.data.text import jsonl_records
-
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"{path}: file not found")

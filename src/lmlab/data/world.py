@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.data import world_text as wt
+from lmlab.data.text import jsonl_records
 from lmlab.errors import LmlabError
 from lmlab.io import write_text
 
@@ -463,8 +464,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from lmlab.data.text import jsonl_records
-
     if not path.is_file():
         raise LmlabError(f"world file missing: {path}; regenerate it with `lmlab world`")
     # The shared reader names the file and line for bad UTF-8, bad JSON and lines that are not objects.

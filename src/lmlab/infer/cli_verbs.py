@@ -7,15 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.text import jsonl_records, read_utf8
 from lmlab.errors import LmlabError
 from lmlab.infer.sampling import SamplingParams
+from lmlab.rundir import DEFAULT_CHECKPOINT
 
 
 @dataclass
 class EngineOptions(SamplingParams):
     """Every sampling control plus where the model comes from and how it runs."""
 
-    checkpoint: str = "runs/quickstart/checkpoint"
+    checkpoint: str = DEFAULT_CHECKPOINT
     """Checkpoint directory to load."""
     device: str = "auto"
     """Device to run on: 'auto' (the GPU if there is one), 'cpu', 'cuda', 'cuda:1', ..."""
@@ -43,15 +45,11 @@ class GenerateConfig(EngineOptions):
 
 
 def _txt_prompts(path: Path) -> list[str]:
-    from lmlab.data.text import read_utf8
-
     return [line for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def _jsonl_prompts(path: Path) -> list[str]:
     # The shared JSONL reader names the file and line for bad UTF-8, bad JSON and non-objects alike.
-    from lmlab.data.text import jsonl_records
-
     prompts = []
     for n, row in jsonl_records(path, "an object with a string 'prompt' field"):
         if not isinstance(row.get("prompt"), str):

@@ -25,6 +25,7 @@ from lmlab.errors import LmlabError
 from lmlab.infer.sampling import SamplingParams, logprobs_of, process_logits, sample_from, top_logprobs
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.transformer import Transformer
+from lmlab.rundir import require_checkpoint
 
 
 @dataclass
@@ -150,7 +151,6 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
                         backend: str = "auto") -> Engine:
-        from lmlab.infer.sample import require_checkpoint
         from lmlab.train.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(require_checkpoint(path))

@@ -16,11 +16,12 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.figures import pyplot, save_png
 from lmlab.infer.sampling import SamplingParams, analytic_distribution, entropy, nucleus_size
+from lmlab.rundir import DEFAULT_CHECKPOINT
 
 
 @dataclass
 class ExplainConfig:
-    checkpoint: str = "runs/quickstart/checkpoint"
+    checkpoint: str = DEFAULT_CHECKPOINT
     """Checkpoint directory."""
     prompt: str = ""
     """Text whose next token is explained."""

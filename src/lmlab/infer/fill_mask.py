@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model.transformer import Transformer
 
@@ -63,7 +64,6 @@ def fill_mask(model: Transformer, tok: Tokenizer, text: str, top_k: int = 5) -> 
 
 
 def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
-    from lmlab.device import pick_device
     from lmlab.train.checkpoint import load_checkpoint, load_model
 
     device = pick_device(cfg.device)  # a bad device is an error now, not deep in loading

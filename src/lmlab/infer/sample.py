@@ -8,35 +8,12 @@ runs on the engine; `lmlab generate` exposes every sampling control.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lmlab.errors import LmlabError
-
-DEFAULT_CHECKPOINT = "runs/quickstart/checkpoint"
-"""What `sample`, `generate`, `chat` and `sampling explain` read unless told: the quickstart's model."""
-
-
-def require_checkpoint(path: str | Path) -> Path:
-    """`path` if it is a directory; else an error naming it, and, when the default is missing but
-    `lmlab pretrain` has written its own default checkpoint, the flag that points at that one."""
-    from lmlab.io import recover_dir
-
-    p = Path(path)
-    recover_dir(p)  # a checkpoint swap that a crash interrupted is still a checkpoint
-    if p.is_dir():
-        return p
-    msg = f"checkpoint not found: {p}"
-    if p == Path(DEFAULT_CHECKPOINT):
-        from lmlab.train.trainer import PretrainConfig
-
-        pretrained = Path(PretrainConfig.out) / "checkpoint"
-        msg += " (the default: `lmlab quickstart` writes it)"
-        if pretrained.is_dir():
-            msg += f"; `lmlab pretrain` wrote {pretrained}: pass --checkpoint {pretrained}"
-    raise LmlabError(msg)
+from lmlab.rundir import DEFAULT_CHECKPOINT
 
 
 @dataclass

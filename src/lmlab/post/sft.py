@@ -31,7 +31,7 @@ from lmlab.post.loop import (
     shuffled_batches,
     tokenizer_of,
 )
-from lmlab.rundir import locked_run
+from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.objectives import token_cross_entropy
@@ -39,7 +39,7 @@ from lmlab.train.objectives import token_cross_entropy
 
 @dataclass
 class SFTConfig:
-    init: str = "runs/quickstart/checkpoint"
+    init: str = DEFAULT_CHECKPOINT
     """Checkpoint to fine-tune (pretrained, imported with import-hf, or already post-trained)."""
     data: str = "runs/quickstart/world"
     """Conversations: a JSONL file ({"messages": [...]} or {"prompt", "response"} per line), or a world

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lmlab.errors import LmlabError
+from lmlab.post.loop import require_causal
 
 
 @dataclass
@@ -83,8 +84,6 @@ class LocalGenerator:
 
     def __init__(self, checkpoint: str, chat: bool = False, device: str = "auto", batch_rows: int = 256) -> None:
         from lmlab.infer.engine import Engine
-        from lmlab.post.loop import require_causal
-
         self.engine = Engine.from_checkpoint(checkpoint, device=device)
         require_causal(self.engine.cfg, checkpoint, "test-time sampling")
         self.name = f"local:{checkpoint}"

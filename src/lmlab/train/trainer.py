@@ -30,7 +30,7 @@ from lmlab.model import autotune
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.rundir import locked_run
+from lmlab.rundir import PRETRAIN_OUT, locked_run
 from lmlab.summary import update_summary
 from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
@@ -130,7 +130,7 @@ class PretrainConfig:
     """Directory of token shards written by `lmlab prepare` (train.bin, val.bin, meta.json)."""
     tokenizer: str | None = None
     """tokenizer.json to store with the checkpoint (None = the one recorded in the shards' meta.json)."""
-    out: str = "runs/pretrain"
+    out: str = PRETRAIN_OUT
     """Run directory: checkpoint/, metrics.jsonl, loss.png, summary.json."""
     objective: str = "causal"
     """'causal' (next-token prediction with teacher forcing, causal mask) or 'mlm' (masked-token prediction,
