@@ -104,8 +104,12 @@ def test_prepare_onto_a_checkpoint_is_refused(ckpt, tiny_data):
 
     before = snapshot(ckpt)
     src = json.loads((tiny_data / "meta.json").read_text())["source"]
+    (ckpt.parent / "plain").mkdir()
+    shutil.copyfile(ckpt / "config.json", ckpt.parent / "plain" / "config.json")
     with pytest.raises(LmlabError, match="prepare.*did not write.*config.json"):
-        prepare(PrepareConfig(input=src, tokenizer=str(tiny_data / "tokenizer.json"), out=str(ckpt)))
+        prepare(PrepareConfig(input=src, tokenizer=str(tiny_data / "tokenizer.json"), out=str(ckpt.parent / "plain")))
+    with pytest.raises(LmlabError, match="meta.json is not prepare's own.*lmlab-checkpoint-1.*even with --force"):
+        prepare(PrepareConfig(input=src, tokenizer=str(tiny_data / "tokenizer.json"), out=str(ckpt), force=True))
     assert snapshot(ckpt) == before
 
 

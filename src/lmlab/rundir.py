@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -59,13 +60,28 @@ def refuse_overlap(out: Path, reads: Iterable[str | Path], verb: str) -> None:
                              f"its input {src}; choose an output directory outside it")
 
 
+def _refuse_other_header(header: Path, verb: str, fmt: str) -> None:
+    """A header file of the verb's name but another format (a checkpoint's meta.json met by `prepare`)."""
+    try:
+        found = json.loads(header.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != fmt:
+        raise LmlabError(f"{verb}: {header} is not {verb}'s own (its format is {found!r}, not {fmt!r}); "
+                         f"{verb} does not replace another kind of output, even with --force")
+
+
 def check_output(path: Path, verb: str, own: tuple[str, ...], reads: Iterable[str | Path] = (),
-                 force: bool = False) -> list[str]:
+                 force: bool = False, header_format: str | None = None) -> list[str]:
     """Refuse an output directory `output_dir` would refuse; the foreign files it holds (allowed by `force`).
 
-    Verbs that train call this before they start, so that a refusal never comes after hours of work.
+    `header_format`, when given, is the "format" value of the verb's JSON header (`own[-1]`); an existing
+    header with another one is refused even with `force`. Verbs that train call this before they start,
+    so that a refusal never comes after hours of work.
     """
     refuse_overlap(path, reads, verb)
+    if header_format and (path / own[-1]).is_file():
+        _refuse_other_header(path / own[-1], verb, header_format)
     recover_dir(path)
     if path.exists() and not path.is_dir():
         raise LmlabError(f"{verb}: the output {path} exists and is not a directory")
@@ -79,14 +95,14 @@ def check_output(path: Path, verb: str, own: tuple[str, ...], reads: Iterable[st
 
 @contextmanager
 def output_dir(path: str | Path, verb: str, own: tuple[str, ...], reads: Iterable[str | Path] = (),
-               force: bool = False) -> Iterator[Path]:
+               force: bool = False, header_format: str | None = None) -> Iterator[Path]:
     """Yield a temporary directory to fill with (some of) the `own` files; then put them at `path`.
 
     `own[-1]` is the header that says the directory is complete: with `force` it is removed first and
     written last, so a crash part-way leaves a directory that reads as unfinished, never as wrong.
     """
     path = Path(path)
-    if not check_output(path, verb, own, reads, force):
+    if not check_output(path, verb, own, reads, force, header_format):
         with atomic_dir(path) as tmp:
             yield tmp
         return

@@ -36,6 +36,7 @@ from lmlab.rundir import output_dir
 
 SPLITS = ("train", "val")
 META = "meta.json"
+FORMAT = "lmlab-tokens"
 OWN_FILES = ("train.bin", "val.bin", "tokenizer.json", META)
 """What `prepare` writes, the header last: a directory without it reads as not prepared."""
 
@@ -127,7 +128,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         split_docs = {"train": n_docs - n_val, "val": n_val}
 
     meta = {
-        "format": "lmlab-tokens",
+        "format": FORMAT,
         "version": 1,
         "dtype": dtype.name,
         "vocab_size": tok.vocab_size,
@@ -150,7 +151,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
             "copy": "tokenizer.json",
         },
     }
-    with output_dir(cfg.out, "prepare", OWN_FILES, force=cfg.force) as tmp:
+    with output_dir(cfg.out, "prepare", OWN_FILES, force=cfg.force, header_format=FORMAT) as tmp:
         for split, arr in split_tokens.items():
             np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<")).tofile(tmp / f"{split}.bin")
         (tmp / "tokenizer.json").write_bytes(tok_path.read_bytes())

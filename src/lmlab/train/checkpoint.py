@@ -52,7 +52,7 @@ def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], model_cf
     new files), and so is one among `reads`, the inputs of the verb that writes it.
     """
     path = Path(path)
-    with output_dir(path, verb, FILES, reads, force) as tmp:
+    with output_dir(path, verb, FILES, reads, force, FORMAT) as tmp:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(model_cfg.to_dict(), indent=2) + "\n")
         if tokenizer is not None:
@@ -67,7 +67,7 @@ def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], model_cf
 
 def check_target(path: str | Path, reads: Iterable[str | Path] = (), verb: str = "checkpoint") -> None:
     """Fail now, before any training, where `save_checkpoint(path, reads=reads)` would fail at the end."""
-    check_output(Path(path), verb, FILES, reads)
+    check_output(Path(path), verb, FILES, reads, header_format=FORMAT)
 
 
 @dataclass
