@@ -209,6 +209,11 @@ def test_stale_temporary_files_are_removed_when_a_run_starts(tiny_data, tmp_path
     assert (out / "keep.tmp").is_file()
 
 
+def test_a_run_that_fails_at_once_leaves_no_directory(tmp_path):
+    assert main(pretrain_argv(tmp_path / "no-data", tmp_path / "run", 5)) == 2
+    assert not (tmp_path / "run").exists()
+
+
 def test_lock_nests_in_one_process_and_cleaning_recovers_a_lone_old_copy(tmp_path):
     with run_lock(tmp_path), run_lock(tmp_path):
         assert (tmp_path / LOCK).read_text().strip() == str(os.getpid())

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -160,6 +161,7 @@ def _try_lock(f: IO[str]) -> bool:
 def run_lock(directory: str | Path) -> Iterator[list[str]]:
     """Hold `directory` for one run; yields the stale files it cleaned. Nested use in one process is allowed."""
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.resolve()
     if key in _held:
@@ -187,6 +189,10 @@ def run_lock(directory: str | Path) -> Iterator[list[str]]:
         del _held[key]
         f.seek(0)
         f.truncate()
+        if created and [p.name for p in directory.iterdir()] == [LOCK]:
+            with contextlib.suppress(OSError):  # Windows cannot remove an open file: the directory stays
+                (directory / LOCK).unlink()  # a run that failed before writing anything leaves no directory
+                directory.rmdir()
         f.close()  # closing the file releases the lock
 
 
