@@ -11,7 +11,7 @@ For each configuration below (dense and mixture-of-experts, 1M to 150M parameter
               eager-PyTorch peak estimate (Korthikanti et al.'s sum printed beside)  target: within 10%
 
 Memory on CPU comes from the profiler's allocation records, on CUDA from max_memory_allocated (see
-`lmlab.plan.measure`). Then, for mixture of experts, the time per token of training steps and of
+`lmlab.train.measure`). Then, for mixture of experts, the time per token of training steps and of
 prefills for a MoE model against a dense model with the same active parameters and one with the same
 total. Ends with one JSON line of figures.
 
@@ -29,7 +29,6 @@ import torch
 
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.plan import measure
 from lmlab.plan.size import (
     SizeConfig,
     arch_from_model_config,
@@ -38,6 +37,7 @@ from lmlab.plan.size import (
     param_counts,
     training_memory,
 )
+from lmlab.train import measure
 
 GPT = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True)
 LLAMA = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, tie_embeddings=False)

@@ -1,4 +1,4 @@
-"""Checkpoints (`lmlab.train.checkpoint`) and the atomic writes they rely on (`lmlab.io`)."""
+"""Checkpoints (`lmlab.model.checkpoint`) and the atomic writes they rely on (`lmlab.io`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from lmlab import io as lio
 from lmlab.errors import LmlabError
 from lmlab.model import ModelConfig, Transformer
-from lmlab.train import checkpoint as ck
+from lmlab.model import checkpoint as ck
 
 LLAMA = dict(norm="rmsnorm", positions="rope", mlp="swiglu", n_kv_heads=2, tie_embeddings=False)
 

@@ -49,8 +49,8 @@ def readers() -> dict[str, tuple[str, Callable[[Path], object]]]:
     from lmlab.infer.cli_verbs import GenerateConfig, read_prompts
     from lmlab.post.rl import load_prompts
     from lmlab.post.rm import load_pairs, read_preferences
-    from lmlab.report.plots import read_metrics
     from lmlab.testtime.tasks import file_task
+    from lmlab.train.loss_curve import read_metrics
 
     return {
         "conversations": (".jsonl", read_located),

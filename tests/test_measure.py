@@ -13,7 +13,6 @@ import torch
 
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.plan import measure
 from lmlab.plan.size import (
     SizeConfig,
     arch_from_model_config,
@@ -21,6 +20,7 @@ from lmlab.plan.size import (
     inference_memory,
     training_memory,
 )
+from lmlab.train import measure
 
 SHAPES = {
     "gpt-tied": dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True),
@@ -44,7 +44,7 @@ import json, sys
 import torch
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.plan import measure
+from lmlab.train import measure
 shapes = json.loads(sys.argv[1])
 out = {}
 for name, kw in shapes.items():

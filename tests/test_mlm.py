@@ -7,9 +7,9 @@ import torch
 
 from lmlab.config import from_dict
 from lmlab.errors import LmlabError
+from lmlab.model.checkpoint import load_model
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.train.checkpoint import load_model
 from lmlab.train.objectives import IGNORE, MaskingConfig, corrupt
 from lmlab.train.trainer import PretrainConfig, Trainer, pretrain
 
@@ -71,7 +71,7 @@ def _cfg(data, out, **train):
 def test_mlm_pretraining_learns_resumes_exactly_and_fills_masks(tiny_data, tmp_path):
     from lmlab.data.tokenizer import Tokenizer
     from lmlab.infer.fill_mask import fill_mask
-    from lmlab.train.checkpoint import load_model
+    from lmlab.model.checkpoint import load_model
 
     ref = pretrain(_cfg(tiny_data, tmp_path / "ref"))
     assert ref["objective"] == "mlm" and ref["val_loss"] < 4.5  # from ln(300) = 5.7

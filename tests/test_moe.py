@@ -15,10 +15,10 @@ from lmlab.errors import LmlabError
 from lmlab.infer.engine import Engine
 from lmlab.infer.sample import generate as plain_generate
 from lmlab.infer.sampling import SamplingParams
+from lmlab.model.checkpoint import load_checkpoint
 from lmlab.model.config import ModelConfig, preset
 from lmlab.model.transformer import MoE, Transformer
 from lmlab.plan.size import SizeConfig, arch_from_model_config, param_counts, size
-from lmlab.train.checkpoint import load_checkpoint
 from lmlab.train.trainer import PretrainConfig, pretrain
 
 SHAPES = {

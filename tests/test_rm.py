@@ -96,9 +96,9 @@ def test_logprob_feature_adds_the_backbones_mean_reply_logprob(tiny_data, tiny_m
     """With a zero head, the score is exactly the backbone's mean log-probability of the reply's tokens
     (and end of turn), and it survives a save/load round trip with its learned scale."""
     from lmlab.data.conversations import prompt_ids
+    from lmlab.model.checkpoint import load_model
     from lmlab.post.loop import Optimizer, PostTrainConfig
     from lmlab.post.rm import conversation, save_reward_model
-    from lmlab.train.checkpoint import load_model
 
     tok = Tokenizer.load(tiny_model / "tokenizer.json")
     rm = RewardModel(load_model(tiny_model, "cpu"), logprob_feature=True)

@@ -17,8 +17,8 @@ from lmlab.cli import main
 from lmlab.errors import LmlabError
 from lmlab.interop import ExportHFConfig, ImportHFConfig, export_hf, import_hf
 from lmlab.io import sha256_file
+from lmlab.model.checkpoint import load_checkpoint
 from lmlab.rundir import LOCK, clean_stale, output_dir, run_lock
-from lmlab.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -335,9 +335,9 @@ def test_bad_config_json_is_one_error(ckpt, config, match):
 
 
 def test_huge_max_seq_len_in_a_checkpoint_is_refused_before_allocating(tmp_path):
+    from lmlab.model.checkpoint import load_model, model_state, save_checkpoint
     from lmlab.model.config import ModelConfig
     from lmlab.model.transformer import Transformer
-    from lmlab.train.checkpoint import load_model, model_state, save_checkpoint
 
     small = ModelConfig(d_model=32, n_layers=1, n_heads=2, positions="rope", max_seq_len=32)
     save_checkpoint(tmp_path / "c", model_state(Transformer(small)), small)
@@ -350,7 +350,7 @@ def test_huge_max_seq_len_in_a_checkpoint_is_refused_before_allocating(tmp_path)
 
 
 def test_checkpoint_files_have_the_usual_permissions(ckpt, tmp_path):
-    from lmlab.train.checkpoint import load_model, model_state, save_checkpoint
+    from lmlab.model.checkpoint import load_model, model_state, save_checkpoint
 
     save_checkpoint(tmp_path / "c", model_state(load_model(ckpt)), load_checkpoint(ckpt).config)
     umask = os.umask(0)

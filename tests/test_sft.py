@@ -108,7 +108,7 @@ def test_sft_adds_chat_tokens_to_a_foreign_tokenizer(tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from lmlab.train.checkpoint import load_checkpoint, model_state, save_checkpoint
+    from lmlab.model.checkpoint import load_checkpoint, model_state, save_checkpoint
 
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

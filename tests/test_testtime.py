@@ -306,10 +306,10 @@ def test_a_recipe_naming_a_scorer_or_extractor_is_refused_unless_allowed(tmp_pat
 
 
 def test_a_masked_lm_is_refused_like_dpo_and_rl_refuse_it(tiny_data, tmp_path):
+    from lmlab.model.checkpoint import model_state, save_checkpoint
     from lmlab.model.config import ModelConfig
     from lmlab.model.transformer import Transformer
     from lmlab.testtime.generators import LocalGenerator
-    from lmlab.train.checkpoint import model_state, save_checkpoint
 
     cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=32, vocab_size=300, causal=False)
     path = save_checkpoint(tmp_path / "mlm", model_state(Transformer(cfg)), cfg,

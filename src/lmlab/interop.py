@@ -61,8 +61,8 @@ def _hf_tokenizer(src: Path, vocab_size: int) -> Path | None:
 
 
 def import_hf(cfg: ImportHFConfig) -> dict[str, Any]:
+    from lmlab.model.checkpoint import model_from_state, model_state, save_checkpoint
     from lmlab.model.hf import load_hf
-    from lmlab.train.checkpoint import model_from_state, model_state, save_checkpoint
 
     if not cfg.src:
         raise LmlabError("give the Hugging Face model directory: lmlab import-hf DIR [OUT]")
@@ -89,8 +89,8 @@ def _tokenizer_config(tokenizer_json: Path) -> dict[str, Any]:
 
 
 def export_hf(cfg: ExportHFConfig) -> dict[str, Any]:
+    from lmlab.model.checkpoint import load_checkpoint
     from lmlab.model.hf import config_to_hf, weights_to_hf
-    from lmlab.train.checkpoint import load_checkpoint
 
     if not cfg.checkpoint or not cfg.out:
         raise LmlabError("give a checkpoint and an output directory: lmlab export-hf CKPT DIR")

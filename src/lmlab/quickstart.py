@@ -299,7 +299,7 @@ def _masked_lm(cfg: QuickstartConfig, prcfg: PretrainConfig, data: str, out: Pat
                world: dict[str, Any]) -> None:
     """The same model and token budget trained with the masked objective, then the bidirectional probe."""
     from lmlab.evals.bidirectional import compare, snippets
-    from lmlab.train.checkpoint import load_model
+    from lmlab.model.checkpoint import load_model
 
     t = _stage("masked LM (same size, same token stream)")
     mtrain = prcfg.train if cfg.masked_lm_steps is None else replace(

@@ -12,12 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmlab.data.chat import END_OF_TURN, render
+from lmlab.data.world_chat import ABSTAIN, normalise
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.strip().rstrip(".").split()).lower()
 
 
 def chat_answers(engine: Engine, questions: Sequence[str], max_new_tokens: int = 32) -> list[tuple[str, bool]]:
@@ -32,8 +29,6 @@ def chat_answers(engine: Engine, questions: Sequence[str], max_new_tokens: int =
 def chat_qa(engine: Engine, world: dict[str, Any], per_group: int = 100, seed: int = 0) -> dict[str, Any]:
     """Stop rate and exact match per QA group (train: trained on; test: facts seen only in biographies),
     and for unknown people the share of replies that are not an abstention (fabrications)."""
-    from lmlab.post.world_data import ABSTAIN
-
     rng = random.Random(seed)
     out: dict[str, Any] = {}
     for group in ("qa_train", "qa_test", "qa_unknown"):

@@ -151,7 +151,7 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
                         backend: str = "auto") -> Engine:
-        from lmlab.train.checkpoint import build_model, load_checkpoint
+        from lmlab.model.checkpoint import build_model, load_checkpoint
 
         ck = load_checkpoint(require_checkpoint(path))
         if ck.tokenizer_path is None:

@@ -64,7 +64,7 @@ def fill_mask(model: Transformer, tok: Tokenizer, text: str, top_k: int = 5) -> 
 
 
 def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
-    from lmlab.train.checkpoint import load_checkpoint, load_model
+    from lmlab.model.checkpoint import load_checkpoint, load_model
 
     device = pick_device(cfg.device)  # a bad device is an error now, not deep in loading
     if not cfg.text:

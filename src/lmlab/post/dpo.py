@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from lmlab.data.conversations import IGNORE, encode
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.post.rm import conversation, load_pairs
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
-from lmlab.train import checkpoint as ckpt_io
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 

@@ -15,7 +15,7 @@ import torch
 
 from lmlab.data.chat import END_OF_TURN, render
 from lmlab.data.conversations import IGNORE
-from lmlab.post.world_data import gold_reward, is_world_dir, preference_pairs
+from lmlab.data.world_chat import gold_reward, is_world_dir, preference_pairs
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import torch
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model import autotune
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.transformer import Transformer
-from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import Precision
 

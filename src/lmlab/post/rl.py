@@ -32,12 +32,12 @@ from lmlab.data.chat import END_OF_TURN, render
 from lmlab.data.conversations import IGNORE, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.dpo import pad_batch, token_logprobs
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
-from lmlab.train import checkpoint as ckpt_io
 from lmlab.usercode import call_user
 
 ALGOS = ("ppo", "grpo")
@@ -121,7 +121,7 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
     """The reward: 'gold' (the world's facts; needs a world as data), 'rm:PATH' (a reward model from lmlab rm)
     or 'python:module:function' (your function f(prompt, reply) -> float; code you wrote, run as is)."""
     if spec == "gold":
-        from lmlab.post.world_data import gold_reward, is_world_dir
+        from lmlab.data.world_chat import gold_reward, is_world_dir
 
         if not is_world_dir(data):
             raise LmlabError("reward 'gold' needs a world directory as data (it checks replies against its facts)")
@@ -152,7 +152,7 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
 
 def load_prompts(data: str, seed: int) -> list[str]:
     """Training prompts: a world's training split (the questions DPO also trains on), or a JSONL of {"prompt"}."""
-    from lmlab.post.world_data import is_world_dir, preference_pairs
+    from lmlab.data.world_chat import is_world_dir, preference_pairs
 
     if is_world_dir(data):
         from lmlab.data.world import load_world

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from lmlab.data.conversations import encode, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
-from lmlab.train import checkpoint as ckpt_io
 
 
 class RewardModel(nn.Module):
@@ -132,7 +132,7 @@ def read_preferences(path: str | Path) -> list[dict[str, Any]]:
 def load_pairs(data: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """(training pairs, held-out sets by name): from a world directory (its generated splits) or a JSONL
     file (10% held out)."""
-    from lmlab.post.world_data import is_world_dir, preference_pairs
+    from lmlab.data.world_chat import is_world_dir, preference_pairs
 
     if is_world_dir(data):
         from lmlab.data.world import load_world

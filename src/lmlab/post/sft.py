@@ -20,6 +20,7 @@ import torch
 from lmlab.data.conversations import IGNORE, collate, examples, read_located
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import (
     Log,
@@ -33,7 +34,6 @@ from lmlab.post.loop import (
 )
 from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
 from lmlab.summary import update_summary
-from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.objectives import token_cross_entropy
 
 
@@ -63,7 +63,7 @@ class SFTConfig:
 
 def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], list[str], dict[str, Any] | None]:
     """(conversations, where each comes from, the world if the data is one)."""
-    from lmlab.post.world_data import is_world_dir, sft_conversations
+    from lmlab.data.world_chat import is_world_dir, sft_conversations
 
     if is_world_dir(cfg.data):
         from lmlab.data.world import load_world

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.world_chat import normalise as chat_normalise
 from lmlab.errors import LmlabError
 
 Extractor = Callable[[str], "str | None"]
@@ -25,8 +26,6 @@ Extractor = Callable[[str], "str | None"]
 def normalise(answer: str) -> str:
     """The chat evaluation's normal form (case, spacing, a trailing period), and digit-group commas
     dropped, so that `1,234` and `1234` are one answer."""
-    from lmlab.evals.chat import normalise as chat_normalise
-
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", chat_normalise(str(answer)))
 
 

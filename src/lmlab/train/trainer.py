@@ -27,12 +27,12 @@ from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.io import confined, recover_dir
 from lmlab.model import autotune
+from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.rundir import PRETRAIN_OUT, locked_run
 from lmlab.summary import update_summary
-from lmlab.train import checkpoint as ckpt_io
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
 from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
 from lmlab.train.optim import lr_at, make_adamw, param_groups
@@ -462,7 +462,7 @@ class Trainer:
 @locked_run
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train (or resume) and plot the loss curve; returns the `pretrain` summary."""
-    from lmlab.report.plots import plot_loss
+    from lmlab.train.loss_curve import plot_loss
 
     trainer = Trainer(cfg)
     summary = trainer.fit()

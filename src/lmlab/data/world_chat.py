@@ -1,4 +1,4 @@
-"""Post-training data from the built-in world, whose ground truth is known.
+"""The built-in world as chat data for post-training, whose ground truth is known.
 
 SFT: the QA-train questions as (prompt, response) conversations, and abstentions ("I don't know.") for
 half of the unknown people: a model can only be rewarded for abstaining, by DPO or RL, once it produces
@@ -19,10 +19,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lmlab.evals.chat import normalise
-
 ABSTAIN = "I don't know."
 """The reply that declines to answer about someone the model has never read about."""
+
+
+def normalise(text: str) -> str:
+    """A reply as compared with the world's facts: case, spacing and a final full stop do not count."""
+    return " ".join(text.strip().rstrip(".").split()).lower()
 
 
 def sft_conversations(world: dict[str, Any], seed: int = 0) -> list[list[dict[str, str]]]:
