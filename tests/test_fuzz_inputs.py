@@ -50,7 +50,7 @@ def readers() -> dict[str, tuple[str, Callable[[Path], object]]]:
     from lmlab.post.rl import load_prompts
     from lmlab.post.rm import load_pairs, read_preferences
     from lmlab.testtime.tasks import file_task
-    from lmlab.train.loss_curve import read_metrics
+    from lmlab.train.metrics import read_metrics
 
     return {
         "conversations": (".jsonl", read_located),

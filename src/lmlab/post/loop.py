@@ -3,9 +3,7 @@ optimizer step with lmlab's precision modes, schedule, logging and checkpoints."
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from lmlab.errors import LmlabError
 from lmlab.model import autotune
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.transformer import Transformer
+from lmlab.train.metrics import MetricsLog
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import Precision
 
@@ -130,10 +129,8 @@ class Optimizer:
         """After loss.backward(): clip, step, zero; returns (lr used, grad norm before clipping)."""
         tc = self.tc
         lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, tc.steps)
-        for g in self.opt.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
         self.prec.grads_to_master()
-        norm = self.prec.step(self.opt, tc.grad_clip)
+        norm = self.prec.step(self.opt, tc.grad_clip, lr)
         self.step += 1
         return lr, norm
 
@@ -151,21 +148,15 @@ def setup(tc: PostTrainConfig) -> torch.device:
     return pick_device(tc.device)
 
 
-class Log:
-    """metrics.jsonl for a stage, one JSON object per line, flushed as written; its last line says which
-    implementation each op took, how often and why (`ops`)."""
+class Log(MetricsLog):
+    """A stage's metrics.jsonl, written afresh; its last line says which implementation each op took, how
+    often and why (`ops`)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = path.open("w", encoding="utf-8")
-        self.t0 = time.perf_counter()
+        super().__init__(path)
         autotune.reset()
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps({**row, "elapsed_s": round(time.perf_counter() - self.t0, 3)}) + "\n")
-        self.f.flush()
 
     def close(self) -> None:
         if not self.f.closed:
             self.write({"ops": autotune.calls()})
-        self.f.close()
+        super().close()

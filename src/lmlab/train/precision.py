@@ -117,14 +117,18 @@ class Precision:
         return norm
 
     @torch.no_grad()
-    def step(self, opt: torch.optim.Optimizer, max_norm: float) -> float:
-        """Clip the gradients to `max_norm` (if > 0), step the optimizer, clear the gradients and refresh the
-        model's weights; returns the gradient norm before clipping.
+    def step(self, opt: torch.optim.Optimizer, max_norm: float, lr: float | None = None) -> float:
+        """Set the learning rate (each group's `lr` times its `lr_scale`, muP's per-group factor), clip the
+        gradients to `max_norm` (if > 0), step the optimizer, clear the gradients and refresh the model's
+        weights; returns the gradient norm before clipping. Every trainer's step goes through here.
 
         With bf16 weights and fp32 masters on the CPU and a plain AdamW, the operations layer may take all of
         that as one fused C pass over the flat buffers (where it measured it faster); otherwise PyTorch's
         clipping, `opt.step()` and copies.
         """
+        if lr is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
         if self.flat is not None:
             self._fused = ops.fused_optimizer(self.flat, opt)
         if not self._fused:

@@ -9,7 +9,6 @@ the step, so a run killed at any moment resumes to the same final loss.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -34,6 +33,7 @@ from lmlab.plan.flops import train_flops_per_token
 from lmlab.rundir import PRETRAIN_OUT, locked_run
 from lmlab.summary import update_summary
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
+from lmlab.train.metrics import MetricsLog, plot_loss
 from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
@@ -181,34 +181,6 @@ def _note_schedule_change(saved: Any, tc: TrainConfig) -> None:
                       f"schedule (set train.decay_steps={old} to keep the old one)", stacklevel=3)
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, flushed as written; trimmed on resume."""
-
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        kept = []
-        if resume_step > 0 and path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                except (ValueError, RecursionError):
-                    break  # a line cut by a kill: drop it and everything after
-                if not isinstance(row, dict) or not isinstance(row.get("step", 0), int):
-                    break  # not a line this log wrote
-                if row.get("step", 0) <= resume_step:
-                    kept.append(line)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept))
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-
 class Trainer:
     """Holds the model, optimizer and data for one run; `fit()` trains it."""
 
@@ -331,9 +303,6 @@ class Trainer:
     def train_step(self) -> tuple[float, float]:
         """One optimizer step (with accumulation); returns (loss, grad norm before clipping)."""
         tc = self.cfg.train
-        lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
-        for g in self.opt.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
         total, self.last_aux = 0.0, 0.0
         for micro in range(tc.grad_accum):
             index = self.step * tc.grad_accum + micro
@@ -348,7 +317,8 @@ class Trainer:
             loss.backward()
             self.prec.grads_to_master()
             total += objective.item()
-        norm = self.prec.step(self.opt, tc.grad_clip)
+        lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
+        norm = self.prec.step(self.opt, tc.grad_clip, lr)
         self.step += 1
         return total, norm
 
@@ -462,8 +432,6 @@ class Trainer:
 @locked_run
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train (or resume) and plot the loss curve; returns the `pretrain` summary."""
-    from lmlab.train.loss_curve import plot_loss
-
     trainer = Trainer(cfg)
     summary = trainer.fit()
     plot_loss(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "loss.png")
