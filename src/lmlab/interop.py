@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.io import confined
+from lmlab.model.checkpoint import load_checkpoint, model_from_state, model_state, save_checkpoint
+from lmlab.model.hf import config_to_hf, load_hf, weights_to_hf
 from lmlab.rundir import output_dir
 
 EXPORT_FILES = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json")
@@ -61,9 +63,6 @@ def _hf_tokenizer(src: Path, vocab_size: int) -> Path | None:
 
 
 def import_hf(cfg: ImportHFConfig) -> dict[str, Any]:
-    from lmlab.model.checkpoint import model_from_state, model_state, save_checkpoint
-    from lmlab.model.hf import load_hf
-
     if not cfg.src:
         raise LmlabError("give the Hugging Face model directory: lmlab import-hf DIR [OUT]")
     src = Path(cfg.src)
@@ -89,9 +88,6 @@ def _tokenizer_config(tokenizer_json: Path) -> dict[str, Any]:
 
 
 def export_hf(cfg: ExportHFConfig) -> dict[str, Any]:
-    from lmlab.model.checkpoint import load_checkpoint
-    from lmlab.model.hf import config_to_hf, weights_to_hf
-
     if not cfg.checkpoint or not cfg.out:
         raise LmlabError("give a checkpoint and an output directory: lmlab export-hf CKPT DIR")
     ck = load_checkpoint(cfg.checkpoint)

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.data.text import load_documents
+from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.io import confined, sha256_file, write_json
 from lmlab.rundir import output_dir
@@ -88,9 +90,6 @@ def _tokenize(tok: Any, docs: list[str], dtype: np.dtype, chunk: int = 4096) -> 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Tokenise `cfg.input`, write the shards and meta.json into `cfg.out`, return the meta."""
-    from lmlab.data.text import load_documents
-    from lmlab.data.tokenizer import Tokenizer
-
     PrepareConfig.__post_init__(cfg)
     tok_path = Path(cfg.tokenizer)
     if tok_path.is_dir():

@@ -37,6 +37,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from lmlab.data.text import load_documents
 from lmlab.errors import LmlabError
 from lmlab.io import write_text
 
@@ -360,8 +361,6 @@ class TokenizerConfig:
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict[str, Any]:
     """Train the tokenizer `cfg` describes, save it, and return its stats."""
-    from lmlab.data.text import load_documents
-
     TokenizerConfig.__post_init__(cfg)
     docs = load_documents(cfg.input, cfg.field)
     t0 = time.perf_counter()

@@ -19,6 +19,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lmlab.data import world_text as wt
+
 ABSTAIN = "I don't know."
 """The reply that declines to answer about someone the model has never read about."""
 
@@ -51,8 +53,6 @@ def is_world_dir(path: str | Path) -> bool:
 
 def wrong_value(world: dict[str, Any], item: dict[str, Any], rng: random.Random) -> str:
     """A plausible value of the item's attribute that is not its answer."""
-    from lmlab.data import world_text as wt
-
     truth = item["answer"]
     if item["attribute"] == "birth_date":
         cfg = world["config"]

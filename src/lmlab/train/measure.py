@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.transformer import Transformer
+from lmlab.train.optim import make_adamw
 
 
 def storage_bytes(tensors) -> int:
@@ -55,8 +56,6 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
 def training_step_peak(model: Transformer, batch: int, context: int, steps: int = 2) -> dict[str, int]:
     """Peak bytes of a training step (causal LM loss, backward, fused AdamW, grads set to None), measured on
     the last of `steps` steps, when the optimizer states exist: persistent tensors + the step's own peak."""
-    from lmlab.train.optim import make_adamw
-
     device = next(model.parameters()).device
     opt = make_adamw([{"params": list(model.parameters())}], 1e-4, (0.9, 0.99), 1e-8, device)
     g = torch.Generator().manual_seed(0)

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from lmlab.model.transformer import is_hidden_matrix
+
 
 def param_groups(named_params: list[tuple[str, torch.Tensor]], weight_decay: float,
                  decay_embeddings: bool, width_mult: float = 1.0) -> list[dict]:
@@ -18,8 +20,6 @@ def param_groups(named_params: list[tuple[str, torch.Tensor]], weight_decay: flo
     rate / width_mult (each group's `lr_scale`, applied by the schedule) and weight
     decay x width_mult, so that the decay per step, lr x wd, is the same at every width.
     """
-    from lmlab.model.transformer import is_hidden_matrix
-
     decay, hidden, no_decay = [], [], []
     for name, p in named_params:
         is_embedding = "emb" in name.split(".")[0]

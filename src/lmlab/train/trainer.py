@@ -22,6 +22,7 @@ import torch
 
 from lmlab.config import to_dict
 from lmlab.data.shards import EpochSampler, RandomWindowSampler, TokenData
+from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.io import confined, recover_dir
@@ -245,8 +246,6 @@ class Trainer:
         self.decay_steps = tc.decay_steps or tc.steps
 
     def _init_masking(self) -> None:
-        from lmlab.data.tokenizer import Tokenizer
-
         if not self.tokenizer:
             raise LmlabError("objective=mlm needs the tokenizer (for its mask token); set tokenizer=PATH")
         tok = Tokenizer.load(self.tokenizer)
