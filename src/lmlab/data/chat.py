@@ -7,8 +7,8 @@ text to their ids), so a model learns exactly where a turn starts and ends, and
 generation of an assistant turn stops at `<|end_of_turn|>`. A space follows each
 marker: byte-level BPE tokenises a word differently at the start of a text
 (" Saltmarsh" mid-sentence, "Saltmarsh" at the start), and without the space an
-answer would be spelt in tokens its pretraining text never used (measured on the
-world: SFT's chat-format QA-train accuracy 69% without it, 96% with it).
+answer would be spelt in tokens its pretraining text never used (on the world,
+SFT's chat-format accuracy drops sharply without it: docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -281,8 +281,8 @@ class _Linear(torch.autograd.Function):
 
 TILE_MAX_WEIGHT = 1 << 17
 """Largest weight (elements) the tile kernels take. They pack it whole and stream it once per 32-row block,
-which pays at lab sizes, where oneDNN's ~30 us of set-up per call dominates; at (4096 rows, 512 x 512)
-oneDNN's blocked GEMM was measured 2x faster."""
+which pays at lab sizes, where oneDNN's fixed set-up per call dominates; at thousands of rows oneDNN's
+blocked GEMM wins (docs/benchmarks.md has the measurements)."""
 TILE_MAX_ROWS = 2048
 """Most rows (tokens) a training step may give the tile kernels: their weight gradient streams all rows once
 per 32x32 block of it (at 3072 rows x 128 x 512, oneDNN was faster)."""

@@ -2,8 +2,8 @@
 
 Why three modes: on CUDA, per-op autocast is the standard and fast way to use
 bf16. On a CPU with bf16 matrix units (AMX), autocast's per-op casts cost more
-than they save at small shapes, while bf16 matmuls themselves are 2-4x faster
-than fp32. `bf16-master` therefore keeps the model's weights in bf16 (so no
+than they save at small shapes, while bf16 matmuls themselves are several times
+faster than fp32 (docs/benchmarks.md). `bf16-master` therefore keeps the model's weights in bf16 (so no
 per-op casts) and the optimizer's weights in fp32 (so small updates are not
 rounded away); after each step the fp32 masters are copied into the bf16
 weights. Losses are always computed in fp32.
