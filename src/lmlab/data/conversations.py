@@ -8,6 +8,7 @@ system or user turns or the role markers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,33 +112,55 @@ def examples(tok, conversations: list[list[dict[str, str]]], max_len: int,
     return out
 
 
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ints of different lengths as one (B, T) long tensor, T the longest, filled out with `value` on
+    the right (or the left); and the (B, T) mask of the real entries. SFT's, the reward model's, DPO's and RL's
+    batches are all padded here."""
+    T = max(len(r) for r in rows)
+    out = torch.full((len(rows), T), value, dtype=torch.long)
+    real = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        at = slice(T - len(r), T) if left else slice(0, len(r))
+        out[i, at] = torch.tensor(r, dtype=torch.long)
+        real[i, at] = True
+    return out, real
+
+
+def pad_batch(seqs: list[tuple[list[int], list[int]]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """(ids, labels) pairs -> padded ids, labels (IGNORE on padding), mask and positions (right or left
+    padding; the positions count real tokens only, so both paddings give the same numbers)."""
+    ids, mask = pad_rows([s[0] for s in seqs], pad, left)
+    labels, _ = pad_rows([s[1] for s in seqs], IGNORE, left)
+    return {"ids": ids, "labels": labels, "mask": mask, "positions": (mask.long().cumsum(1) - 1).clamp(min=0)}
+
+
+def _pack(batch: list[Example], pack: bool, max_len: int) -> list[list[Example]]:
+    """The examples of each row: one per row, or (packing) laid end to end while they fit in max_len."""
+    if not pack:
+        return [[ex] for ex in batch]
+    rows: list[list[Example]] = []
+    for ex in batch:
+        if rows and sum(len(e.ids) for e in rows[-1]) + len(ex.ids) <= max_len:
+            rows[-1].append(ex)
+        else:
+            rows.append([ex])
+    return rows
+
+
+def _joined(rows: list[list[Example]], part: Callable[[int, Example], Iterable[int]]) -> list[list[int]]:
+    """Each row's examples' `part(k, example)` end to end (k: the example's place in its row)."""
+    return [[x for k, ex in enumerate(row) for x in part(k, ex)] for row in rows]
+
+
 def collate(batch: list[Example], pad_id: int, pack: bool, max_len: int) -> dict[str, torch.Tensor]:
     """Tensors for one step. Padded: one example per row, right-padded, a (B, T) padding mask. Packed:
     examples laid end to end in rows of up to max_len, positions restarting at 0 for each, and a
     block-diagonal mask so that no example attends to another."""
-    rows: list[list[Example]] = []
-    if pack:
-        for ex in batch:
-            if rows and sum(len(e.ids) for e in rows[-1]) + len(ex.ids) <= max_len:
-                rows[-1].append(ex)
-            else:
-                rows.append([ex])
-    else:
-        rows = [[ex] for ex in batch]
-    T = max(sum(len(e.ids) for e in row) for row in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    positions = torch.zeros((len(rows), T), dtype=torch.long)
-    doc = torch.full((len(rows), T), -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        at = 0
-        for k, ex in enumerate(row):
-            n = len(ex.ids)
-            ids[r, at:at + n] = torch.tensor(ex.ids)
-            labels[r, at:at + n] = torch.tensor(ex.labels)
-            positions[r, at:at + n] = torch.arange(n)
-            doc[r, at:at + n] = k
-            at += n
+    rows = _pack(batch, pack, max_len)
+    ids, _ = pad_rows(_joined(rows, lambda k, ex: ex.ids), pad_id)
+    labels, _ = pad_rows(_joined(rows, lambda k, ex: ex.labels), IGNORE)
+    positions, _ = pad_rows(_joined(rows, lambda k, ex: range(len(ex.ids))), 0)
+    doc, _ = pad_rows(_joined(rows, lambda k, ex: [k] * len(ex.ids)), -1)
     if pack:
         # (B, 1, T, T), the model adds the causal part; padding attends to padding, never to an empty row
         mask = (doc[:, :, None] == doc[:, None, :])[:, None]

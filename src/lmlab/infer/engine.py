@@ -22,8 +22,12 @@ import torch
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
+from lmlab.infer import native
+from lmlab.infer.quant import quantize_int8
 from lmlab.infer.sampling import SamplingParams, logprobs_of, process_logits, sample_from, top_logprobs
+from lmlab.model.checkpoint import build_model, load_checkpoint
 from lmlab.model.kv_cache import KVCache
+from lmlab.model.logprobs import token_logprobs
 from lmlab.model.transformer import Transformer
 from lmlab.rundir import require_checkpoint
 
@@ -119,8 +123,6 @@ class Engine:
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
         if weights == "int8":
-            from lmlab.infer.quant import quantize_int8
-
             quantize_int8(self.model)
         self.tok = tokenizer
         self.device = device
@@ -132,8 +134,6 @@ class Engine:
 
     def _native(self, rows: int = 1):
         """A `NativeDecoder` for the model as it is now, or None when decoding `rows` rows should use torch."""
-        from lmlab.infer import native
-
         if self.backend == "torch" or (self.backend == "auto" and rows > native.MAX_AUTO_ROWS):
             return None
 
@@ -151,8 +151,6 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", weights: str = "fp32",
                         backend: str = "auto") -> Engine:
-        from lmlab.model.checkpoint import build_model, load_checkpoint
-
         ck = load_checkpoint(require_checkpoint(path))
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
@@ -415,11 +413,10 @@ class Engine:
         x = torch.zeros(len(pairs), T, dtype=torch.long, device=self.device)
         for i, (a, b) in enumerate(pairs):
             x[i, : len(a) + len(b)] = torch.tensor(a + b, device=self.device)
-        logp = torch.log_softmax(self.model(x).float(), dim=-1)
+        lp = token_logprobs(self.model(x)[:, :-1], x[:, 1:])  # log p of each next token
         out = []
         for i, (a, b) in enumerate(pairs):
-            pos = torch.arange(len(a) - 1, len(a) + len(b) - 1, device=self.device)
-            tok_lp = logp[i, pos, torch.tensor(b, dtype=torch.long, device=self.device)].tolist() if b else []
+            tok_lp = lp[i, len(a) - 1:len(a) + len(b) - 1].tolist()  # the continuation's tokens
             out.append({"token_ids": b, "token_logprobs": tok_lp, "total": float(sum(tok_lp)),
                         "mean": float(sum(tok_lp) / len(tok_lp)) if tok_lp else 0.0})
         return out

@@ -14,18 +14,19 @@ from typing import Any
 import torch
 
 from lmlab.data.chat import END_OF_TURN, render
-from lmlab.data.conversations import IGNORE
+from lmlab.data.conversations import IGNORE, pad_batch
+from lmlab.data.world import load_world
 from lmlab.data.world_chat import gold_reward, is_world_dir, preference_pairs
+from lmlab.evals.chat import chat_answers, chat_qa
+from lmlab.infer.engine import Engine
+from lmlab.infer.sampling import SamplingParams
+from lmlab.model.logprobs import batch_logprobs
 
 
 @torch.no_grad()
 def kl_to_reference(policy, ref, tok, prompts: list[str], device, seed: int = 0,
                     max_new_tokens: int = 24) -> dict[str, float]:
     """KL(policy || ref) per reply, estimated on one reply sampled (temperature 1) from the policy per prompt."""
-    from lmlab.infer.engine import Engine
-    from lmlab.infer.sampling import SamplingParams
-    from lmlab.post.dpo import pad_batch, token_logprobs
-
     eot = tok.token_to_id(END_OF_TURN)
     engine = Engine(policy, tok, device=device)
     texts = [render([{"role": "user", "content": p}]) for p in prompts]
@@ -38,8 +39,8 @@ def kl_to_reference(policy, ref, tok, prompts: list[str], device, seed: int = 0,
         prompt = tok.encode(text)
         seqs.append((prompt + reply, [IGNORE] * len(prompt) + reply))
     batch = pad_batch(seqs, tok.pad_id if tok.pad_id is not None else 0)
-    lp, keep = token_logprobs(policy, batch, device)
-    lr, _ = token_logprobs(ref, batch, device)
+    lp, keep = batch_logprobs(policy, batch, device)
+    lr, _ = batch_logprobs(ref, batch, device)
     d = (lr - lp) * keep  # log (ref / pi) per token
     k1 = (-d).sum(1)
     k3 = ((d.exp() - 1 - d) * keep).sum(1)
@@ -50,10 +51,6 @@ def policy_report(policy, ref, tok, data: str, n: int, device, seed: int = 0) ->
     """Chat QA and gold reward on held-out world prompts, and KL to the reference (None unless data is a world)."""
     if not is_world_dir(data) or n <= 0:
         return None
-    from lmlab.data.world import load_world
-    from lmlab.evals.chat import chat_answers, chat_qa
-    from lmlab.infer.engine import Engine
-
     was = policy.training
     world = load_world(data)
     qa = chat_qa(Engine(policy, tok, device=device), world, per_group=n, seed=seed)
@@ -79,19 +76,21 @@ def policy_report(policy, ref, tok, data: str, n: int, device, seed: int = 0) ->
             **{g: {k: v for k, v in r.items() if k != "examples"} for g, r in qa.items()}}
 
 
-def print_report(before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+def report_lines(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[str]:
+    """The policy reports before -> after as text lines (none without a world to report on)."""
     if not before or not after:
-        return
-    for name in ("heldout", "qa_test"):
-        b, a = before["gold_reward"][name], after["gold_reward"][name]
-        print(f"  gold reward ({name} prompts): {b:+.3f} -> {a:+.3f}")
+        return []
+    lines = [f"  gold reward ({name} prompts): {before['gold_reward'][name]:+.3f} -> {after['gold_reward'][name]:+.3f}"
+             for name in ("heldout", "qa_test")]
     bh, ah = before["heldout"], after["heldout"]
-    print(f"  held-out unknown people: fabrication {bh['unknown_fabrication']:.1%} -> {ah['unknown_fabrication']:.1%}; "
-          f"held-out QA-train questions: exact match {bh['known_exact_match']:.1%} -> {ah['known_exact_match']:.1%}")
-    print(f"  all unknown people: fabrication {before['unknown']['fabrication_rate']:.1%} -> "
-          f"{after['unknown']['fabrication_rate']:.1%}, abstention {before['unknown']['abstention_rate']:.1%} -> "
-          f"{after['unknown']['abstention_rate']:.1%}")
-    for g in ("train", "test"):
-        print(f"  QA-{g} exact match {before[g]['exact_match']:.1%} -> {after[g]['exact_match']:.1%}")
-    print(f"  KL to the reference per reply: k1 {after['kl']['kl_k1']:.3f}, k3 {after['kl']['kl_k3']:.3f} "
-          f"(before: {before['kl']['kl_k3']:.3f})")
+    lines.append(f"  held-out unknown people: fabrication {bh['unknown_fabrication']:.1%} -> "
+                 f"{ah['unknown_fabrication']:.1%}; held-out QA-train questions: exact match "
+                 f"{bh['known_exact_match']:.1%} -> {ah['known_exact_match']:.1%}")
+    lines.append(f"  all unknown people: fabrication {before['unknown']['fabrication_rate']:.1%} -> "
+                 f"{after['unknown']['fabrication_rate']:.1%}, abstention {before['unknown']['abstention_rate']:.1%} "
+                 f"-> {after['unknown']['abstention_rate']:.1%}")
+    lines += [f"  QA-{g} exact match {before[g]['exact_match']:.1%} -> {after[g]['exact_match']:.1%}"
+              for g in ("train", "test")]
+    lines.append(f"  KL to the reference per reply: k1 {after['kl']['kl_k1']:.3f}, k3 {after['kl']['kl_k3']:.3f} "
+                 f"(before: {before['kl']['kl_k3']:.3f})")
+    return lines
