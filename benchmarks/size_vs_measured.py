@@ -29,14 +29,10 @@ import torch
 
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.plan.size import (
-    SizeConfig,
-    arch_from_model_config,
-    forward_flops_per_token,
-    inference_memory,
-    param_counts,
-    training_memory,
-)
+from lmlab.plan.flops import forward_flops_per_token
+from lmlab.plan.memory import inference_memory, training_memory
+from lmlab.plan.params import param_counts
+from lmlab.plan.settings import SizeConfig
 from lmlab.train import measure
 
 GPT = dict(norm="layernorm", positions="learned", mlp="gelu", bias=True, tie_embeddings=True)
@@ -59,12 +55,11 @@ CONFIGS: dict[str, tuple[ModelConfig, int, int]] = {
 
 
 def predict(cfg: ModelConfig, batch: int, context: int) -> dict:
-    a = arch_from_model_config(cfg)
     sc = SizeConfig(model="-", precision="fp32", batch=batch, context=context, mixed_precision=False)
-    inf = inference_memory(a, sc, context)
-    return {"params": param_counts(a), "inference": inf, "training": training_memory(a, sc, context,
-                                                                                     inf["total_bytes"]),
-            "forward_flops": forward_flops_per_token(a, context) * context}
+    inf = inference_memory(cfg, sc, context)
+    return {"params": param_counts(cfg), "inference": inf, "training": training_memory(cfg, sc, context,
+                                                                                       inf["total_bytes"]),
+            "forward_flops": forward_flops_per_token(cfg, context) * context}
 
 
 def check(name: str, cfg: ModelConfig, batch: int, context: int, device: torch.device) -> dict:

@@ -13,13 +13,9 @@ import torch
 
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.plan.size import (
-    SizeConfig,
-    arch_from_model_config,
-    forward_flops_per_token,
-    inference_memory,
-    training_memory,
-)
+from lmlab.plan.flops import forward_flops_per_token
+from lmlab.plan.memory import inference_memory, training_memory
+from lmlab.plan.settings import SizeConfig
 from lmlab.train import measure
 
 SHAPES = {
@@ -33,10 +29,9 @@ SHAPES = {
 def setup(name: str, batch: int, context: int):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=1024, d_model=128, n_layers=2, n_heads=4, max_seq_len=context, **SHAPES[name])
-    a = arch_from_model_config(cfg)
     sc = SizeConfig(model="-", precision="fp32", batch=batch, context=context, mixed_precision=False)
-    inf = inference_memory(a, sc, context)
-    return Transformer(cfg), a, inf, training_memory(a, sc, context, inf["total_bytes"])
+    inf = inference_memory(cfg, sc, context)
+    return Transformer(cfg), cfg, inf, training_memory(cfg, sc, context, inf["total_bytes"])
 
 
 MEASURE = """

@@ -18,7 +18,8 @@ from lmlab.infer.sampling import SamplingParams
 from lmlab.model.checkpoint import load_checkpoint
 from lmlab.model.config import ModelConfig, preset
 from lmlab.model.transformer import MoE, Transformer
-from lmlab.plan.size import SizeConfig, arch_from_model_config, param_counts, size
+from lmlab.plan.params import param_counts
+from lmlab.plan.size import SizeConfig, size
 from lmlab.train.trainer import PretrainConfig, pretrain
 
 SHAPES = {
@@ -51,7 +52,7 @@ def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", SHAPES)
 def test_parameter_counts_equal_lmlab_size(name):
     model = make(name)
-    counts, planned = model.count_params(), param_counts(arch_from_model_config(model.cfg))
+    counts, planned = model.count_params(), param_counts(model.cfg)
     assert counts["total"] == planned["total"] == sum(p.numel() for p in model.parameters())
     assert counts["active"] == planned["active_per_token"]
     expert = sum(p.numel() for p in model.blocks[0].mlp.experts[0].parameters())

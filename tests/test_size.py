@@ -15,28 +15,18 @@ import torch
 from lmlab.config import field_docs
 from lmlab.errors import LmlabError
 from lmlab.model.config import PRESETS, ModelConfig, preset
+from lmlab.model.hf_config import config_from_hf, published_from_hf
 from lmlab.model.transformer import Transformer
-from lmlab.plan import flops
-from lmlab.plan.size import (
-    HF_PRESETS,
-    SizeConfig,
-    arch_from_hf,
-    arch_from_model_config,
-    format_table,
-    forward_flops_per_token,
-    korthikanti_layer_bytes,
-    kv_bytes_per_token,
-    load_arch,
-    param_counts,
-    rule_of_thumb_gb,
-    run_size,
-    size,
-    weight_bytes,
-)
+from lmlab.plan.flops import forward_flops_per_token
+from lmlab.plan.load import load_model
+from lmlab.plan.memory import korthikanti_layer_bytes, kv_bytes_per_token, rule_of_thumb_gb, weight_bytes
+from lmlab.plan.params import param_counts, pos_table
+from lmlab.plan.presets import HF_PRESETS
+from lmlab.plan.size import SizeConfig, format_table, size
 
 
 def total(name: str) -> int:
-    return param_counts(load_arch(name)[0])["total"]
+    return param_counts(load_model(name).cfg)["total"]
 
 
 def on_meta(cfg: ModelConfig) -> dict[str, int]:
@@ -51,7 +41,7 @@ def on_meta(cfg: ModelConfig) -> dict[str, int]:
 def test_lmlab_presets_match_transformer_count_params(name):
     cfg = preset(name)
     real = on_meta(cfg)
-    counts = param_counts(arch_from_model_config(cfg))
+    counts = param_counts(cfg)
     assert counts["total"] == real["total"]
     assert counts["non_embedding"] == real["non_embedding"]
     parts = ("embedding", "attention", "mlp", "router", "norms", "head")
@@ -78,13 +68,13 @@ ODD = {
 def test_odd_configs_match_transformer_exactly(name):
     cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=24, **ODD[name])
     real = Transformer(cfg)
-    assert param_counts(arch_from_model_config(cfg))["total"] == sum(p.numel() for p in real.parameters())
-    assert param_counts(arch_from_model_config(cfg))["total"] == real.count_params()["total"]
+    assert param_counts(cfg)["total"] == sum(p.numel() for p in real.parameters())
+    assert param_counts(cfg)["total"] == real.count_params()["total"]
 
 
 def test_gpt2_124m_tied_head():
     for name in ("gpt2-small", "gpt2"):  # lmlab's preset and the published config
-        counts = param_counts(load_arch(name)[0])
+        counts = param_counts(load_model(name).cfg)
         assert counts["total"] == 124_439_808
         assert counts["head"] == 0  # tied: the output head is the token embedding, counted once
     assert size(SizeConfig("gpt2"))["params"]["total"] == 124_439_808
@@ -109,7 +99,7 @@ def test_published_presets_totals(name):
 
 def test_known_answers_from_the_issue():
     assert total("llama-3-8b") == pytest.approx(8.03e9, rel=0.005)
-    mixtral = param_counts(load_arch("mixtral-8x7b")[0])
+    mixtral = param_counts(load_model("mixtral-8x7b").cfg)
     assert mixtral["total"] == pytest.approx(46.7e9, rel=0.01)
     assert mixtral["active_per_token"] == pytest.approx(12.9e9, rel=0.01)
 
@@ -117,20 +107,22 @@ def test_known_answers_from_the_issue():
 @pytest.mark.parametrize("name", ["gpt2", "gpt2-xl", "llama-2-7b", "llama-2-70b", "mistral-7b", "qwen2.5-0.5b",
                                   "qwen2.5-7b", "bert-base-uncased"])
 def test_hf_parser_agrees_with_lmlab_import(name):
-    """The torch-free parser and lmlab's own importer (model/hf.py) read a config.json into the same model."""
-    from lmlab.model.hf import config_from_hf
-
+    """`lmlab size` and lmlab's importer read a config.json with one parser: the importer's ModelConfig is
+    the published one with no extras set, and its count is the real model's."""
     cfg = config_from_hf(HF_PRESETS[name], max_seq_len=HF_PRESETS[name].get("n_positions", 512)
                          if HF_PRESETS[name]["model_type"] in ("gpt2", "bert") else 64)
     real = on_meta(cfg)["total"]
-    arch = arch_from_hf(HF_PRESETS[name])
-    if arch.pos_table:  # learned position tables shrink with max_seq_len; RoPE models have none
-        assert arch.pos_table == cfg.max_seq_len
-    assert param_counts(arch)["total"] == real
+    published = published_from_hf(HF_PRESETS[name])
+    if pos_table(published):  # learned position tables shrink with max_seq_len; RoPE models have none
+        assert pos_table(published) == cfg.max_seq_len
+    assert param_counts(published)["total"] == real
+    shared = {f.name: getattr(published, f.name) for f in dataclasses.fields(ModelConfig)}
+    assert shared == {**cfg.to_dict(), "max_seq_len": published.max_seq_len}
+    assert (published.d_head, published.out_bias, published.mlp_bias) == (None, None, None)
 
 
 def test_moe_counts():
-    a = load_arch("mixtral-8x7b")[0]
+    a = load_model("mixtral-8x7b").cfg
     c = param_counts(a)
     assert (a.n_experts, a.experts_per_token) == (8, 2)
     assert c["per_expert_per_layer"] == 3 * 4096 * 14336
@@ -142,19 +134,35 @@ def test_moe_counts():
     assert size(SizeConfig("llama-3-8b"))["moe"] is None
 
 
+SMALL_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "num_hidden_layers": 2, "intermediate_size": 48, "vocab_size": 99, "max_position_embeddings": 64}
+
+
 def test_hf_head_dim_biases_and_tying():
-    base = {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "num_hidden_layers": 2, "intermediate_size": 48, "vocab_size": 99, "max_position_embeddings": 64}
-    plain = param_counts(arch_from_hf(base))["total"]
+    base = SMALL_LLAMA
+    plain = param_counts(published_from_hf(base))["total"]
     # head_dim 16 instead of 8: q/k/v go from 32+16+16 to 64+32+32 outputs, o from 32 to 64 inputs
-    wide = param_counts(arch_from_hf({**base, "head_dim": 16}))["total"]
+    wide = param_counts(published_from_hf({**base, "head_dim": 16}))["total"]
     assert wide - plain == 2 * (32 * (128 - 64) + (64 - 32) * 32)
-    biased = param_counts(arch_from_hf({**base, "attention_bias": True, "mlp_bias": True}))["total"]
+    biased = param_counts(published_from_hf({**base, "attention_bias": True, "mlp_bias": True}))["total"]
     assert biased - plain == 2 * ((32 + 16 + 16) + 32 + (2 * 48 + 32))
-    qwen = param_counts(arch_from_hf({**base, "model_type": "qwen2"}))["total"]
+    qwen = param_counts(published_from_hf({**base, "model_type": "qwen2"}))["total"]
     assert qwen - plain == 2 * (32 + 16 + 16)  # q/k/v biases only
-    tied = param_counts(arch_from_hf({**base, "tie_word_embeddings": True}))["total"]
+    tied = param_counts(published_from_hf({**base, "tie_word_embeddings": True}))["total"]
     assert plain - tied == 99 * 32
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"head_dim": 16}, "head_dim=16 differs"), ({"attention_bias": True}, "attention_bias"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "RoPE scaling 'llama3'"),
+    ({"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2}, "model_type='mixtral'"),
+])
+def test_importer_refuses_what_only_sizing_reads(extra, match):
+    """Published configs the Transformer cannot compute exactly are sized, but not imported."""
+    hf = {**SMALL_LLAMA, **extra}
+    assert param_counts(published_from_hf(hf))["total"] > 0
+    with pytest.raises(LmlabError, match=match):
+        config_from_hf(hf)
 
 
 # ---- config.json files and errors ---------------------------------------------------------------------
@@ -179,7 +187,7 @@ def test_unknown_preset_suggests_nearest():
     with pytest.raises(LmlabError, match="llama-3-8b"):
         size(SizeConfig("llama3-8b"))
     with pytest.raises(LmlabError, match="mixtral-8x7b"):
-        load_arch("mixtral8x7b")
+        load_model("mixtral8x7b")
 
 
 @pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"])
@@ -195,22 +203,22 @@ def test_mixtral_needs_expert_keys():
     hf = dict(HF_PRESETS["mixtral-8x7b"])
     del hf["num_local_experts"]
     with pytest.raises(LmlabError, match="num_local_experts"):
-        arch_from_hf(hf)
+        published_from_hf(hf)
     with pytest.raises(LmlabError, match="num_experts_per_tok=9 exceeds num_local_experts=8"):
-        arch_from_hf({**HF_PRESETS["mixtral-8x7b"], "num_experts_per_tok": 9})
+        published_from_hf({**HF_PRESETS["mixtral-8x7b"], "num_experts_per_tok": 9})
 
 
 def test_impossible_shapes():
     with pytest.raises(LmlabError, match="num_attention_heads=5 does not divide hidden_size=4096"):
-        arch_from_hf({**HF_PRESETS["llama-3-8b"], "num_attention_heads": 5, "num_key_value_heads": 5})
+        published_from_hf({**HF_PRESETS["llama-3-8b"], "num_attention_heads": 5, "num_key_value_heads": 5})
     with pytest.raises(LmlabError, match="n_head=7 does not divide n_embd=768"):
-        arch_from_hf({**HF_PRESETS["gpt2"], "n_head": 7})
+        published_from_hf({**HF_PRESETS["gpt2"], "n_head": 7})
     with pytest.raises(LmlabError, match="num_key_value_heads=3 must divide num_attention_heads=32"):
-        arch_from_hf({**HF_PRESETS["llama-3-8b"], "num_key_value_heads": 3})
+        published_from_hf({**HF_PRESETS["llama-3-8b"], "num_key_value_heads": 3})
     with pytest.raises(LmlabError, match="hidden_size must be a positive integer"):
-        arch_from_hf({**HF_PRESETS["llama-3-8b"], "hidden_size": "4096"})
+        published_from_hf({**HF_PRESETS["llama-3-8b"], "hidden_size": "4096"})
     # an explicit head_dim makes a width that heads do not divide legal (q is heads x head_dim wide)
-    assert arch_from_hf({**HF_PRESETS["llama-3-8b"], "num_attention_heads": 40, "num_key_value_heads": 8,
+    assert published_from_hf({**HF_PRESETS["llama-3-8b"], "num_attention_heads": 40, "num_key_value_heads": 8,
                          "head_dim": 128}).head_dim == 128
 
 
@@ -266,7 +274,7 @@ def test_rule_of_thumb():
 
 
 def test_kv_cache_llama31_8b():
-    a = load_arch("llama-3.1-8b")[0]
+    a = load_model("llama-3.1-8b").cfg
     assert kv_bytes_per_token(a, "bf16") == 131_072
     r = size(SizeConfig("llama-3.1-8b", context=1000, batch=3))
     assert r["inference"]["kv_cache_bytes_per_token"] == 131_072
@@ -281,7 +289,7 @@ def test_kv_cache_llama31_8b():
 
 
 def test_weight_bytes_by_precision():
-    a = load_arch("llama-3-8b")[0]
+    a = load_model("llama-3-8b").cfg
     n = param_counts(a)["total"]
     b = {p: weight_bytes(a, p)["weights"] for p in ("int4", "int8", "fp8", "bf16", "fp16", "fp32")}
     assert b["int4"] < b["int8"] < b["bf16"] < b["fp32"]
@@ -292,7 +300,7 @@ def test_weight_bytes_by_precision():
 def test_quantization_scales_by_hand():
     """gpt-tiny, untied copy so every matrix is explicit: 128 columns everywhere except mlp.down (512)."""
     cfg = preset("gpt-tiny", tie_embeddings=False)
-    a = arch_from_model_config(cfg)
+    a = cfg
     rows = {"tok": 1024, "pos": 128, "qkv": 4 * 384, "proj": 4 * 128, "up": 4 * 512, "down": 4 * 128, "head": 1024}
     in_mats = 1024 * 128 * 2 + 128 * 128 + 4 * (384 * 128 + 128 * 128 + 512 * 128 + 128 * 512)
     vectors = param_counts(a)["total"] - in_mats  # norm weights (bias=False in gpt-tiny): 9 x 128
@@ -323,7 +331,7 @@ def test_training_memory():
         == (2 * n, 2 * n, 4 * n, 8 * n)
     # Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer, 12 layers
     per_layer = 1024 * 768 * (34 + 5 * 12 * 1024 / 768)
-    assert korthikanti_layer_bytes(load_arch("gpt2")[0], 1, 1024) == pytest.approx(per_layer)
+    assert korthikanti_layer_bytes(load_model("gpt2").cfg, 1, 1024) == pytest.approx(per_layer)
     assert tr["activations_bytes"] == pytest.approx(12 * per_layer)
     assert tr["total_bytes"] == pytest.approx(16 * n + 12 * per_layer + 1024 * 50257 * 4)
     assert tr["ratio_to_inference"] == pytest.approx(tr["total_bytes"] / r["inference"]["total_bytes"])
@@ -334,7 +342,7 @@ def test_activation_checkpointing_lowers_training_memory():
     plain = size(SizeConfig("llama-2-7b", context=4096))["training"]
     ckpt = size(SizeConfig("llama-2-7b", context=4096, activation_checkpointing=True))["training"]
     assert ckpt["total_bytes"] < plain["total_bytes"]
-    per_layer = korthikanti_layer_bytes(load_arch("llama-2-7b")[0], 1, 4096)
+    per_layer = korthikanti_layer_bytes(load_model("llama-2-7b").cfg, 1, 4096)
     assert ckpt["activations_bytes"] == pytest.approx(32 * 2 * 4096 * 4096 + per_layer)
     assert plain["activations_bytes"] == pytest.approx(32 * per_layer)
 
@@ -353,14 +361,6 @@ def test_optimizer_and_precision_choices():
 
 # ---- compute ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_flops_match_lmlab_plan_flops(name):
-    cfg = preset(name)
-    for context in (1, cfg.max_seq_len):
-        assert forward_flops_per_token(arch_from_model_config(cfg), context) == \
-            flops.forward_flops_per_token(cfg, context)
-
-
 def test_compute_section():
     r = size(SizeConfig("llama-3-8b", context=2048, peak_tflops=500.0, mfu=0.5))
     c, n = r["compute"], r["params"]["total"]
@@ -376,7 +376,7 @@ def test_compute_section():
 
 
 def test_moe_compute_uses_active_params():
-    a = load_arch("mixtral-8x7b")[0]
+    a = load_model("mixtral-8x7b").cfg
     counts = param_counts(a)
     fwd = forward_flops_per_token(a, 4096)
     assert fwd == pytest.approx(2 * counts["active_per_token"] + 4 * 32 * 4096 * 4096, rel=0.01)
@@ -387,10 +387,9 @@ def test_moe_compute_uses_active_params():
 
 # ---- the verb ---------------------------------------------------------------------------------------
 
-def test_run_size_prints_table_and_returns_json_able_dict(capsys):
-    r = run_size(SizeConfig("llama-3.1-8b", context=8192))
-    out = capsys.readouterr().out
-    assert out == format_table(r)
+def test_size_formats_a_table_and_returns_a_json_able_dict():
+    r = size(SizeConfig("llama-3.1-8b", context=8192))
+    out = format_table(r)
     for text in ("parameters", "8,030,261,248", "131,072 bytes/token", "19.27 GB", "inference", "training",
                  "3-4x", "compute", "Chinchilla"):
         assert text in out
@@ -400,7 +399,9 @@ def test_run_size_prints_table_and_returns_json_able_dict(capsys):
 
 
 def test_import_does_not_pull_in_torch():
-    code = "import sys, lmlab.plan.size; assert 'torch' not in sys.modules, 'torch imported'"
+    plan = Path(__file__).resolve().parents[1] / "src" / "lmlab" / "plan"
+    modules = ", ".join(f"lmlab.plan.{p.stem}" for p in sorted(plan.glob("*.py")) if p.stem != "__init__")
+    code = f"import sys, lmlab.model.hf_config, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -410,7 +411,7 @@ def test_lmlab_yaml_recipes_are_sized_from_their_model_section(tmp_path):
     r = size(SizeConfig(str(configs / "llama_tiny_world.yaml"), precision="fp32"))
     cfg = ModelConfig(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=128, norm="rmsnorm",
                       positions="rope", mlp="swiglu", tie_embeddings=False)
-    assert r["params"]["total"] == param_counts(arch_from_model_config(cfg))["total"]
+    assert r["params"]["total"] == param_counts(cfg)["total"]
     assert "default" in r["model"]["source"]
     q = size(SizeConfig(str(configs / "quickstart.yaml")))  # model under pretrain:, vocab from tokenizer:
     assert q["model"]["vocab"] == 1024 and "tokenizer section" in q["model"]["source"]

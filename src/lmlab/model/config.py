@@ -127,8 +127,7 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
-        if self.d_model % self.n_heads:
-            raise LmlabError(f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}")
+        self._validate_head_width()
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise LmlabError(f"model.n_kv_heads={self.n_kv_heads} must divide model.n_heads={self.n_heads}")
         if self.positions == "rope" and self.head_dim % 2:
@@ -151,6 +150,11 @@ class ModelConfig:
                              f"model.n_experts={self.n_experts}")
         if self.d_ff is not None and self.d_ff < 1:
             raise LmlabError(f"model.d_ff must be positive, got {self.d_ff}")
+
+    def _validate_head_width(self) -> None:
+        """Each head takes an equal slice of d_model; a subclass that sets the head width apart relaxes this."""
+        if self.d_model % self.n_heads:
+            raise LmlabError(f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

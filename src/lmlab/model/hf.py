@@ -1,11 +1,12 @@
 """Hugging Face checkpoints in and out: GPT-2, the Llama family (Llama, Mistral, Qwen2) and BERT.
 
 Only `config.json` and `safetensors` files are read or written, so transformers
-is never needed at run time and no pickle is ever loaded. Each family is two
-small tables: config keys (HF name -> ModelConfig field) and weight names (HF
-pattern -> lmlab pattern, with the few tensors that need reshaping: GPT-2's
-transposed Conv1D weights, and Llama's and BERT's separate q/k/v (and
-gate/up) matrices, which lmlab keeps fused in one matrix each).
+is never needed at run time and no pickle is ever loaded. Config keys are read
+in `lmlab.model.hf_config` (torch-free, shared with `lmlab size`); here each
+family is a table of weight names (HF pattern -> lmlab pattern, with the few
+tensors that need reshaping: GPT-2's transposed Conv1D weights, and Llama's and
+BERT's separate q/k/v (and gate/up) matrices, which lmlab keeps fused in one
+matrix each) and its config keys for export.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ from safetensors.torch import load_file
 from lmlab.errors import LmlabError
 from lmlab.io import confined
 from lmlab.model.config import ModelConfig
-
-SUPPORTED = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-             "qwen2": "Qwen2ForCausalLM", "bert": "BertForMaskedLM"}
-"""model_type -> the transformers class an export names in `architectures`."""
+from lmlab.model.hf_config import SUPPORTED, config_from_hf
 
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt", "tf_model.h5")
 
@@ -83,16 +81,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
-def _need(cfg: dict[str, Any], key: str, where: str) -> int:
-    """A required size of the architecture: present, and a positive integer."""
-    if key not in cfg:
-        raise LmlabError(f"{where}: config.json lacks required key {key!r}")
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LmlabError(f"{where}: {key} must be a positive integer, got {value!r}")
-    return value
-
-
 def _strip(weights: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Drop a wrapper's prefix ('transformer.', 'model.', 'bert.') so base and head models read alike."""
     out = {}
@@ -105,65 +93,7 @@ def _strip(weights: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[
     return out
 
 
-# ---- config translation ------------------------------------------------------------------------------
-
-def config_from_hf(hf: dict[str, Any], where: str = "config.json", max_seq_len: int | None = None) -> ModelConfig:
-    """A ModelConfig equal in function to a Hugging Face config (errors name what is missing or unsupported)."""
-    mtype = hf.get("model_type")
-    if mtype not in SUPPORTED:
-        raise LmlabError(f"{where}: unsupported architecture model_type={mtype!r}; supported: "
-                         f"{', '.join(sorted(SUPPORTED))}")
-    if mtype == "gpt2":
-        d = _need(hf, "n_embd", where)
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
-            raise LmlabError(f"{where}: GPT-2 activation {act!r} is not supported (gelu, gelu_new)")
-        if hf.get("scale_attn_by_inverse_layer_idx"):
-            raise LmlabError(f"{where}: scale_attn_by_inverse_layer_idx is not supported")
-        return ModelConfig(vocab_size=_need(hf, "vocab_size", where), d_model=d, n_layers=_need(hf, "n_layer", where),
-                           n_heads=_need(hf, "n_head", where), d_ff=hf.get("n_inner") or 4 * d,
-                           max_seq_len=max_seq_len or _need(hf, "n_positions", where), norm="layernorm",
-                           norm_eps=hf.get("layer_norm_epsilon", 1e-5), positions="learned",
-                           mlp="gelu" if act == "gelu" else "gelu_tanh", bias=True,
-                           tie_embeddings=hf.get("tie_word_embeddings", True))
-    if mtype == "bert":
-        if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise LmlabError(f"{where}: BERT position_embedding_type {hf['position_embedding_type']!r} "
-                             "is not supported (absolute)")
-        if hf.get("hidden_act", "gelu") != "gelu":
-            raise LmlabError(f"{where}: BERT hidden_act {hf['hidden_act']!r} is not supported (gelu)")
-        return ModelConfig(vocab_size=_need(hf, "vocab_size", where), d_model=_need(hf, "hidden_size", where),
-                           n_layers=_need(hf, "num_hidden_layers", where),
-                           n_heads=_need(hf, "num_attention_heads", where),
-                           d_ff=_need(hf, "intermediate_size", where),
-                           max_seq_len=max_seq_len or _need(hf, "max_position_embeddings", where),
-                           norm="layernorm", norm_eps=hf.get("layer_norm_eps", 1e-12), norm_position="post",
-                           embed_norm=True, type_vocab_size=hf.get("type_vocab_size", 2), positions="learned",
-                           mlp="gelu", bias=True, tie_embeddings=hf.get("tie_word_embeddings", True),
-                           head_transform=True, causal=False)
-    # The Llama family.
-    d, heads = _need(hf, "hidden_size", where), _need(hf, "num_attention_heads", where)
-    if hf.get("head_dim") not in (None, d // heads):
-        raise LmlabError(f"{where}: head_dim={hf['head_dim']} differs from hidden_size/heads={d // heads}; "
-                         "not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise LmlabError(f"{where}: hidden_act {hf['hidden_act']!r} is not supported (silu)")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise LmlabError(f"{where}: RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is not supported "
-                         "(only unscaled RoPE)")
-    theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-    if hf.get("mlp_bias") or hf.get("attention_bias"):
-        raise LmlabError(f"{where}: attention_bias/mlp_bias=true is not supported (q/k/v biases as in Qwen2 are)")
-    return ModelConfig(vocab_size=_need(hf, "vocab_size", where), d_model=d,
-                       n_layers=_need(hf, "num_hidden_layers", where), n_heads=heads,
-                       n_kv_heads=hf.get("num_key_value_heads") or heads,
-                       d_ff=_need(hf, "intermediate_size", where),
-                       max_seq_len=max_seq_len or _need(hf, "max_position_embeddings", where), norm="rmsnorm",
-                       norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rope", rope_theta=float(theta),
-                       mlp="swiglu", bias=False, qkv_bias=True if mtype == "qwen2" else None,
-                       tie_embeddings=hf.get("tie_word_embeddings", False))
-
+# ---- config export -----------------------------------------------------------------------------------
 
 def family(cfg: ModelConfig) -> str:
     """Which Hugging Face family an lmlab config exports as; an error if none fits."""
