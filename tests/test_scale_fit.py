@@ -4,10 +4,8 @@ intervals, the tokens-per-parameter ratio), the files it writes, and a clear err
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 
 from lmlab.config import field_docs
 from lmlab.errors import LmlabError
-from lmlab.scale.fit import NAMES, FitConfig, Runs, budgets, fit_law, read_runs, run_fit
+from lmlab.scale.fit import NAMES, FitConfig, Runs, budgets, fit, fit_law, format_fit, read_runs
 from lmlab.scale.laws import Law
 
 TRUE = Law(E=1.8, A=400.0, B=2000.0, alpha=0.35, beta=0.37, name="true")
@@ -61,10 +59,8 @@ def fitted(tmp_path_factory) -> tuple[dict, str, Path]:
     """One fit of the noisy sweep with 100 bootstrap resamples, shared by the tests below (about 3 s)."""
     root = tmp_path_factory.mktemp("fit")
     path = synthetic_csv(root / "sweep.csv")
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        result = run_fit(FitConfig(csv=str(path), bootstrap=100, seed=0))
-    return result, buf.getvalue(), path
+    result = fit(FitConfig(csv=str(path), bootstrap=100, seed=0))
+    return result, format_fit(result), path
 
 
 # ---- recovering a known law --------------------------------------------------------------------------
@@ -120,7 +116,7 @@ def test_noiseless_fit_is_exact():
 
 def test_prints_and_writes_png_and_json(fitted):
     result, out, path = fitted
-    assert result["_printed"] is True
+    assert not [k for k in result if k.startswith("_")]
     png, js = Path(result["png"]), Path(result["json"])
     assert png == path.parent / "sweep_fit.png" and js == path.parent / "sweep_fit.json"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,19 +128,19 @@ def test_prints_and_writes_png_and_json(fitted):
         assert text in out
 
 
-def test_out_directory_and_other_columns(tmp_path, capsys):
+def test_out_directory_and_other_columns(tmp_path):
     n, d = sweep()
     loss = np.array([TRUE.loss(a, b) for a, b in zip(n, d)])
     rows = [[a, a * 0.9, b, l_, l_ * 1.01] for a, b, l_ in zip(n, d, loss)]
     path = write_csv(tmp_path / "runs.csv", ["params", "non_embedding_params", "tokens", "loss", "val_loss"], rows)
-    result = run_fit(FitConfig(csv=str(path), n_column="non_embedding_params", loss_column="val_loss",
-                               bootstrap=0, out=str(tmp_path / "figs")))
+    result = fit(FitConfig(csv=str(path), n_column="non_embedding_params", loss_column="val_loss",
+                           bootstrap=0, out=str(tmp_path / "figs")))
     assert Path(result["png"]) == tmp_path / "figs" / "runs_fit.png"
     assert Path(result["json"]).is_file() and Path(result["png"]).is_file()
     assert result["columns"] == {"n": "non_embedding_params", "tokens": "tokens", "loss": "val_loss"}
     assert result["intervals"]["E"] == [None, None]
     assert result["params"]["A"] == pytest.approx(TRUE.A * 0.9**TRUE.alpha * 1.01, rel=0.02)
-    assert "no bootstrap" in capsys.readouterr().out
+    assert "no bootstrap" in format_fit(result)
 
 
 def test_budgets_without_a_flops_column_use_6nd():
@@ -171,7 +167,7 @@ def good_rows(k: int = 8) -> list[list[object]]:
 
 def test_missing_file(tmp_path):
     with pytest.raises(LmlabError, match="no such file"):
-        run_fit(FitConfig(csv=str(tmp_path / "nope.csv")))
+        fit(FitConfig(csv=str(tmp_path / "nope.csv")))
 
 
 def test_missing_columns_are_named_with_those_present(tmp_path):
@@ -231,13 +227,13 @@ def test_config_validation():
     assert FitConfig.POSITIONAL == ("csv",)
 
 
-def test_a_sweep_that_cannot_pin_the_law_warns_instead_of_failing(tmp_path, capsys):
+def test_a_sweep_that_cannot_pin_the_law_warns_instead_of_failing(tmp_path):
     """Loss that ignores N: alpha runs to the edge of its range; the fit still reports, with a warning."""
     rng = np.random.default_rng(0)
     rows = [[n, d, (2 + 300 / d**0.3) * math.exp(rng.normal(0, 0.002))] for n in (1e5, 1e6, 1e7)
             for d in (1e7, 1e8, 1e9)]
     path = write_csv(tmp_path / "flat.csv", ["params", "tokens", "loss"], rows)
-    result = run_fit(FitConfig(csv=str(path), bootstrap=10))
+    result = fit(FitConfig(csv=str(path), bootstrap=10))
     assert any(w.startswith("alpha") for w in result["warnings"])
-    assert "warning: alpha" in capsys.readouterr().out
+    assert "warning: alpha" in format_fit(result)
     json.dumps(result, allow_nan=False)

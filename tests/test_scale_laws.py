@@ -20,9 +20,9 @@ from lmlab.scale.laws import (
     ChinchillaConfig,
     Law,
     chinchilla,
+    format_chinchilla,
     human,
     rule_allocation,
-    run_chinchilla,
     sci,
 )
 
@@ -156,10 +156,9 @@ def test_chinchilla_params_and_tokens_rows():
     assert rows["hoffmann"]["params"] == pytest.approx(HOFFMANN.n_opt_for_tokens(1.4e12))
 
 
-def test_run_chinchilla_prints_a_table(capsys):
-    result = run_chinchilla(ChinchillaConfig(flops=GOPHER_FLOPS))
-    out = capsys.readouterr().out
-    assert result.pop("_printed") is True
+def test_chinchilla_formats_a_table():
+    result = chinchilla(ChinchillaConfig(flops=GOPHER_FLOPS))
+    out = format_chinchilla(result)
     for text in ("69.3 B params", "1.39 T tokens", "5.76e23 FLOPs", "20 tokens/param", "Hoffmann 2022",
                  "Epoch AI 2024", "tokens / param"):
         assert text in out

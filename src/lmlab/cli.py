@@ -2,8 +2,17 @@
 
 The CLI stays thin: it builds the verb's config from defaults, an optional
 YAML recipe, `--set key=value` overrides and per-field flags (whose help is the
-field's docstring), calls the function, and prints its result as JSON.
+field's docstring), calls the function, and prints its result.
 Problems the user can fix are one `lmlab: error: ...` line and exit code 2.
+
+A verb's function returns data only: a JSON-able dict (None for `chat`, which
+talks as it goes). Its text form is declared beside it in `VERBS`, as an
+optional fourth part of the target, "module:ConfigClass:function:formatter":
+`formatter(result) -> str`, in the same module. The CLI writes that text, or
+indented JSON for a verb without a formatter. With `--json` it writes the
+result as one JSON line and nothing else: what the verb prints while it runs
+(progress, stage banners) goes to stderr. So scripts and people read the same
+data, and the functions stay quiet when called from Python.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ from lmlab import __version__
 from lmlab.config import add_arguments, from_args
 from lmlab.errors import LmlabError
 
-# verb -> (one-line purpose, "module:ConfigClass:function"). Imports happen only for the verb that
-# runs, so `lmlab --help` and light verbs do not pay for torch.
+# verb -> (one-line purpose, "module:ConfigClass:function[:formatter]"). Imports happen only for the verb
+# that runs, so `lmlab --help` and light verbs do not pay for torch.
 VERBS: dict[str, tuple[str, str]] = {
     "quickstart": ("the whole life of a model on the built-in world: world, tokenizer, pretrain, "
                    "samples, report", "lmlab.quickstart:QuickstartConfig:quickstart"),
@@ -36,50 +45,58 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("train a causal (next-token) or masked (--objective mlm) LM from scratch on shards (resumable)",
                  "lmlab.train.trainer:PretrainConfig:pretrain"),
     "size": ("will it fit, what will it cost: parameters, inference/training memory, FLOPs (no torch)",
-             "lmlab.plan.size:SizeConfig:run_size"),
-    "sample": ("greedy or temperature samples from a checkpoint", "lmlab.infer.sample:SampleConfig:run_sample"),
+             "lmlab.plan.size:SizeConfig:size:format_table"),
+    "sample": ("greedy or temperature samples from a checkpoint",
+               "lmlab.infer.sample:SampleConfig:run_sample:format_samples"),
     "generate": ("complete prompts with the KV-cache engine: every sampling control, logprobs, JSON",
-                 "lmlab.infer.cli_verbs:GenerateConfig:run_generate"),
+                 "lmlab.infer.cli_verbs:GenerateConfig:run_generate:format_generate"),
     "chat": ("chat in the terminal with a checkpoint, replies streamed", "lmlab.infer.cli_verbs:ChatConfig:run_chat"),
     "fill-mask": ("a masked LM's top candidates, with probabilities, for each [MASK] in a text",
-                  "lmlab.infer.fill_mask:FillMaskConfig:run_fill_mask"),
+                  "lmlab.infer.fill_mask:FillMaskConfig:run_fill_mask:format_fill_mask"),
     "import-hf": ("convert a Hugging Face GPT-2 / Llama / Qwen2 / Mistral / BERT directory into a checkpoint",
                   "lmlab.interop:ImportHFConfig:import_hf"),
     "export-hf": ("write a checkpoint as a Hugging Face directory (loads with from_pretrained)",
                   "lmlab.interop:ExportHFConfig:export_hf"),
     "scale chinchilla": ("compute-optimal params and tokens for a budget: the 20x rule, Hoffmann et al. 2022, "
-                         "Epoch AI 2024", "lmlab.scale.laws:ChinchillaConfig:run_chinchilla"),
+                         "Epoch AI 2024", "lmlab.scale.laws:ChinchillaConfig:chinchilla:format_chinchilla"),
     "scale sweep": ("train a grid of model sizes x token budgets (IsoFLOP sets), resumable; losses to a CSV",
-                    "lmlab.scale.sweep:SweepConfig:run_sweep"),
+                    "lmlab.scale.sweep:SweepConfig:sweep:format_sweep"),
     "scale fit": ("fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep's CSV (bootstrap intervals, plots)",
-                  "lmlab.scale.fit:FitConfig:run_fit"),
+                  "lmlab.scale.fit:FitConfig:fit:format_fit"),
     "scale lr-transfer": ("learning-rate sweeps at several widths under SP and muP: does the best lr transfer?",
-                          "lmlab.scale.lr_transfer:LRTransferConfig:run_lr_transfer"),
+                          "lmlab.scale.lr_transfer:LRTransferConfig:lr_transfer:format_lr_transfer"),
     "sft": ("supervised fine-tuning on conversations (loss on the assistant's tokens), from any checkpoint",
-            "lmlab.post.sft:SFTConfig:run_sft"),
+            "lmlab.post.sft:SFTConfig:sft:format_sft"),
     "rm train": ("train a reward model (backbone + scalar head) on preference pairs, Bradley-Terry loss; "
-                 "`lmlab rm` for short", "lmlab.post.rm:RMConfig:run_rm"),
-    "rm score": ("score replies to a prompt with a trained reward model", "lmlab.post.rm:RMScoreConfig:run_rm_score"),
+                 "`lmlab rm` for short", "lmlab.post.rm:RMConfig:train_rm:format_rm"),
+    "rm score": ("score replies to a prompt with a trained reward model",
+                 "lmlab.post.rm:RMScoreConfig:run_rm_score:format_rm_score"),
     "dpo": ("Direct Preference Optimization (sigmoid, IPO or hinge loss) against a frozen reference",
-            "lmlab.post.dpo:DPOConfig:run_dpo"),
+            "lmlab.post.dpo:DPOConfig:dpo:format_dpo"),
     "rl": ("RLHF: PPO or GRPO against a reward model, the world's gold reward or a Python function, KL-leashed",
-           "lmlab.post.rl:RLConfig:run_rl"),
+           "lmlab.post.rl:RLConfig:rl:format_rl"),
     "testtime run": ("best-of-N (logprob, reward model, scorer) and majority vote: accuracy against N and cost; "
-                     "`lmlab testtime` for short", "lmlab.testtime.run:TestTimeConfig:run_testtime"),
+                     "`lmlab testtime` for short", "lmlab.testtime.run:TestTimeConfig:run_testtime:format_testtime"),
     "testtime verifier": ("train an outcome verifier (reward model) on the model's own graded samples",
-                          "lmlab.testtime.verifier:VerifierConfig:train_verifier"),
+                          "lmlab.testtime.verifier:VerifierConfig:train_verifier:format_verifier"),
     "doctor": ("this machine (CPU, flags, threads, compiler, torch), the native paths built and chosen, "
                "matmul peaks", "lmlab.doctor:DoctorConfig:doctor"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
-                         "lmlab.infer.explain:ExplainConfig:run_explain"),
+                         "lmlab.infer.explain:ExplainConfig:run_explain:format_explain"),
 }
 
 
 def load_verb(verb: str) -> tuple[type, Callable[[Any], Any]]:
     """The config class and the function behind a verb."""
-    module, cls, fn = VERBS[verb][1].split(":")
+    module, cls, fn, *_ = VERBS[verb][1].split(":")
     mod = importlib.import_module(module)
     return getattr(mod, cls), getattr(mod, fn)
+
+
+def load_formatter(verb: str) -> Callable[[Any], str] | None:
+    """The function that turns a verb's result into text, or None: the result then prints as JSON."""
+    module, _cls, _fn, *formatter = VERBS[verb][1].split(":")
+    return getattr(importlib.import_module(module), formatter[0]) if formatter else None
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -137,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cls, run = load_verb(verb)
+        formatter = load_formatter(verb)
         # Only the chosen verb pays for its imports and its per-field flags.
         add_arguments(verbs[verb], cls)
         args = parser.parse_args(argv)
@@ -153,29 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away while the verb was printing (`lmlab chat | head`)
         return _stdout_closed()
     try:
-        print_result(result, args.json)
+        print_result(result, args.json, formatter)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except BrokenPipeError:
         return _stdout_closed()
     return 0
 
 
-def print_result(result: Any, as_json: bool) -> None:
-    """The verb's result on stdout: one JSON line, samples or completions as text, or indented JSON."""
-    printed = isinstance(result, dict) and result.pop("_printed", False)
+def print_result(result: Any, as_json: bool, formatter: Callable[[Any], str] | None = None) -> None:
+    """The verb's result on stdout: one JSON line, its formatter's text, or indented JSON."""
     if result is None:
         return
     if as_json:
         print(json.dumps(result, default=str))
-    elif isinstance(result, dict) and "samples" in result:
-        for i, s in enumerate(result["samples"]):
-            print(f"--- sample {i} ---\n{s}")
-    elif isinstance(result, dict) and "results" in result:
-        for r in result["results"]:
-            for c in r["completions"]:
-                print(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}")
-    elif printed or (isinstance(result, dict) and "candidates" in result):
-        pass  # the verb printed its own table
+    elif formatter is not None:
+        text = formatter(result)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
         print(json.dumps(result, indent=2, default=str))
 

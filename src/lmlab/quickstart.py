@@ -27,8 +27,8 @@ from lmlab.post.rm import RMConfig, train_rm
 from lmlab.post.sft import SFTConfig, sft
 from lmlab.rundir import QUICKSTART_OUT, locked_run
 from lmlab.summary import read_summary, update_summary
-from lmlab.testtime.run import TestTimeConfig, run_testtime
-from lmlab.testtime.verifier import VerifierConfig, train_verifier
+from lmlab.testtime.run import TestTimeConfig, format_testtime, run_testtime
+from lmlab.testtime.verifier import VerifierConfig, format_verifier, train_verifier
 from lmlab.train.trainer import PretrainConfig, TrainConfig, pretrain
 
 if TYPE_CHECKING:
@@ -249,8 +249,8 @@ def _test_time(cfg: QuickstartConfig, out: Path) -> None:
     try:
         ver = train_verifier(replace(cfg.verifier, model=solver["checkpoint"], world=str(out / "world"),
                                      out=str(out / "verifier")))
-        ver.pop("_printed", None)
         update_summary(out / "summary.json", "verifier", ver)
+        print(format_verifier(ver), end="")
     except LmlabError as e:  # a tiny world may give too few (right, wrong) pairs: go on without the verifier
         print(f"   no verifier: {e}")
         ver, methods = {"checkpoint": None}, [m for m in methods if m != "rm"]
@@ -258,8 +258,8 @@ def _test_time(cfg: QuickstartConfig, out: Path) -> None:
     t = _stage("test-time compute: best-of-N and majority vote")
     tt = run_testtime(replace(cfg.testtime, model=solver["checkpoint"], rm=ver["checkpoint"], methods=methods,
                               world=str(out / "world"), out=str(out / "testtime")))
-    tt.pop("_printed", None)
     update_summary(out / "summary.json", "testtime", {**tt, "wall_s": round(time.perf_counter() - t, 2)})
+    print(format_testtime(tt), end="")
     votes = ", ".join(f"majority of {n} {a:.1%}" for n, a in tt.get("vote", {}).items() if int(n) in (16, 32))
     if tt.get("greedy_accuracy") is not None and votes:
         print(f"   greedy {tt['greedy_accuracy']:.1%}, one sample {tt['sample_accuracy']:.1%}, {votes}")

@@ -83,6 +83,12 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     return {"results": results}
 
 
+def format_generate(result: dict[str, Any]) -> str:
+    """Each completion after its prompt, under a rule naming the prompt, its index and why it stopped."""
+    return "".join(f"--- {r['prompt']!r} [{c['index']}] ({c['finish_reason']}) ---\n{r['prompt']}{c['text']}\n"
+                   for r in result["results"] for c in r["completions"])
+
+
 @dataclass
 class ChatConfig(EngineOptions):
     system: str = ""

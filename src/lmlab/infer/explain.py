@@ -99,11 +99,16 @@ def run_explain(cfg: ExplainConfig) -> dict[str, Any]:
     engine = Engine.from_checkpoint(cfg.checkpoint)
     result = explain_logits(engine.next_token_logits(cfg.prompt), engine.tok.decode, cfg)
     result["png"] = str(plot(result, cfg.prompt, cfg.out))
-    names = [k for k in result["candidates"][0] if k not in ("token_id", "token")]
-    print("token".ljust(14) + "".join(n.rjust(11) for n in names))
-    for c in result["candidates"]:
-        print(repr(c["token"]).ljust(14) + "".join(f"{c[n]:11.4f}" for n in names))
-    print("entropy (nats): " + ", ".join(f"{k} {v:.3f}" for k, v in result["entropy_nats"].items()))
-    print(f"top-p={cfg.top_p:g} nucleus: {result['nucleus_size']} of {result['vocab_size']} tokens; "
-          f"chart: {result['png']}")
+    result["top_p"] = cfg.top_p
     return result
+
+
+def format_explain(result: dict[str, Any]) -> str:
+    """One row per candidate token, one column per sampling setting, then entropy and the nucleus."""
+    names = [k for k in result["candidates"][0] if k not in ("token_id", "token")]
+    lines = ["token".ljust(14) + "".join(n.rjust(11) for n in names)]
+    lines += [repr(c["token"]).ljust(14) + "".join(f"{c[n]:11.4f}" for n in names) for c in result["candidates"]]
+    lines.append("entropy (nats): " + ", ".join(f"{k} {v:.3f}" for k, v in result["entropy_nats"].items()))
+    lines.append(f"top-p={result['top_p']:g} nucleus: {result['nucleus_size']} of {result['vocab_size']} tokens; "
+                 f"chart: {result['png']}")
+    return "\n".join(lines) + "\n"

@@ -75,8 +75,13 @@ def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
     if ck.tokenizer_path is None:
         raise LmlabError(f"checkpoint {cfg.checkpoint} has no tokenizer.json")
     blanks = fill_mask(load_model(cfg.checkpoint, device), Tokenizer.load(ck.tokenizer_path), cfg.text, cfg.top_k)
-    for n, blank in enumerate(blanks, 1):
-        print(f"blank {n} (token {blank['position']}):")
-        for c in blank["candidates"]:
-            print(f"  {c['prob']:7.2%}  {c['token']!r}")
     return {"text": cfg.text, "candidates": blanks}
+
+
+def format_fill_mask(result: dict[str, Any]) -> str:
+    """Each blank's candidates, most probable first."""
+    lines = []
+    for n, blank in enumerate(result["candidates"], 1):
+        lines.append(f"blank {n} (token {blank['position']}):")
+        lines += [f"  {c['prob']:7.2%}  {c['token']!r}" for c in blank["candidates"]]
+    return "\n".join(lines) + "\n"

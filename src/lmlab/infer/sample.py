@@ -76,3 +76,8 @@ def sample(cfg: SampleConfig) -> list[str]:
 
 def run_sample(cfg: SampleConfig) -> dict[str, Any]:
     return {"samples": sample(cfg)}
+
+
+def format_samples(result: dict[str, Any]) -> str:
+    """Each sample under a numbered rule, so where one ends and the next starts stays plain."""
+    return "".join(f"--- sample {i} ---\n{s}\n" for i, s in enumerate(result["samples"]))

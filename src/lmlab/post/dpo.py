@@ -19,11 +19,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmlab.data.conversations import IGNORE, encode
+from lmlab.data.conversations import IGNORE, encode, pad_batch
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
+from lmlab.model.logprobs import sequence_logprobs
 from lmlab.plan.flops import train_flops_per_token
+from lmlab.post.evaluate import policy_report
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.post.rm import conversation, load_pairs
 from lmlab.rundir import locked_run
@@ -49,36 +51,6 @@ def dpo_loss(policy_c: torch.Tensor, policy_r: torch.Tensor, ref_c: torch.Tensor
                "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
                "logps/chosen": policy_c.detach().mean().item(), "logps/rejected": policy_r.detach().mean().item()}
     return losses.mean(), metrics
-
-
-def pad_batch(seqs: list[tuple[list[int], list[int]]], pad: int, left: bool = False) -> dict[str, torch.Tensor]:
-    """(ids, labels) pairs -> padded ids, next-token targets, mask and positions (right or left padding; the
-    positions count real tokens only, so both paddings give the same numbers)."""
-    T = max(len(ids) for ids, _ in seqs)
-    out = {"ids": torch.full((len(seqs), T), pad, dtype=torch.long),
-           "labels": torch.full((len(seqs), T), IGNORE, dtype=torch.long),
-           "mask": torch.zeros((len(seqs), T), dtype=torch.bool)}
-    for i, (ids, labels) in enumerate(seqs):
-        sl = slice(T - len(ids), T) if left else slice(0, len(ids))
-        out["ids"][i, sl] = torch.tensor(ids)
-        out["labels"][i, sl] = torch.tensor(labels)
-        out["mask"][i, sl] = True
-    out["positions"] = (out["mask"].long().cumsum(1) - 1).clamp(min=0)
-    return out
-
-
-def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p of each next token, 0 outside the response; mask of the response tokens), both (B, T-1)."""
-    logits = model(batch["ids"].to(device), attn_mask=batch["mask"].to(device), positions=batch["positions"].to(device))
-    target = batch["labels"][:, 1:].to(device)
-    keep = target != IGNORE
-    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return lp * keep, keep
-
-
-def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    """Sum over each row's response tokens of log p(token | everything before it)."""
-    return token_logprobs(model, batch, device)[0].sum(dim=1)
 
 
 def pair_batch(tok: Tokenizer, pairs: list[dict[str, Any]], max_len: int, pad: int) -> dict[str, torch.Tensor]:
@@ -130,8 +102,6 @@ class DPOConfig:
 
 @locked_run
 def dpo(cfg: DPOConfig) -> dict[str, Any]:
-    from lmlab.post.evaluate import policy_report
-
     tc = cfg.train
     device = setup(tc)
     policy, ck = load_policy(cfg.init, device)
@@ -197,14 +167,12 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     return summary
 
 
-def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
-    """`lmlab dpo`."""
-    from lmlab.post.evaluate import print_report
+def format_dpo(s: dict[str, Any]) -> str:
+    """`lmlab dpo`'s report: the last batch's implicit reward, then the policy before -> after."""
+    from lmlab.post.evaluate import report_lines
 
-    s = dpo(cfg)
     f = s["final"]
-    print(f"dpo ({s['loss']}, beta {s['beta']}): {s['steps']} steps on {s['pairs']} pairs, {s['wall_s']:.0f} s; "
-          f"last batch: reward margin {f['rewards/margins']:.2f}, accuracy {f['rewards/accuracies']:.0%}")
-    print_report(s["before"], s["after"])
-    print(f"checkpoint {s['checkpoint']}")
-    return {**s, "_printed": True}
+    lines = [f"dpo ({s['loss']}, beta {s['beta']}): {s['steps']} steps on {s['pairs']} pairs, {s['wall_s']:.0f} s; "
+             f"last batch: reward margin {f['rewards/margins']:.2f}, accuracy {f['rewards/accuracies']:.0%}",
+             *report_lines(s["before"], s["after"]), f"checkpoint {s['checkpoint']}"]
+    return "\n".join(lines) + "\n"

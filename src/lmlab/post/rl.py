@@ -29,13 +29,19 @@ import torch
 import torch.nn as nn
 
 from lmlab.data.chat import END_OF_TURN, render
-from lmlab.data.conversations import IGNORE, read_jsonl
+from lmlab.data.conversations import IGNORE, pad_batch, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.data.world import load_world
+from lmlab.data.world_chat import gold_reward, is_world_dir, preference_pairs
 from lmlab.errors import LmlabError
+from lmlab.infer.engine import Engine
+from lmlab.infer.sampling import SamplingParams
 from lmlab.model import checkpoint as ckpt_io
+from lmlab.model.logprobs import batch_logprobs, gather_logprobs, log_probs
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.dpo import pad_batch, token_logprobs
+from lmlab.post.evaluate import policy_report
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.rm import load_reward_model
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.usercode import call_user
@@ -89,7 +95,12 @@ def ppo_value_loss(v: torch.Tensor, old_v: torch.Tensor, returns: torch.Tensor, 
 
 
 def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """(reward - its group's mean) / (its group's std + eps); rows come in consecutive groups."""
+    """(reward - its group's mean) / (its group's std + eps); rows come in consecutive groups.
+
+    The std is the biased one (divide by the group size) plus 1e-6, as in DeepSeekMath's formula read
+    literally. TRL's GRPOTrainer divides by the unbiased std plus 1e-4 instead, so its advantages are
+    sqrt(G / (G - 1)) times smaller (lmlab's are 1.155x TRL's at groups of 4): a TRL user's learning rate
+    or clip range does not carry over one for one."""
     g = rewards.view(-1, group_size)
     return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
 
@@ -109,10 +120,9 @@ class PolicyWithValue(nn.Module):
         all (B, T-1), aligned with the tokens being predicted."""
         h = self.policy(batch["ids"].to(device), attn_mask=batch["mask"].to(device),
                         positions=batch["positions"].to(device), return_hidden=True)
-        logits = self.policy.logits(h[:, :-1]).float()
-        logp_all = torch.log_softmax(logits, -1)
-        target = batch["labels"][:, 1:].to(device).clamp(min=0)
-        logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        logp_all = log_probs(self.policy.logits(h[:, :-1]))
+        # prompt and padding positions read token 0 and stay unmasked: the losses mask them
+        logp = gather_logprobs(logp_all, batch["labels"][:, 1:].to(device).clamp(min=0))
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp, entropy, self.value_head(h[:, :-1]).squeeze(-1).float()
 
@@ -121,12 +131,8 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
     """The reward: 'gold' (the world's facts; needs a world as data), 'rm:PATH' (a reward model from lmlab rm)
     or 'python:module:function' (your function f(prompt, reply) -> float; code you wrote, run as is)."""
     if spec == "gold":
-        from lmlab.data.world_chat import gold_reward, is_world_dir
-
         if not is_world_dir(data):
             raise LmlabError("reward 'gold' needs a world directory as data (it checks replies against its facts)")
-        from lmlab.data.world import load_world
-
         world = load_world(data)
         known = {q["question"]: q for q in world["qa_train"] + world["qa_test"]}
         unknown = {q["question"] for q in world["qa_unknown"]}
@@ -135,8 +141,6 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
             return [gold_reward(known.get(p, {"answer": None}), r, p in unknown) for p, r in zip(prompts, replies)]
         return gold
     if spec.startswith("rm:"):
-        from lmlab.post.rm import load_reward_model
-
         model, tok = load_reward_model(spec[3:], device)
         return lambda prompts, replies: model.score(tok, list(prompts), list(replies))
     if spec.startswith("python:"):
@@ -152,11 +156,7 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
 
 def load_prompts(data: str, seed: int) -> list[str]:
     """Training prompts: a world's training split (the questions DPO also trains on), or a JSONL of {"prompt"}."""
-    from lmlab.data.world_chat import is_world_dir, preference_pairs
-
     if is_world_dir(data):
-        from lmlab.data.world import load_world
-
         return [p["prompt"] for p in preference_pairs(load_world(data), seed)["train"]]
     prompts = []
     for n, obj in read_jsonl(data):
@@ -226,9 +226,6 @@ class RLConfig:
 
 def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
     """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row)."""
-    from lmlab.infer.engine import Engine
-    from lmlab.infer.sampling import SamplingParams
-
     eot = tok.token_to_id(END_OF_TURN)
     texts = [render([{"role": "user", "content": p}]) for p in prompts]
     outs = Engine(model, tok, device=device).generate(texts, SamplingParams(
@@ -247,8 +244,6 @@ def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, s
 
 @locked_run
 def rl(cfg: RLConfig) -> dict[str, Any]:
-    from lmlab.post.evaluate import policy_report
-
     tc = cfg.train
     device = setup(tc)
     policy, ck = load_policy(cfg.init, device)
@@ -275,7 +270,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
         with torch.no_grad():
             model.eval()
             old_logp, _, old_v = model(batch, device)
-            ref_logp = token_logprobs(ref, batch, device)[0]
+            ref_logp = batch_logprobs(ref, batch, device)[0]
             kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
             if cfg.algo == "ppo":
                 last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
@@ -329,14 +324,12 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     return summary
 
 
-def run_rl(cfg: RLConfig) -> dict[str, Any]:
-    """`lmlab rl`."""
-    from lmlab.post.evaluate import print_report
+def format_rl(s: dict[str, Any]) -> str:
+    """`lmlab rl`'s report: the last step's reward and leash, then the policy before -> after."""
+    from lmlab.post.evaluate import report_lines
 
-    s = rl(cfg)
     f = s["final"]
-    print(f"rl ({s['algo']}, reward {s['reward']}): {s['steps']} steps, {s['wall_s']:.0f} s; last step: reward "
-          f"{f['reward']:+.3f}, KL {f['kl']:.3f}, entropy {f['entropy']:.3f}, clip fraction {f['clip_fraction']:.2f}")
-    print_report(s["before"], s["after"])
-    print(f"checkpoint {s['checkpoint']}")
-    return {**s, "_printed": True}
+    lines = [f"rl ({s['algo']}, reward {s['reward']}): {s['steps']} steps, {s['wall_s']:.0f} s; last step: reward "
+             f"{f['reward']:+.3f}, KL {f['kl']:.3f}, entropy {f['entropy']:.3f}, clip fraction "
+             f"{f['clip_fraction']:.2f}", *report_lines(s["before"], s["after"]), f"checkpoint {s['checkpoint']}"]
+    return "\n".join(lines) + "\n"

@@ -21,10 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.data.conversations import encode, read_jsonl
+from lmlab.data.conversations import encode, pad_rows, prompt_ids, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.data.world import load_world
+from lmlab.data.world_chat import is_world_dir, preference_pairs
 from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
+from lmlab.model.logprobs import token_logprobs
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
@@ -38,8 +41,8 @@ class RewardModel(nn.Module):
     With `logprob_feature`, the score also adds a learned multiple of the backbone's own mean log-probability
     of the reply's tokens. A fresh head reads one hidden state and, trained on a few hundred pairs, learns
     which (prompt, reply) pairs it was shown; what the backbone already believes about a reply is in its
-    next-token predictions, and this feature hands it to the score directly (on the world: held-out
-    pairwise accuracy 74% without it; see docs/benchmarks.md).
+    next-token predictions, and this feature hands it to the score directly (its effect on held-out
+    pairwise accuracy is measured in docs/benchmarks.md).
     """
 
     def __init__(self, backbone: Transformer, logprob_feature: bool = False) -> None:
@@ -79,8 +82,7 @@ class RewardModel(nn.Module):
 def mean_reply_logprob(backbone: Transformer, hidden: torch.Tensor, ids: torch.Tensor,
                        reply_mask: torch.Tensor) -> torch.Tensor:
     """(B,) mean log-probability of each row's reply tokens (reply_mask True) under the backbone."""
-    logp = torch.log_softmax(backbone.logits(hidden[:, :-1]).float(), dim=-1)
-    tok_lp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    tok_lp = token_logprobs(backbone.logits(hidden[:, :-1]), ids[:, 1:])
     m = reply_mask[:, 1:].float()
     return (tok_lp * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
@@ -132,11 +134,7 @@ def read_preferences(path: str | Path) -> list[dict[str, Any]]:
 def load_pairs(data: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """(training pairs, held-out sets by name): from a world directory (its generated splits) or a JSONL
     file (10% held out)."""
-    from lmlab.data.world_chat import is_world_dir, preference_pairs
-
     if is_world_dir(data):
-        from lmlab.data.world import load_world
-
         splits = preference_pairs(load_world(data), seed)
         return splits["train"], {k: v for k, v in splits.items() if k != "train"}
     pairs = read_preferences(data)
@@ -161,21 +159,13 @@ def batch_ids(tok: Tokenizer, seqs: list[list[int]], max_len: int, where: list[s
     for ids, w in zip(seqs, where):
         if len(ids) > max_len:
             raise LmlabError(f"{w}: prompt + response is {len(ids)} tokens, longer than the context of {max_len}")
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = True
-    return ids, mask
+    return pad_rows(seqs, pad)
 
 
 def reply_batch(tok: Tokenizer, items: list[tuple[dict[str, Any], str]], max_len: int, where: list[str], pad: int,
                 truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, padding mask, reply mask) of (pair, reply) chats; the reply mask covers the reply's tokens and
     its end of turn."""
-    from lmlab.data.conversations import prompt_ids
-
     seqs, starts = [], []
     for pair, reply in items:
         ids = pair_ids(tok, pair, reply)
@@ -308,14 +298,12 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     return summary
 
 
-def run_rm(cfg: RMConfig) -> dict[str, Any]:
-    """`lmlab rm`."""
-    s = train_rm(cfg)
-    print(f"rm: {s['steps']} steps on {s['pairs']} pairs ({s['wall_s']:.0f} s); pairwise accuracy train "
-          f"{s['train_accuracy']:.1%}, held out " +
-          ", ".join(f"{k} {v['accuracy']:.1%} (n={v['n']}, margin {v['margin']:.2f})" for k, v in s["heldout"].items()))
-    print(f"checkpoint {s['checkpoint']}")
-    return {**s, "_printed": True}
+def format_rm(s: dict[str, Any]) -> str:
+    """`lmlab rm`'s report: pairwise accuracy on the training pairs and on each held-out group."""
+    heldout = ", ".join(f"{k} {v['accuracy']:.1%} (n={v['n']}, margin {v['margin']:.2f})"
+                        for k, v in s["heldout"].items())
+    return (f"rm: {s['steps']} steps on {s['pairs']} pairs ({s['wall_s']:.0f} s); pairwise accuracy train "
+            f"{s['train_accuracy']:.1%}, held out {heldout}\ncheckpoint {s['checkpoint']}\n")
 
 
 @dataclass
@@ -351,7 +339,9 @@ def run_rm_score(cfg: RMScoreConfig) -> dict[str, Any]:
         items = [{"prompt": cfg.prompt, "response": r, "where": f"response {i + 1}"}
                  for i, r in enumerate(cfg.responses)]
     scores = model.score(tok, [x["prompt"] for x in items], [x["response"] for x in items])
-    for x, s in zip(items, scores):
-        print(f"{s:+.3f}  {x['prompt'][:60]!r} -> {x['response'][:60]!r}")
-    return {"scores": [{"prompt": x["prompt"], "response": x["response"], "score": s} for x, s in zip(items, scores)],
-            "_printed": True}
+    return {"scores": [{"prompt": x["prompt"], "response": x["response"], "score": s} for x, s in zip(items, scores)]}
+
+
+def format_rm_score(result: dict[str, Any]) -> str:
+    """One line per reply: its score, then the (shortened) prompt and reply it belongs to."""
+    return "".join(f"{x['score']:+.3f}  {x['prompt'][:60]!r} -> {x['response'][:60]!r}\n" for x in result["scores"])

@@ -169,15 +169,14 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     return summary
 
 
-def run_sft(cfg: SFTConfig) -> dict[str, Any]:
-    """`lmlab sft`."""
-    s = sft(cfg)
-    print(f"sft: {s['steps']} steps on {s['conversations']} conversations, val loss {s['val_loss']:.4f} "
-          f"({s['wall_s']:.0f} s); checkpoint {s['checkpoint']}")
-    if "after" in s:
-        for g in ("train", "test", "unknown"):
-            b, a = s["before"][g], s["after"][g]
-            extra = (f", exact match {b['exact_match']:.1%} -> {a['exact_match']:.1%}" if "exact_match" in a
-                     else f", fabrication {b['fabrication_rate']:.1%} -> {a['fabrication_rate']:.1%}")
-            print(f"  QA-{g}: stops at end of turn {b['stop_rate']:.1%} -> {a['stop_rate']:.1%}{extra}")
-    return {**s, "_printed": True}
+def format_sft(s: dict[str, Any]) -> str:
+    """`lmlab sft`'s report: the run, then each QA group before -> after when a world was evaluated."""
+    val = "n/a" if s["val_loss"] is None else f"{s['val_loss']:.4f}"
+    lines = [f"sft: {s['steps']} steps on {s['conversations']} conversations, val loss {val} "
+             f"({s['wall_s']:.0f} s); checkpoint {s['checkpoint']}"]
+    for g in ("train", "test", "unknown") if "after" in s else ():
+        b, a = s["before"][g], s["after"][g]
+        extra = (f", exact match {b['exact_match']:.1%} -> {a['exact_match']:.1%}" if "exact_match" in a
+                 else f", fabrication {b['fabrication_rate']:.1%} -> {a['fabrication_rate']:.1%}")
+        lines.append(f"  QA-{g}: stops at end of turn {b['stop_rate']:.1%} -> {a['stop_rate']:.1%}{extra}")
+    return "\n".join(lines) + "\n"

@@ -462,10 +462,3 @@ def _wrap(text: str) -> list[str]:
     import textwrap
 
     return textwrap.wrap(text, 116)
-
-
-def run_fit(cfg: FitConfig) -> dict[str, Any]:
-    """`lmlab scale fit`: fit, print, write the PNG and JSON; return the numbers (the CLI prints them with --json)."""
-    result = fit(cfg)
-    print(format_fit(result), end="")
-    return {**result, "_printed": True}

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lmlab.errors import LmlabError
+from lmlab.plan.compute import RULE_TOKENS_PER_PARAM
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,6 @@ EPOCH = Law(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="epoc
 (about 20 tokens per parameter), unlike the published Approach 3 values."""
 LAWS = {law.name: law for law in (HOFFMANN, EPOCH)}
 """The published laws, by key."""
-RULE_TOKENS_PER_PARAM = 20.0
-"""The rule of thumb drawn from Chinchilla's Approaches 1 and 2: train on about 20 tokens per parameter."""
 
 
 def rule_allocation(c: float, tokens_per_param: float = RULE_TOKENS_PER_PARAM) -> tuple[float, float]:
@@ -236,10 +235,3 @@ def format_chinchilla(result: dict[str, Any]) -> str:
             "of its own).", "Sources:"]
     out += [f"  {r['label']}: {r['source']}" for r in rows]
     return "\n".join(out) + "\n"
-
-
-def run_chinchilla(cfg: ChinchillaConfig) -> dict[str, Any]:
-    """`lmlab scale chinchilla`: print the side-by-side table, return the numbers (the CLI prints them with --json)."""
-    result = chinchilla(cfg)
-    print(format_chinchilla(result), end="")
-    return {**result, "_printed": True}

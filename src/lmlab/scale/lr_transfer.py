@@ -171,17 +171,17 @@ def lr_transfer(cfg: LRTransferConfig) -> dict[str, Any]:
     return {"csv": str(csv_path), "png": str(png), "runs": len(rows), **summary}
 
 
-def run_lr_transfer(cfg: LRTransferConfig) -> dict[str, Any]:
-    """`lmlab scale lr-transfer`."""
-    result = lr_transfer(cfg)
-    for par in cfg.parametrizations:
+def format_lr_transfer(result: dict[str, Any]) -> str:
+    """Per parametrization in the CSV: the best lr at each width and how far it moves as the model widens."""
+    lines = []
+    for par in ("sp", "mup"):
         s = result.get(par)
         if not s:
             continue
         best = ", ".join(f"{w}: 2^{b:.2f}" if b is not None else f"{w}: n/a" for w, b in s["best_log2_lr"].items())
         shift = s["shift_octaves"]
         lowest = ", ".join(f"{w}: {v:.3f}" for w, v in s["best_loss"].items() if v is not None)
-        print(f"{'muP' if par == 'mup' else 'SP':>3}: best lr by width {best}; narrowest -> widest moves "
-              f"{'n/a' if shift is None else f'{shift:+.2f}'} octaves; lowest loss by width {lowest}")
-    print(f"CSV {result['csv']}, plot {result['png']}")
-    return {**result, "_printed": True}
+        lines.append(f"{'muP' if par == 'mup' else 'SP':>3}: best lr by width {best}; narrowest -> widest moves "
+                     f"{'n/a' if shift is None else f'{shift:+.2f}'} octaves; lowest loss by width {lowest}")
+    lines.append(f"CSV {result['csv']}, plot {result['png']}")
+    return "\n".join(lines) + "\n"

@@ -18,6 +18,8 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 from lmlab.io import atomic_path
+from lmlab.model.config import ModelConfig
+from lmlab.plan.params import param_counts
 from lmlab.rundir import locked_run
 
 COLUMNS = ("name", "d_model", "n_layers", "n_heads", "params", "non_embedding_params", "flops", "tokens",
@@ -117,15 +119,12 @@ def prepare_corpus(corpus: str, out: Path, world_people: int = 4000, tokenizer_k
 
 def plan(cfg: SweepConfig, vocab_size: int) -> list[dict[str, Any]]:
     """Every (model, budget) run of the grid with its parameter count, tokens and steps; skipped pairs left out."""
-    from lmlab.model.config import ModelConfig
-    from lmlab.plan.size import arch_from_model_config, param_counts
-
     runs = []
     for budget in cfg.budgets:
         for spec in cfg.models:
             d, layers = parse_model(spec)
             mc = model_config(d, layers, cfg.block_size, vocab_size)
-            counts = param_counts(arch_from_model_config(ModelConfig(**mc)))
+            counts = param_counts(ModelConfig(**mc))
             tokens_per_step = cfg.batch_size * cfg.block_size
             steps = round(budget / (6 * counts["total"]) / tokens_per_step)
             tokens = steps * tokens_per_step
@@ -215,8 +214,6 @@ def sweep(cfg: SweepConfig) -> dict[str, Any]:
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """`lmlab scale sweep`."""
-    result = sweep(cfg)
-    print(f"{result['runs']} runs in {result['csv']}; fit them with: lmlab scale fit {result['csv']}")
-    return {**result, "_printed": True}
+def format_sweep(result: dict[str, Any]) -> str:
+    """Where the runs are, and the next command to run on them."""
+    return f"{result['runs']} runs in {result['csv']}; fit them with: lmlab scale fit {result['csv']}\n"

@@ -316,9 +316,7 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
     from lmlab.summary import update_summary
 
     update_summary(out / "summary.json", "testtime", summary)
-    _print_table(rows)
-    print(f"{out / 'testtime.csv'}, {png}")
-    return {**summary, "_printed": True}
+    return summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -343,11 +341,14 @@ def _write_samples(path: Path, task: Task, g: Generation, answers, correct, scor
     write_jsonl(path, recs)
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'method':<8} {'N':>3} {'accuracy':>9} {'+-':>6} {'vs greedy':>14} {'tokens':>7} {'GFLOPs':>7} "
-          f"{'wall s':>7}")
-    for r in rows:
+def format_testtime(summary: dict[str, Any]) -> str:
+    """One row per (method, N): accuracy with its error, the difference from greedy, and the cost; then the files."""
+    lines = [f"{'method':<8} {'N':>3} {'accuracy':>9} {'+-':>6} {'vs greedy':>14} {'tokens':>7} {'GFLOPs':>7} "
+             f"{'wall s':>7}"]
+    for r in summary["rows"]:
         fl = "" if r["flops"] is None else f"{r['flops'] / 1e9:7.2f}"
         vs = "" if r["vs_greedy"] is None else f"{r['vs_greedy']:+.1%} +-{r['vs_greedy_stderr']:.1%}"
-        print(f"{r['method']:<8} {r['n']:>3} {r['accuracy']:>9.1%} {r['stderr']:>6.1%} {vs:>14} "
-              f"{r['gen_tokens']:>7.0f} {fl:>7} {r['wall_s']:>7.3f}")
+        lines.append(f"{r['method']:<8} {r['n']:>3} {r['accuracy']:>9.1%} {r['stderr']:>6.1%} {vs:>14} "
+                     f"{r['gen_tokens']:>7.0f} {fl:>7} {r['wall_s']:>7.3f}")
+    lines.append(f"{summary['csv']}, {summary['png']}")
+    return "\n".join(lines) + "\n"

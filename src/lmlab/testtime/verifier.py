@@ -118,7 +118,11 @@ def train_verifier(cfg: VerifierConfig) -> dict[str, Any]:
                "train_accuracy": rsum["train_accuracy"], "heldout_accuracy": rsum["heldout_accuracy"],
                "train_flops": rsum["train_flops"], "checkpoint": rsum["checkpoint"],
                "wall_s": round(time.perf_counter() - t0, 2)}
-    print(f"verifier: {summary['n_samples']} samples on {summary['problems']} training problems "
-          f"({share:.0%} right), {len(pairs)} pairs; pairwise accuracy held out {rsum['heldout_accuracy']:.1%}; "
-          f"checkpoint {rsum['checkpoint']}")
-    return {**summary, "_printed": True}
+    return summary
+
+
+def format_verifier(s: dict[str, Any]) -> str:
+    """What the verifier learnt from: samples, how many were right, pairs; and how well it ranks held-out pairs."""
+    return (f"verifier: {s['n_samples']} samples on {s['problems']} training problems ({s['sample_accuracy']:.0%} "
+            f"right), {s['pairs']} pairs; pairwise accuracy held out {s['heldout_accuracy']:.1%}; "
+            f"checkpoint {s['checkpoint']}\n")
