@@ -13,7 +13,7 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
-from lmlab.post.dpo import DPOConfig, dpo, dpo_loss, pad_batch, sequence_logprobs
+from lmlab.post.dpo import DPOConfig, dpo, dpo_loss, pad_batch, pair_scores, sequence_logprobs
 from lmlab.post.rm import conversation
 
 
@@ -53,8 +53,25 @@ def test_left_and_right_padding_give_the_same_log_probs(tiny_data):
                for (_, labels), r in zip(seqs, ("Saltmarsh", "Hello, how can I help you today?")))
 
 
+def test_ipo_mean_scores_are_per_token_means_of_the_summed_ones(tiny_data):
+    """'ipo' sums a response's log-probabilities (Azar et al.); 'ipo-mean' divides by its length (TRL)."""
+    tok = Tokenizer.load(tiny_data / "tokenizer.json")
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
+    replies = ("Saltmarsh", "Hello, how can I help you today?")
+    batch = pad_batch([encode(tok, conversation({"prompt": "Hi"}, r)) for r in replies], 0)
+    lengths = torch.tensor([len(tok.encode(" " + r)) + 1 for r in replies])
+    with torch.no_grad():
+        summed = pair_scores(model, batch, "cpu", "ipo")
+        mean = pair_scores(model, batch, "cpu", "ipo-mean")
+    assert torch.equal(summed, sequence_logprobs(model, batch, "cpu"))
+    assert torch.equal(mean, summed / lengths)
+    h = torch.tensor([0.3])
+    assert dpo_loss(h, h * 0, h * 0, h * 0, 0.5, "ipo-mean")[0] == dpo_loss(h, h * 0, h * 0, h * 0, 0.5, "ipo")[0]
+
+
 def test_bad_settings_are_refused():
-    with pytest.raises(LmlabError, match="loss must be one of sigmoid, ipo, hinge"):
+    with pytest.raises(LmlabError, match="loss must be one of sigmoid, ipo, ipo-mean, hinge"):
         DPOConfig(loss="kto")
     with pytest.raises(LmlabError, match="beta must be positive"):
         DPOConfig(beta=0)

@@ -3,7 +3,10 @@
 For a pair, h = [log pi(chosen) - log pi(rejected)] - [log ref(chosen) - log ref(rejected)], each log
 probability summed over the response's tokens only (the assistant's reply and its end of turn). Losses:
 'sigmoid' -log sigmoid(beta h) (DPO), 'ipo' (h - 1/(2 beta))^2 (Azar et al. 2023), 'hinge' relu(1 - beta h)
-(SLiC). The implicit rewards beta (log pi - log ref) of chosen and rejected, their margin and how often
+(SLiC). 'ipo' sums log-probabilities over the response as Azar et al. write it; 'ipo-mean' divides each
+sequence's log-probability by its response length first, as TRL's DPOTrainer does for IPO, so a beta
+tuned with TRL carries over under 'ipo-mean' and not under 'ipo'.
+The implicit rewards beta (log pi - log ref) of chosen and rejected, their margin and how often
 it is positive are logged, as is the policy's drift from the reference.
 """
 
@@ -31,7 +34,7 @@ from lmlab.post.rm import conversation, load_pairs
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 
-LOSSES = ("sigmoid", "ipo", "hinge")
+LOSSES = ("sigmoid", "ipo", "ipo-mean", "hinge")
 
 
 def dpo_loss(policy_c: torch.Tensor, policy_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
@@ -40,7 +43,7 @@ def dpo_loss(policy_c: torch.Tensor, policy_r: torch.Tensor, ref_c: torch.Tensor
     h = (policy_c - policy_r) - (ref_c - ref_r)
     if kind == "sigmoid":
         losses = -F.logsigmoid(beta * h)
-    elif kind == "ipo":
+    elif kind in ("ipo", "ipo-mean"):  # 'ipo-mean' is given per-token means (see `pair_scores`)
         losses = (h - 1 / (2 * beta)) ** 2
     elif kind == "hinge":
         losses = torch.relu(1 - beta * h)
@@ -51,6 +54,14 @@ def dpo_loss(policy_c: torch.Tensor, policy_r: torch.Tensor, ref_c: torch.Tensor
                "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item(),
                "logps/chosen": policy_c.detach().mean().item(), "logps/rejected": policy_r.detach().mean().item()}
     return losses.mean(), metrics
+
+
+def pair_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor], device, kind: str) -> torch.Tensor:
+    """Each sequence's response log-probability: summed, or for 'ipo-mean' divided by the response length."""
+    lp = sequence_logprobs(model, batch, device)
+    if kind != "ipo-mean":
+        return lp
+    return lp / (batch["labels"][:, 1:] != IGNORE).sum(1).clamp(min=1).to(lp.device)
 
 
 def pair_batch(tok: Tokenizer, pairs: list[dict[str, Any]], max_len: int, pad: int) -> dict[str, torch.Tensor]:
@@ -118,7 +129,7 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     ref_scores = None
     if cfg.precompute_ref:
         with torch.no_grad():
-            ref_scores = torch.cat([sequence_logprobs(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device)
+            ref_scores = torch.cat([pair_scores(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device, cfg.loss)
                                     .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
     opt = Optimizer(policy, tc, device)
     out = Path(cfg.out)
@@ -135,14 +146,14 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
             ref_c, ref_r = ref_scores[idx, 0], ref_scores[idx, 1]
         else:
             with torch.no_grad():
-                r = sequence_logprobs(ref, batch, device)
+                r = pair_scores(ref, batch, device, cfg.loss)
             ref_c, ref_r = r[:n], r[n:]
         with opt.autocast():
-            lp = sequence_logprobs(policy, batch, device)
+            lp = pair_scores(policy, batch, device, cfg.loss)
         loss, metrics = dpo_loss(lp[:n], lp[n:], ref_c, ref_r, cfg.beta, cfg.loss)
         if cfg.nll_weight:
             chosen_tokens = (batch["labels"][:n, 1:] != IGNORE).sum(1).clamp(min=1).to(lp.device)
-            nll = (-lp[:n] / chosen_tokens).mean()
+            nll = (-lp[:n] / (1 if cfg.loss == "ipo-mean" else chosen_tokens)).mean()
             loss = loss + cfg.nll_weight * nll
             metrics["nll/chosen"] = nll.item()
         if not math.isfinite(loss.item()):
