@@ -14,25 +14,31 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lmlab.data.shards import PrepareConfig, prepare
-from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
-from lmlab.data.world import WorldConfig, generate_world
+from lmlab.config import to_dict
+from lmlab.data.shards import PrepareConfig, TokenData, prepare
+from lmlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from lmlab.data.world import WorldConfig, format_qa, generate_world, load_world
 from lmlab.errors import LmlabError
+from lmlab.evals.bidirectional import compare, snippets
+from lmlab.evals.knowledge import probe
+from lmlab.infer.engine import Engine
+from lmlab.infer.explain import ExplainConfig, explain_logits, plot
+from lmlab.infer.sampling import SamplingParams
+from lmlab.io import write_jsonl
+from lmlab.model.checkpoint import load_model
 from lmlab.model.config import ModelConfig
 from lmlab.post.dpo import DPOConfig, dpo
 from lmlab.post.loop import PostTrainConfig
-from lmlab.post.rm import RMConfig, train_rm
+from lmlab.post.rm import RMConfig, pair_ids, train_rm
 from lmlab.post.sft import SFTConfig, sft
+from lmlab.report.quickstart_report import write_report
 from lmlab.rundir import QUICKSTART_OUT, locked_run
 from lmlab.summary import read_summary, update_summary
 from lmlab.testtime.run import TestTimeConfig, format_testtime, run_testtime
 from lmlab.testtime.verifier import VerifierConfig, format_verifier, train_verifier
-from lmlab.train.trainer import PretrainConfig, TrainConfig, pretrain
-
-if TYPE_CHECKING:
-    from lmlab.infer.engine import Engine
+from lmlab.train.trainer import PretrainConfig, TrainConfig, data_fingerprint, pretrain
 
 
 def _world() -> WorldConfig:
@@ -156,9 +162,6 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
           f"({psum['tokens_per_s']:,.0f} tokens/s, {psum['precision']})")
 
     t = _stage("samples and knowledge probe")
-    from lmlab.data.world import load_world
-    from lmlab.infer.engine import Engine
-
     engine = Engine.from_checkpoint(out / "checkpoint", device=cfg.pretrain.train.device)
     world = load_world(out / "world")
     probe = _probe(engine, world, cfg)
@@ -210,8 +213,6 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     if cfg.test_time_compute:
         _test_time(cfg, out)
 
-    from lmlab.report.quickstart_report import write_report
-
     report = write_report(out, probe["samples"])
     total = time.perf_counter() - t_all
     print(f"== done in {total:.0f} s: {report}")
@@ -223,11 +224,6 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
 
 def _test_time(cfg: QuickstartConfig, out: Path) -> None:
     """Fine-tune an arithmetic solver, train its verifier, then measure accuracy against N per method."""
-    from lmlab.data.tokenizer import Tokenizer
-    from lmlab.data.world import load_world
-    from lmlab.io import write_jsonl
-    from lmlab.post.rm import pair_ids
-
     t = _stage("test-time compute: arithmetic solver (SFT on worked solutions)")
     world = load_world(out / "world")
     convs = out / "arith" / "conversations.jsonl"
@@ -267,9 +263,6 @@ def _test_time(cfg: QuickstartConfig, out: Path) -> None:
 
 def _probe(engine: Engine, world: dict[str, Any], cfg: QuickstartConfig) -> dict[str, Any]:
     """Greedy samples from a few first names, and the knowledge probe."""
-    from lmlab.evals.knowledge import probe
-    from lmlab.infer.sampling import SamplingParams
-
     prompts = [p["name"].split()[0] for p in world["people"][: cfg.samples]]
     outs = engine.generate(prompts, SamplingParams(temperature=0, max_new_tokens=80))
     samples = [p + o.completions[0].text for p, o in zip(prompts, outs)]
@@ -278,10 +271,6 @@ def _probe(engine: Engine, world: dict[str, Any], cfg: QuickstartConfig) -> dict
 
 def _sampling(engine: Engine, world: dict[str, Any], out: Path) -> dict[str, Any]:
     """The sampling chapter on the trained model: one next-token explanation, samples at two temperatures."""
-    from lmlab.data.world import format_qa
-    from lmlab.infer.explain import ExplainConfig, explain_logits, plot
-    from lmlab.infer.sampling import SamplingParams
-
     item = next(q for q in world["qa_test"] if q["attribute"] == "birth_city")
     prompt = format_qa(item["question"])
     cfg = ExplainConfig(prompt=prompt, out=str(out / "sampling.png"))
@@ -298,9 +287,6 @@ def _sampling(engine: Engine, world: dict[str, Any], out: Path) -> dict[str, Any
 def _masked_lm(cfg: QuickstartConfig, prcfg: PretrainConfig, data: str, out: Path, engine: Engine,
                world: dict[str, Any]) -> None:
     """The same model and token budget trained with the masked objective, then the bidirectional probe."""
-    from lmlab.evals.bidirectional import compare, snippets
-    from lmlab.model.checkpoint import load_model
-
     t = _stage("masked LM (same size, same token stream)")
     mtrain = prcfg.train if cfg.masked_lm_steps is None else replace(
         prcfg.train, steps=cfg.masked_lm_steps, decay_steps=None,
@@ -325,10 +311,6 @@ def _masked_lm(cfg: QuickstartConfig, prcfg: PretrainConfig, data: str, out: Pat
 def _inputs_changed(ckpt: Path, data: str, cfg: PretrainConfig) -> bool:
     """Whether an existing checkpoint was trained on other data, another tokenizer or another model."""
     import json
-
-    from lmlab.config import to_dict
-    from lmlab.data.shards import TokenData
-    from lmlab.train.trainer import data_fingerprint
 
     if not (ckpt / "meta.json").is_file():
         return False

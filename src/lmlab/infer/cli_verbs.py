@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.chat import END_OF_TURN, render
 from lmlab.data.text import jsonl_records, read_utf8
 from lmlab.errors import LmlabError
+from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
 from lmlab.rundir import DEFAULT_CHECKPOINT
 
@@ -28,8 +30,6 @@ class EngineOptions(SamplingParams):
     faster token by token), or 'auto' (native where it applies)."""
 
     def engine(self):
-        from lmlab.infer.engine import Engine
-
         return Engine.from_checkpoint(self.checkpoint, self.device, self.weights, self.backend)
 
     def sampling(self) -> SamplingParams:
@@ -97,8 +97,6 @@ class ChatConfig(EngineOptions):
 
 def run_chat(cfg: ChatConfig) -> None:
     """Read user turns from stdin, stream the assistant's replies; an empty line or EOF ends the chat."""
-    from lmlab.data.chat import END_OF_TURN, render
-
     engine, params = cfg.engine(), cfg.sampling()
     eot = engine.tok.token_to_id(END_OF_TURN)
     if eot is not None:

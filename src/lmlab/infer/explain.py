@@ -15,6 +15,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.figures import pyplot, save_png
+from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams, analytic_distribution, entropy, nucleus_size
 from lmlab.rundir import DEFAULT_CHECKPOINT
 
@@ -90,8 +91,6 @@ def plot(result: dict[str, Any], prompt: str, out: str | Path) -> Path:
 
 
 def run_explain(cfg: ExplainConfig) -> dict[str, Any]:
-    from lmlab.infer.engine import Engine
-
     # Checked before the model loads: otherwise the work is done and lost at the very last step.
     if Path(cfg.out).is_dir():
         raise LmlabError(f"out {cfg.out!r} is a directory; expected the path of a .png file to write, "

@@ -17,6 +17,7 @@ import torch
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
+from lmlab.model.checkpoint import load_checkpoint, load_model
 from lmlab.model.transformer import Transformer
 
 
@@ -64,8 +65,6 @@ def fill_mask(model: Transformer, tok: Tokenizer, text: str, top_k: int = 5) -> 
 
 
 def run_fill_mask(cfg: FillMaskConfig) -> dict[str, Any]:
-    from lmlab.model.checkpoint import load_checkpoint, load_model
-
     device = pick_device(cfg.device)  # a bad device is an error now, not deep in loading
     if not cfg.text:
         raise LmlabError('give a text with a blank: lmlab fill-mask "Ada was born in [MASK]."')

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.infer.engine import Engine
+from lmlab.infer.sampling import SamplingParams
 from lmlab.rundir import DEFAULT_CHECKPOINT
 
 
@@ -65,9 +67,6 @@ def generate(model: torch.nn.Module, ids: list[int], max_new_tokens: int, temper
 
 def sample(cfg: SampleConfig) -> list[str]:
     """`num_samples` continuations of the prompt (through the engine, with its KV cache)."""
-    from lmlab.infer.engine import Engine
-    from lmlab.infer.sampling import SamplingParams
-
     engine = Engine.from_checkpoint(cfg.checkpoint)
     params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.num_samples,
                             seed=cfg.seed, ignore_eos=not cfg.stop_at_eos)

@@ -28,7 +28,7 @@ from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import sequence_logprobs
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.evaluate import policy_report
+from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.post.rm import conversation, load_pairs
 from lmlab.rundir import locked_run
@@ -180,8 +180,6 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
 
 def format_dpo(s: dict[str, Any]) -> str:
     """`lmlab dpo`'s report: the last batch's implicit reward, then the policy before -> after."""
-    from lmlab.post.evaluate import report_lines
-
     f = s["final"]
     lines = [f"dpo ({s['loss']}, beta {s['beta']}): {s['steps']} steps on {s['pairs']} pairs, {s['wall_s']:.0f} s; "
              f"last batch: reward margin {f['rewards/margins']:.2f}, accuracy {f['rewards/accuracies']:.0%}",

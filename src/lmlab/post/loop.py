@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from lmlab.data.chat import END_OF_TURN, ROLES
+from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model import autotune
@@ -79,8 +81,6 @@ def load_policy(path: str | Path, device: torch.device) -> tuple[Transformer, ck
 
 def tokenizer_of(ck: ckpt_io.Checkpoint):
     """The checkpoint's tokenizer and the id to pad batches with."""
-    from lmlab.data.tokenizer import Tokenizer
-
     tok = Tokenizer.load(ck.tokenizer_path)
     return tok, tok.pad_id if tok.pad_id is not None else 0
 
@@ -89,8 +89,6 @@ def add_chat_tokens(model: Transformer, tok, out: Path):
     """Give a model whose tokenizer lacks lmlab's chat markers (e.g. one imported from Hugging Face) those
     tokens, growing its embedding if needed; returns the tokenizer and the path of its saved tokenizer.json
     (None if nothing changed)."""
-    from lmlab.data.chat import END_OF_TURN, ROLES
-
     tok, added = tok.with_tokens([*ROLES.values(), END_OF_TURN])
     if not added:
         return tok, None

@@ -39,7 +39,7 @@ from lmlab.infer.sampling import SamplingParams
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import batch_logprobs, gather_logprobs, log_probs
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.evaluate import policy_report
+from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
 from lmlab.post.rm import load_reward_model
 from lmlab.rundir import locked_run
@@ -326,8 +326,6 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
 
 def format_rl(s: dict[str, Any]) -> str:
     """`lmlab rl`'s report: the last step's reward and leash, then the policy before -> after."""
-    from lmlab.post.evaluate import report_lines
-
     f = s["final"]
     lines = [f"rl ({s['algo']}, reward {s['reward']}): {s['steps']} steps, {s['wall_s']:.0f} s; last step: reward "
              f"{f['reward']:+.3f}, KL {f['kl']:.3f}, entropy {f['entropy']:.3f}, clip fraction "

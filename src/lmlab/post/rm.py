@@ -25,6 +25,7 @@ from lmlab.data.conversations import encode, pad_rows, prompt_ids, read_jsonl
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import is_world_dir, preference_pairs
+from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import token_logprobs
@@ -323,8 +324,6 @@ class RMScoreConfig:
 
 def run_rm_score(cfg: RMScoreConfig) -> dict[str, Any]:
     """`lmlab rm score`: one score per reply (higher = preferred)."""
-    from lmlab.device import pick_device
-
     device = pick_device(cfg.device)
     model, tok = load_reward_model(cfg.model, device)
     if cfg.file:

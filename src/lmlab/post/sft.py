@@ -19,7 +19,11 @@ import torch
 
 from lmlab.data.conversations import IGNORE, collate, examples, read_located
 from lmlab.data.tokenizer import Tokenizer
+from lmlab.data.world import load_world
+from lmlab.data.world_chat import is_world_dir, sft_conversations
 from lmlab.errors import LmlabError
+from lmlab.evals.chat import chat_qa
+from lmlab.infer.engine import Engine
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.loop import (
@@ -63,11 +67,7 @@ class SFTConfig:
 
 def load_data(cfg: SFTConfig) -> tuple[list[list[dict[str, str]]], list[str], dict[str, Any] | None]:
     """(conversations, where each comes from, the world if the data is one)."""
-    from lmlab.data.world_chat import is_world_dir, sft_conversations
-
     if is_world_dir(cfg.data):
-        from lmlab.data.world import load_world
-
         world = load_world(cfg.data)
         convs = sft_conversations(world, cfg.train.seed)
         return convs, [f"{cfg.data}: world conversation {i + 1}" for i in range(len(convs))], world
@@ -85,9 +85,6 @@ def response_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device
 def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, device) -> dict[str, Any] | None:
     if world is None or n <= 0:
         return None
-    from lmlab.evals.chat import chat_qa
-    from lmlab.infer.engine import Engine
-
     was_training = model.training
     result = chat_qa(Engine(model, tok, device=device), world, per_group=n)
     model.train(was_training)

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
+from lmlab.io import write_json
 from lmlab.scale.laws import RULE_TOKENS_PER_PARAM, Law, sci
 
 DELTA = 1e-3
@@ -339,8 +341,6 @@ def fit(cfg: FitConfig) -> dict[str, Any]:
     }
     result["summary"] = summary(result)
     plot(runs, law, groups, result["png"])
-    from lmlab.io import write_json
-
     write_json(result["json"], result)
     return result
 
@@ -380,8 +380,6 @@ def summary(result: dict[str, Any]) -> str:
 
 def plot(runs: Runs, law: Law, groups: list[dict[str, Any]], out: str | Path) -> Path:
     """IsoFLOP curves with the fitted law, N_opt(C) against the sweep's best runs, predicted vs measured."""
-    from lmlab.figures import pyplot, save_png
-
     plt = pyplot()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(groups), 1)))

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.shards import TokenData
 from lmlab.errors import LmlabError
+from lmlab.figures import pyplot, save_png
+from lmlab.model.config import ModelConfig
+from lmlab.model.transformer import Transformer
 from lmlab.rundir import locked_run
 from lmlab.scale.sweep import prepare_corpus, pretrain_run, read_rows, write_rows
 
@@ -103,8 +107,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Path:
-    from lmlab.figures import pyplot, save_png
-
     plt = pyplot()
     pars = [p for p in ("sp", "mup") if any(r["parametrization"] == p for r in rows)]
     fig, axes = plt.subplots(1, len(pars), figsize=(5.5 * len(pars), 4.2), sharey=True, squeeze=False)
@@ -134,10 +136,6 @@ def plot(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> Pat
 
 @locked_run
 def lr_transfer(cfg: LRTransferConfig) -> dict[str, Any]:
-    from lmlab.data.shards import TokenData
-    from lmlab.model.config import ModelConfig
-    from lmlab.model.transformer import Transformer
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_corpus(cfg.corpus, out, cfg.world_people)

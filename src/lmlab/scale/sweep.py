@@ -16,11 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import from_dict
+from lmlab.data.shards import PrepareConfig, TokenData, prepare
+from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
+from lmlab.data.world import WorldConfig, generate_world
 from lmlab.errors import LmlabError
 from lmlab.io import atomic_path
 from lmlab.model.config import ModelConfig
 from lmlab.plan.params import param_counts
 from lmlab.rundir import locked_run
+from lmlab.train.trainer import PretrainConfig, Trainer
 
 COLUMNS = ("name", "d_model", "n_layers", "n_heads", "params", "non_embedding_params", "flops", "tokens",
            "tokens_per_param", "steps", "loss", "train_loss", "wall_s", "tokens_per_s")
@@ -93,9 +98,6 @@ def prepare_corpus(corpus: str, out: Path, world_people: int = 4000, tokenizer_k
                    vocab_size: int = 1024) -> Path:
     """Token shards for an experiment: given (a directory from `lmlab prepare`), or built once under
     <out>/data from the built-in world ('world') or a text file or directory."""
-    from lmlab.data.shards import PrepareConfig, prepare
-    from lmlab.data.tokenizer import TokenizerConfig, train_tokenizer
-
     src, out = Path(corpus), Path(out)
     if corpus != "world" and (src / "meta.json").is_file():
         return src
@@ -103,8 +105,6 @@ def prepare_corpus(corpus: str, out: Path, world_people: int = 4000, tokenizer_k
     if (data / "meta.json").is_file():
         return data
     if corpus == "world":
-        from lmlab.data.world import WorldConfig, generate_world
-
         generate_world(WorldConfig(out=str(out / "world"), people=world_people))
         text = out / "world" / "pretrain.jsonl"
     elif src.exists():
@@ -161,9 +161,6 @@ def pretrain_run(data: Path, out: Path, model: dict[str, Any], steps: int, batch
                  lr: float, eval_batches: int, threads: int | None = None, device: str = "auto") -> dict[str, Any]:
     """One short pretraining run as the scaling experiments make them: warmup over 5% of the steps, cosine
     decay to lr/10 at the last step, weight decay 0.1, evaluation only at the end. Returns its summary."""
-    from lmlab.config import from_dict
-    from lmlab.train.trainer import PretrainConfig, Trainer
-
     pcfg = from_dict(PretrainConfig, {
         "data": str(data), "out": str(out), "model": {k: v for k, v in model.items() if k != "vocab_size"},
         "train": dict(steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, min_lr=lr / 10,
@@ -185,8 +182,6 @@ def train_one(cfg: SweepConfig, run: dict[str, Any], data: Path) -> dict[str, An
 @locked_run
 def sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Run (or finish) the grid; returns where the CSV is and how many runs it holds."""
-    from lmlab.data.shards import TokenData
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_corpus(cfg.corpus, out, cfg.world_people, cfg.tokenizer_kind, cfg.vocab_size)

@@ -17,7 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lmlab.data.chat import END_OF_TURN, render
 from lmlab.errors import LmlabError
+from lmlab.infer.engine import Engine
+from lmlab.infer.sampling import SamplingParams
+from lmlab.plan.flops import forward_flops_per_token
 from lmlab.post.loop import require_causal
 
 
@@ -83,7 +87,6 @@ class LocalGenerator:
     """lmlab's engine on a checkpoint."""
 
     def __init__(self, checkpoint: str, chat: bool = False, device: str = "auto", batch_rows: int = 256) -> None:
-        from lmlab.infer.engine import Engine
         self.engine = Engine.from_checkpoint(checkpoint, device=device)
         require_causal(self.engine.cfg, checkpoint, "test-time sampling")
         self.name = f"local:{checkpoint}"
@@ -92,15 +95,9 @@ class LocalGenerator:
         """Most sequences decoded at once (prompts x n), which bounds the KV cache's memory."""
 
     def _text(self, prompt: str) -> str:
-        from lmlab.data.chat import render
-
         return render([{"role": "user", "content": prompt}]) if self.chat else prompt
 
     def generate(self, prompts: Sequence[str], req: Request) -> Generation:
-        from lmlab.data.chat import END_OF_TURN
-        from lmlab.infer.sampling import SamplingParams
-        from lmlab.plan.flops import forward_flops_per_token
-
         eng = self.engine
         eot = eng.tok.token_to_id(END_OF_TURN) if self.chat else None
         texts = [self._text(p) for p in prompts]

@@ -25,10 +25,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lmlab.device import pick_device
 from lmlab.errors import LmlabError
-from lmlab.testtime.generators import Generation, Request
+from lmlab.figures import pyplot, save_png
+from lmlab.io import atomic_path, write_jsonl
+from lmlab.plan.flops import forward_flops_per_token
+from lmlab.post.rm import load_reward_model
+from lmlab.summary import update_summary
+from lmlab.testtime.generators import Generation, LocalGenerator, OpenAIGenerator, Request
 from lmlab.testtime.select import expected_accuracy, pass_at, pick_best, pick_vote
 from lmlab.testtime.tasks import Task, import_function, load_task
+from lmlab.testtime.verifier import score_responses
 from lmlab.usercode import call_user
 
 METHODS = ("greedy", "sample", "logprob", "rm", "vote", "scorer", "oracle")
@@ -117,8 +124,6 @@ class TestTimeConfig:
 def make_generator(cfg: TestTimeConfig):
     import os
 
-    from lmlab.testtime.generators import LocalGenerator, OpenAIGenerator
-
     if cfg.endpoint:
         return OpenAIGenerator(cfg.endpoint, cfg.endpoint_model, cfg.chat, os.environ.get(cfg.api_key_env))
     return LocalGenerator(cfg.model, chat=cfg.chat, device=cfg.device)
@@ -138,8 +143,6 @@ def _warn_unparsed(task: Task, answers: list[list[str | None]]) -> float:
 
 
 def _plot(rows: list[dict[str, Any]], out: Path, title: str) -> Path:
-    from lmlab.figures import pyplot, save_png
-
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -188,8 +191,6 @@ class _Flops:
         self.cfg = model_cfg
 
     def _per_token(self, context: int) -> float:
-        from lmlab.plan.flops import forward_flops_per_token
-
         return forward_flops_per_token(self.cfg, max(1, context))
 
     def prefill(self, prompt_tokens: int) -> float:
@@ -221,12 +222,7 @@ def _scores(cfg: TestTimeConfig, task: Task, g: Generation, methods: list[str]
         raise LmlabError("the backend returned no token log-probabilities, so best-of-N by logprob is impossible")
     scores, extra_flops, extra_wall = {"logprob": lp}, dict.fromkeys(METHODS, 0.0), dict.fromkeys(METHODS, 0.0)
     if "rm" in methods:
-        from lmlab.post.rm import load_reward_model
-        from lmlab.testtime.verifier import score_responses
-
         t = time.perf_counter()
-        from lmlab.device import pick_device
-
         rm, rtok = load_reward_model(cfg.rm, pick_device(cfg.device))
         flat, rm_flops = score_responses(rm, rtok, [task.questions[i] for i in range(P) for _ in range(M)],
                                          [s.text for row in g.samples for s in row])
@@ -313,15 +309,11 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
     png = _plot(rows, out / "testtime.png", f"{task.name}: {P} problems, {gen.name}, T={cfg.temperature}")
     summary.update({"rows": rows, "csv": str(out / "testtime.csv"), "png": str(png),
                     "wall_s": round(time.perf_counter() - t0, 2)})
-    from lmlab.summary import update_summary
-
     update_summary(out / "summary.json", "testtime", summary)
     return summary
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    from lmlab.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "n", "accuracy", "stderr", "vs_greedy", "vs_greedy_stderr",
                                           "gen_tokens", "flops", "wall_s"])
@@ -330,8 +322,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _write_samples(path: Path, task: Task, g: Generation, answers, correct, scores) -> None:
-    from lmlab.io import write_jsonl
-
     recs = []
     for i, row in enumerate(g.samples):
         recs.append({"question": task.questions[i], "answer": task.answers[i],

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.conversations import read_jsonl
+from lmlab.data.world import extract_answer, format_arith, format_qa, load_world
 from lmlab.data.world_chat import normalise as chat_normalise
 from lmlab.errors import LmlabError
 
@@ -101,8 +103,6 @@ class Task:
 
 def world_arith(world_dir: str | Path, split: str = "test", limit: int | None = None) -> Task:
     """The world's arithmetic word problems; a response is graded by its `The answer is N.` line."""
-    from lmlab.data.world import extract_answer, format_arith, load_world
-
     items = load_world(world_dir)[f"arith_{split}"][:limit]
 
     def extract(text: str) -> str | None:
@@ -116,8 +116,6 @@ def world_arith(world_dir: str | Path, split: str = "test", limit: int | None = 
 
 def world_qa(world_dir: str | Path, group: str = "qa_test", limit: int | None = None) -> Task:
     """The world's questions about people (default: QA-test, facts seen only in biographies)."""
-    from lmlab.data.world import format_qa, load_world
-
     items = load_world(world_dir)[group][:limit]
     return Task(f"world-qa ({group})", [q["question"] for q in items], [q["answer"] for q in items],
                 first_line, format_qa, ["\n"], "first line")
@@ -125,8 +123,6 @@ def world_qa(world_dir: str | Path, group: str = "qa_test", limit: int | None = 
 
 def file_task(path: str | Path, limit: int | None = None, template: str = "{prompt}") -> Task:
     """JSONL records {"prompt", "answer"}; `template` writes the prompt for plain completion."""
-    from lmlab.data.conversations import read_jsonl
-
     if "{prompt}" not in template:
         raise LmlabError(f"prompt_template must contain {{prompt}}, got {template!r}")
     qs, ans = [], []

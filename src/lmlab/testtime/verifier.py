@@ -15,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
+from lmlab.io import write_jsonl
+from lmlab.plan.flops import forward_flops_per_token
 from lmlab.post.loop import PostTrainConfig
-from lmlab.post.rm import RMConfig
+from lmlab.post.rm import RMConfig, pair_ids, train_rm
 from lmlab.rundir import locked_run
+from lmlab.testtime.generators import LocalGenerator, Request
+from lmlab.testtime.tasks import load_task
 
 
 def score_responses(model, tok, questions: list[str], responses: list[str]) -> tuple[list[float], float]:
@@ -25,9 +29,6 @@ def score_responses(model, tok, questions: list[str], responses: list[str]) -> t
     response too long for the reward model's context is cut at its end (it is then an unfinished answer
     anyway). Identical (question, response) pairs are scored once: N samples of a confident model repeat
     themselves (the FLOPs still count every response, as a verifier without that cache would spend)."""
-    from lmlab.plan.flops import forward_flops_per_token
-    from lmlab.post.rm import pair_ids
-
     cfg = model.backbone.cfg
     keys = list(zip(questions, responses))
     distinct = list(dict.fromkeys(keys))
@@ -84,11 +85,6 @@ class VerifierConfig:
 
 @locked_run
 def train_verifier(cfg: VerifierConfig) -> dict[str, Any]:
-    from lmlab.io import write_jsonl
-    from lmlab.post.rm import train_rm
-    from lmlab.testtime.generators import LocalGenerator, Request
-    from lmlab.testtime.tasks import load_task
-
     t0 = time.perf_counter()
     task = load_task(cfg.task, cfg.world, cfg.problems, split="train")
     gen = LocalGenerator(cfg.model, chat=True, device=cfg.device)
@@ -98,8 +94,6 @@ def train_verifier(cfg: VerifierConfig) -> dict[str, Any]:
     correct = [[task.correct(i, task.answer_of(t)) for t in row] for i, row in enumerate(texts)]
     # A sample cut off at the context's end is wrong, but with its end of turn it would not fit the reward
     # model's context: leave such samples out of the pairs.
-    from lmlab.post.rm import pair_ids
-
     ctx, tok = gen.engine.cfg.max_seq_len, gen.engine.tok
     fits = [[len(pair_ids(tok, {"prompt": q}, t)) <= ctx for t in row] for q, row in zip(task.questions, texts)]
     pairs = labelled_pairs(task.questions, [[t for t, f in zip(row, fr) if f] for row, fr in zip(texts, fits)],
