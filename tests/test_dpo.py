@@ -9,12 +9,12 @@ import torch
 
 from lmlab.config import from_dict
 from lmlab.data.conversations import encode
+from lmlab.data.preferences import conversation
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 from lmlab.post.dpo import DPOConfig, dpo, dpo_loss, pad_batch, pair_scores, sequence_logprobs
-from lmlab.post.rm import conversation
 
 
 def test_loss_formulas_match_hand_computation():

@@ -8,7 +8,7 @@ import torch
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.infer.engine import Engine
-from lmlab.infer.sample import generate as plain_generate
+from lmlab.infer.reference import generate as plain_generate
 from lmlab.infer.sampling import SamplingParams
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer

@@ -44,11 +44,11 @@ FUZZ = settings(max_examples=int(os.environ.get("LMLAB_FUZZ_EXAMPLES", "60")), d
 def readers() -> dict[str, tuple[str, Callable[[Path], object]]]:
     """name -> (file suffix, a call that reads the file the way lmlab does)."""
     from lmlab.data.conversations import read_located
+    from lmlab.data.preferences import load_pairs, read_preferences
     from lmlab.data.text import load_documents
     from lmlab.data.world import _read_jsonl
-    from lmlab.infer.cli_verbs import GenerateConfig, read_prompts
+    from lmlab.infer.generate import GenerateConfig, read_prompts
     from lmlab.post.rl import load_prompts
-    from lmlab.post.rm import load_pairs, read_preferences
     from lmlab.testtime.tasks import file_task
     from lmlab.train.metrics import read_metrics
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.interop import ExportHFConfig, ImportHFConfig, export_hf, import_hf
 from lmlab.model.checkpoint import load_model, model_state, save_checkpoint
 from lmlab.model.config import ModelConfig, preset
 from lmlab.model.hf import load_hf
+from lmlab.model.hf_dirs import ExportHFConfig, ImportHFConfig, export_hf, import_hf
 from lmlab.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers", reason="the HF interop tests need the test extra")

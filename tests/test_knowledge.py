@@ -8,7 +8,7 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import format_qa, load_world
 from lmlab.evals.knowledge import answers, probe
 from lmlab.infer.engine import Engine
-from lmlab.infer.sample import generate
+from lmlab.infer.reference import generate
 from lmlab.model.config import ModelConfig
 from lmlab.model.transformer import Transformer
 

@@ -18,7 +18,7 @@ LAYERS = [
     {"lmlab.data"},
     {"lmlab.model", "lmlab.plan"},
     {"lmlab.train", "lmlab.infer"},
-    {"lmlab.post", "lmlab.testtime", "lmlab.evals", "lmlab.scale", "lmlab.interop", "lmlab.doctor"},
+    {"lmlab.post", "lmlab.testtime", "lmlab.evals", "lmlab.scale", "lmlab.doctor"},
     {"lmlab.report", "lmlab.quickstart", "lmlab.cli"},
 ]
 """Bottom to top, after the issue that set them: data -> model (checkpoints beside it) -> train / infer ->

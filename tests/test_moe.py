@@ -13,7 +13,7 @@ from lmlab.config import from_dict
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.infer.engine import Engine
-from lmlab.infer.sample import generate as plain_generate
+from lmlab.infer.reference import generate as plain_generate
 from lmlab.infer.sampling import SamplingParams
 from lmlab.model.checkpoint import load_checkpoint
 from lmlab.model.config import ModelConfig, preset

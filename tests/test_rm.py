@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lmlab.config import from_dict
+from lmlab.data.preferences import pair_ids, read_preferences
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model.config import ModelConfig
@@ -20,8 +21,6 @@ from lmlab.post.rm import (
     batch_ids,
     bradley_terry_loss,
     load_reward_model,
-    pair_ids,
-    read_preferences,
     run_rm_score,
     train_rm,
 )
@@ -96,9 +95,10 @@ def test_logprob_feature_adds_the_backbones_mean_reply_logprob(tiny_data, tiny_m
     """With a zero head, the score is exactly the backbone's mean log-probability of the reply's tokens
     (and end of turn), and it survives a save/load round trip with its learned scale."""
     from lmlab.data.conversations import prompt_ids
+    from lmlab.data.preferences import conversation
     from lmlab.model.checkpoint import load_model
-    from lmlab.post.loop import Optimizer, PostTrainConfig
-    from lmlab.post.rm import conversation, save_reward_model
+    from lmlab.post.rm import save_reward_model
+    from lmlab.post.stage import Optimizer, PostTrainConfig
 
     tok = Tokenizer.load(tiny_model / "tokenizer.json")
     rm = RewardModel(load_model(tiny_model, "cpu"), logprob_feature=True)

@@ -15,9 +15,9 @@ import pytest
 
 from lmlab.cli import main
 from lmlab.errors import LmlabError
-from lmlab.interop import ExportHFConfig, ImportHFConfig, export_hf, import_hf
 from lmlab.io import sha256_file
 from lmlab.model.checkpoint import load_checkpoint
+from lmlab.model.hf_dirs import ExportHFConfig, ImportHFConfig, export_hf, import_hf
 from lmlab.rundir import LOCK, clean_stale, output_dir, run_lock
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import to_dict
+from lmlab.data.preferences import pair_ids
 from lmlab.data.shards import PrepareConfig, TokenData, prepare
 from lmlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from lmlab.data.world import WorldConfig, format_qa, generate_world, load_world
@@ -30,9 +31,9 @@ from lmlab.io import write_jsonl
 from lmlab.model.checkpoint import load_model
 from lmlab.model.config import ModelConfig
 from lmlab.post.dpo import DPOConfig, dpo
-from lmlab.post.loop import PostTrainConfig
-from lmlab.post.rm import RMConfig, pair_ids, train_rm
+from lmlab.post.rm import RMConfig, train_rm
 from lmlab.post.sft import SFTConfig, sft
+from lmlab.post.stage import PostTrainConfig
 from lmlab.report.quickstart_report import write_report
 from lmlab.rundir import QUICKSTART_OUT, locked_run
 from lmlab.summary import read_summary, update_summary

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.data.conversations import IGNORE, encode, pad_batch
+from lmlab.data.preferences import conversation, load_pairs
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import sequence_logprobs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
-from lmlab.post.rm import conversation, load_pairs
+from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 

@@ -40,8 +40,8 @@ from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import batch_logprobs, gather_logprobs, log_probs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
-from lmlab.post.loop import Log, Optimizer, PostTrainConfig, load_policy, setup
 from lmlab.post.rm import load_reward_model
+from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.usercode import call_user

@@ -26,7 +26,7 @@ from lmlab.evals.chat import chat_qa
 from lmlab.infer.engine import Engine
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.loop import (
+from lmlab.post.stage import (
     Log,
     Optimizer,
     PostTrainConfig,

@@ -22,7 +22,7 @@ from lmlab.errors import LmlabError
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
 from lmlab.plan.flops import forward_flops_per_token
-from lmlab.post.loop import require_causal
+from lmlab.post.stage import require_causal
 
 
 @dataclass

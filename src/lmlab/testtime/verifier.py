@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmlab.data.preferences import pair_ids
 from lmlab.errors import LmlabError
 from lmlab.io import write_jsonl
 from lmlab.plan.flops import forward_flops_per_token
-from lmlab.post.loop import PostTrainConfig
-from lmlab.post.rm import RMConfig, pair_ids, train_rm
+from lmlab.post.rm import RMConfig, train_rm
+from lmlab.post.stage import PostTrainConfig
 from lmlab.rundir import locked_run
 from lmlab.testtime.generators import LocalGenerator, Request
 from lmlab.testtime.tasks import load_task

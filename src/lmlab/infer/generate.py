@@ -1,13 +1,16 @@
-"""`lmlab generate` and `lmlab chat`: the engine from the command line."""
+"""`lmlab generate` and `lmlab sample`: completions from the KV-cache engine at the command line.
+
+`generate` exposes every sampling control, several prompts, logprobs and JSON; `sample` is the short
+form: one prompt, greedy or a temperature. `EngineOptions` (the controls plus how the model runs) is
+shared with `lmlab chat`.
+"""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.data.chat import END_OF_TURN, render
 from lmlab.data.text import jsonl_records, read_utf8
 from lmlab.errors import LmlabError
 from lmlab.infer.engine import Engine
@@ -90,72 +93,43 @@ def format_generate(result: dict[str, Any]) -> str:
 
 
 @dataclass
-class ChatConfig(EngineOptions):
-    system: str = ""
-    """Optional system message."""
+class SampleConfig:
+    checkpoint: str = DEFAULT_CHECKPOINT
+    """Checkpoint directory to sample from."""
+    prompt: str = ""
+    """Text to continue (empty = start a new document)."""
+    max_new_tokens: int = 100
+    """Tokens to generate per sample."""
+    temperature: float = 0.0
+    """0 = greedy (argmax); otherwise softmax(logits / temperature) is sampled."""
+    num_samples: int = 1
+    """Independent samples to draw."""
+    seed: int = 0
+    """Seed for sampling."""
+    stop_at_eos: bool = True
+    """Stop a sample at the end-of-document token."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise LmlabError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_new_tokens < 0:
+            raise LmlabError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise LmlabError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
-def run_chat(cfg: ChatConfig) -> None:
-    """Read user turns from stdin, stream the assistant's replies; an empty line or EOF ends the chat."""
-    engine, params = cfg.engine(), cfg.sampling()
-    eot = engine.tok.token_to_id(END_OF_TURN)
-    if eot is not None:
-        params.stop_token_ids = [*params.stop_token_ids, eot]
-    history = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print("you> ", end="", flush=True)
-        try:
-            line = _read_line()
-        except LmlabError as e:
-            _warn(e)
-            continue
-        if not line or not line.strip():
-            break
-        before = list(history)
-        history.append({"role": "user", "content": line.rstrip("\r\n")})
-        # Forget the oldest turns (never the system message) when the conversation outgrows the context.
-        budget = engine.cfg.max_seq_len - min(params.max_new_tokens, engine.cfg.max_seq_len // 2)
-        first = 1 if cfg.system else 0
-        while len(engine.tok.encode(render(history))) > budget and len(history) > first + 1:
-            del history[first]
-        try:
-            reply = _stream_reply(engine, render(history), params)
-        except LmlabError as e:
-            history[:] = before  # drop the message the model cannot take (it would break every later turn)
-            _warn(f"{e}; the message was skipped")
-            continue
-        history.append({"role": "assistant", "content": reply})
+def sample(cfg: SampleConfig) -> list[str]:
+    """`num_samples` continuations of the prompt (through the engine, with its KV cache)."""
+    engine = Engine.from_checkpoint(cfg.checkpoint)
+    params = SamplingParams(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.num_samples,
+                            seed=cfg.seed, ignore_eos=not cfg.stop_at_eos)
+    return [cfg.prompt + c.text for c in engine.generate([cfg.prompt], params)[0].completions]
 
 
-def _read_line() -> str:
-    """One line of stdin; bytes that are not UTF-8 are an error for this line only."""
-    buffer = getattr(sys.stdin, "buffer", None)
-    if buffer is None:  # stdin replaced by a text-only stream (tests, embedding)
-        return sys.stdin.readline()
-    raw = buffer.readline()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise LmlabError(f"message not valid UTF-8 at byte {e.start} ({e.reason}); it was skipped") from None
+def run_sample(cfg: SampleConfig) -> dict[str, Any]:
+    return {"samples": sample(cfg)}
 
 
-def _stream_reply(engine: Any, prompt: str, params: SamplingParams) -> str:
-    """Print the reply as it comes; the first token is drawn before the marker, so a refused prompt prints
-    nothing."""
-    reply = []
-    for d in engine.stream([prompt], params):
-        if not reply:
-            print("model> ", end="", flush=True)
-        print(d.text, end="", flush=True)
-        reply.append(d.text)
-    if not reply:
-        print("model> ", end="", flush=True)
-    print(flush=True)
-    return "".join(reply).strip()
-
-
-def _warn(e: LmlabError | str) -> None:
-    # One line, and the chat goes on: one bad message should not end the conversation.
-    print(f"lmlab: warning: {e}", file=sys.stderr, flush=True)
+def format_samples(result: dict[str, Any]) -> str:
+    """Each sample under a numbered rule, so where one ends and the next starts stays plain."""
+    return "".join(f"--- sample {i} ---\n{s}\n" for i, s in enumerate(result["samples"]))
