@@ -16,7 +16,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import sequence_logprobs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
-from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
+from lmlab.post.stage import PostTrainConfig, load_policy, setup, stage_loop, stage_output, tokenizer_of
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 
@@ -131,11 +130,8 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
         with torch.no_grad():
             ref_scores = torch.cat([pair_scores(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device, cfg.loss)
                                     .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
-    opt = Optimizer(policy, tc, device)
-    out = Path(cfg.out)
-    ckpt_io.check_target(out / "checkpoint", [cfg.init], "dpo")
-    log = Log(out / "metrics.jsonl")
-    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
+    out = stage_output(cfg, "dpo")
+    opt, log, batches = stage_loop(policy, tc, device, out, len(train))
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     policy.train()
     for step in range(1, tc.steps + 1):

@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +40,7 @@ from lmlab.model.logprobs import batch_logprobs, gather_logprobs, log_probs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.rm import load_reward_model
-from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup
+from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup, stage_output
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 from lmlab.usercode import call_user
@@ -257,8 +256,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     # one optimizer step per epoch of each rollout round: the schedule spans them all
     opt = Optimizer(model, replace(tc, steps=tc.steps * cfg.epochs, warmup_steps=tc.warmup_steps * cfg.epochs),
                     device)
-    out = Path(cfg.out)
-    ckpt_io.check_target(out / "checkpoint", [cfg.init], "rl")
+    out = stage_output(cfg, "rl")
     log = Log(out / "metrics.jsonl")
     rng = random.Random(tc.seed + 1)
     tokens, flops, t0, row = 0, 0.0, time.perf_counter(), {}

@@ -28,7 +28,7 @@ from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import token_logprobs
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup, shuffled_batches, tokenizer_of
+from lmlab.post.stage import Optimizer, PostTrainConfig, load_policy, setup, stage_loop, stage_output, tokenizer_of
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
 
@@ -199,11 +199,8 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     train, heldout = load_pairs(cfg.data, tc.seed)
     if not train:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
-    opt = Optimizer(model, tc, device)
-    out = Path(cfg.out)
-    ckpt_io.check_target(out / "checkpoint", [cfg.init], "rm")
-    log = Log(out / "metrics.jsonl")
-    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
+    out = stage_output(cfg, "rm")
+    opt, log, batches = stage_loop(model, tc, device, out, len(train))
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     model.train()
     for step in range(1, tc.steps + 1):

@@ -12,7 +12,6 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,13 +26,12 @@ from lmlab.infer.engine import Engine
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.stage import (
-    Log,
-    Optimizer,
     PostTrainConfig,
     add_chat_tokens,
     load_policy,
     setup,
-    shuffled_batches,
+    stage_loop,
+    stage_output,
     tokenizer_of,
 )
 from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
@@ -97,8 +95,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
-    out = Path(cfg.out)
-    ckpt_io.check_target(out / "checkpoint", [cfg.init], "sft")
+    out = stage_output(cfg, "sft")
     tok, new_tok = add_chat_tokens(model, tok, out)
     tok_path = new_tok or ck.tokenizer_path
     convs, where, world = load_data(cfg)
@@ -109,9 +106,7 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
     if not train:
         raise LmlabError(f"{cfg.data}: no conversations left to train on after holding out {n_val}")
     before = evaluate_chat(model, tok, world, cfg.eval_questions, device)
-    opt = Optimizer(model, tc, device)
-    log = Log(out / "metrics.jsonl")
-    batches = shuffled_batches(len(train), tc.batch_size, tc.seed + 1)
+    opt, log, batches = stage_loop(model, tc, device, out, len(train))
     tokens = response_tokens = 0
     flops = 0.0
     t0 = time.perf_counter()

@@ -111,6 +111,13 @@ def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
         del order[:batch_size]
 
 
+def stage_output(cfg: Any, verb: str) -> Path:
+    """The stage's run directory, its checkpoint's place checked now, before any work (never the init's own)."""
+    out = Path(cfg.out)
+    ckpt_io.check_target(out / "checkpoint", [cfg.init], verb)
+    return out
+
+
 class Optimizer:
     """AdamW over a model's parameters through lmlab's precision modes, with warmup + cosine decay."""
 
@@ -158,3 +165,10 @@ class Log(MetricsLog):
         if not self.f.closed:
             self.write({"ops": autotune.calls()})
         super().close()
+
+
+def stage_loop(model: torch.nn.Module, tc: PostTrainConfig, device: torch.device, out: Path,
+               n_examples: int) -> tuple[Optimizer, Log, Iterator[list[int]]]:
+    """What a stage's training loop runs on: the optimizer, the metrics log, the endless shuffled batches."""
+    return (Optimizer(model, tc, device), Log(out / "metrics.jsonl"),
+            shuffled_batches(n_examples, tc.batch_size, tc.seed + 1))
