@@ -20,6 +20,19 @@ def test_kl_estimators():
     assert (kl_per_token(torch.randn(100), torch.randn(100), "k3") >= 0).all()
 
 
+def test_kl_at_masked_positions_is_zero_even_where_exp_would_overflow():
+    """A prompt position's placeholder log-prob can be -1000: k3 there must be 0, and so must its gradient."""
+    logp = torch.tensor([-0.5, -1000.0], requires_grad=True)
+    ref, mask = torch.tensor([-0.7, 0.0]), torch.tensor([True, False])
+    for est in ("k1", "k3"):
+        kl = kl_per_token(logp, ref, est, mask) * mask
+        assert torch.isfinite(kl).all() and kl[1] == 0
+        assert kl[0] == kl_per_token(logp[:1], ref[:1], est)[0]
+        kl.sum().backward()
+        assert torch.isfinite(logp.grad).all() and logp.grad[1] == 0
+        logp.grad = None
+
+
 def test_gae_matches_hand_computation():
     rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     values = torch.tensor([[0.5, 0.6, 0.7, 0.0]])

@@ -48,9 +48,16 @@ from lmlab.usercode import call_user
 ALGOS = ("ppo", "grpo")
 
 
-def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """KL(pi || ref) estimated per sampled token from the two log-probabilities."""
+def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(pi || ref) estimated per sampled token from the two log-probabilities; 0 where `mask` is False.
+
+    The policy's log-probabilities at prompt and padding positions are those of a placeholder token and
+    can be very negative: k3's exp would overflow there, and inf x 0 is NaN, so those positions are
+    zeroed before the estimate, not after."""
     d = ref_logp - logp  # log (ref / pi)
+    if mask is not None:
+        d = d.masked_fill(~mask, 0.0)
     if estimator == "k1":
         return -d
     if estimator == "k3":
@@ -269,7 +276,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
             model.eval()
             old_logp, _, old_v = model(batch, device)
             ref_logp = batch_logprobs(ref, batch, device)[0]
-            kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator) * mask
+            kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator, mask) * mask
             if cfg.algo == "ppo":
                 last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
                 token_rewards = -cfg.kl_coef * kl
@@ -294,7 +301,7 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
             else:
                 vl = torch.zeros(())
                 m = mask.float()
-                loss = loss + cfg.kl_coef * ((kl_per_token(logp, ref_logp, "k3") * m).sum() / m.sum())
+                loss = loss + cfg.kl_coef * ((kl_per_token(logp, ref_logp, "k3", mask) * m).sum() / m.sum())
             if not math.isfinite(loss.item()):
                 raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
             loss.backward()
