@@ -122,6 +122,8 @@ RUNS: dict[str, Callable[[Any], list[str]]] = {
                                "--chat", "false", "--problems", "2", "--n", "1,2", "--methods", "greedy,sample,vote",
                                "--max_tokens", "4", "--time_problems", "0", "--device", "cpu",
                                "--out", str(e.tmp / "tt")],
+    "hallucination eval": lambda e: ["hallucination", "eval", "--model", e.chat, "--world", e.world, "--questions", "2",
+                                     "--samples", "2", "--max_new_tokens", "4", "--device", "cpu"],
     "doctor": lambda e: ["doctor", "--measure", "false", "--peaks", "false"],
     "sampling explain": lambda e: ["sampling", "explain", "--checkpoint", e.ckpt, "--prompt", "Question:",
                                    "--out", str(e.tmp / "explain.png")],

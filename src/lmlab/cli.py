@@ -81,6 +81,9 @@ VERBS: dict[str, tuple[str, str]] = {
                           "lmlab.testtime.verifier:VerifierConfig:train_verifier:format_verifier"),
     "doctor": ("this machine (CPU, flags, threads, compiler, torch), the native paths built and chosen, "
                "matmul peaks", "lmlab.doctor:DoctorConfig:doctor"),
+    "hallucination eval": ("how often a model makes up facts about the world, is its confidence calibrated, "
+                           "and do log-probability or sample consistency flag it",
+                           "lmlab.evals.hallucination:HallucinationConfig:hallucination_eval:format_hallucination"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain:format_explain"),
 }
