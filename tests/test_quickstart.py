@@ -32,13 +32,21 @@ def test_quickstart_end_to_end(tmp_path):
             "pretrain.model.max_seq_len=320",
             "probe_questions=3", "samples=2", "masked_lm_steps=20", "bidirectional_people=5", "solver.train.steps=10",
             "verifier.problems=15", "verifier.train.steps=4", "testtime.n=[1,2]", "testtime.time_problems=1",
-            "testtime.max_tokens=24", "verifier.max_tokens=24"]
+            "testtime.max_tokens=24", "verifier.max_tokens=24", "hallucination.questions=4", "hallucination.samples=2"]
     cfg = load(QuickstartConfig, None, sets + [f"out={tmp_path / 'qs'}"])
     result = quickstart(cfg)
     out = tmp_path / "qs"
     summary = json.loads((out / "summary.json").read_text())
     assert {"world", "tokenizer", "prepare", "pretrain", "probe", "sampling", "masked_lm", "bidirectional",
             "solver", "testtime"} <= set(summary)
+    hal = summary["hallucination"]
+    for key in ("unknown_hallucination_rate_before", "unknown_hallucination_rate_after", "known_accuracy_before",
+                "known_accuracy_after", "abstention_rate_after"):
+        r = hal[key]
+        assert r["n"] > 0 and 0 <= r["rate"] <= 1 and r["ci95"][0] <= r["rate"] <= r["ci95"][1], key
+    assert hal["known_accuracy_before"]["n"] == 8  # 4 QA-train and 4 QA-test questions
+    assert {"logprob_auroc", "selfcheck_auroc"} <= set(hal)
+    assert (out / "hallucination" / "after" / "reliability.png").is_file()
     tt = summary["testtime"]
     assert tt["problems"] == 5 and tt["n"] == [1, 2] and 0 <= tt["greedy_accuracy"] <= 1
     assert {"greedy", "sample", "logprob", "vote", "oracle"} <= {r["method"] for r in tt["rows"]}

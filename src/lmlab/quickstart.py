@@ -23,6 +23,8 @@ from lmlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from lmlab.data.world import WorldConfig, format_qa, generate_world, load_world
 from lmlab.errors import LmlabError
 from lmlab.evals.bidirectional import compare, snippets
+from lmlab.evals.binary import rate
+from lmlab.evals.hallucination import HallucinationConfig, hallucination_eval
 from lmlab.evals.knowledge import probe
 from lmlab.infer.engine import Engine
 from lmlab.infer.explain import ExplainConfig, explain_logits, plot
@@ -105,6 +107,9 @@ class QuickstartConfig:
     reference and forgets the answers it was not trained on (see docs/benchmarks.md)."""
     post_training: bool = True
     """Run the post-training stages (SFT, reward model, DPO) after pretraining."""
+    hallucination: HallucinationConfig = field(default_factory=lambda: HallucinationConfig(questions=200))
+    """Hallucination before post-training (the pretrained model, plain format) and after it (the DPO model,
+    chat format), with both detectors (model, world and out are set by the quickstart)."""
     solver: SFTConfig = field(default_factory=lambda: SFTConfig(
         eval_questions=0, train=PostTrainConfig(steps=400, lr=1e-3, min_lr=1e-4)))
     """The arithmetic solver: SFT of the pretrained model on the world's arithmetic problems with worked
@@ -211,6 +216,15 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
               f"{ag['qa_test']:+.2f}; held-out unknown people fabricated {b['heldout']['unknown_fabrication']:.0%} -> "
               f"{a['heldout']['unknown_fabrication']:.0%}; KL {a['kl']['kl_k3']:.2f}")
 
+        t = _stage("hallucination: before and after post-training")
+        hal = _hallucination(cfg, out)
+        update_summary(out / "summary.json", "hallucination", {**hal, "wall_s": round(time.perf_counter() - t, 2)})
+        print(f"   unknown people: hallucinated {_share(hal['unknown_hallucination_rate_before'])} -> "
+              f"{_share(hal['unknown_hallucination_rate_after'])}, abstained {_share(hal['abstention_rate_after'])} "
+              f"after; known facts right {_share(hal['known_accuracy_before'])} -> "
+              f"{_share(hal['known_accuracy_after'])}; detector AUROC logprob {hal['logprob_auroc']}, "
+              f"self-consistency {hal['selfcheck_auroc']}")
+
     if cfg.test_time_compute:
         _test_time(cfg, out)
 
@@ -221,6 +235,35 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
     return {"out": str(out), "report": str(report), "wall_s": round(total, 1),
             "val_loss": summary["pretrain"]["val_loss"],
             "qa_test_accuracy": summary["probe"]["knowledge"]["test"]["accuracy"]}
+
+
+def _known(groups: dict[str, Any], key: str) -> dict[str, Any]:
+    """A rate over every known person's questions (QA-train and QA-test people both read in pretraining)."""
+    k = sum(groups[g][key]["k"] for g in ("qa_train", "qa_test"))
+    return rate(k, sum(groups[g][key]["n"] for g in ("qa_train", "qa_test")))
+
+
+def _hallucination(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
+    """The headline figures of `lmlab hallucination eval` on the pretrained model and on the DPO model; the
+    unknown people are the held-out half, never taught to abstain."""
+    world = str(out / "world")
+    before = hallucination_eval(replace(cfg.hallucination, model=str(out / "checkpoint"), world=world,
+                                        out=str(out / "hallucination" / "before")))
+    after = hallucination_eval(replace(cfg.hallucination, model=str(out / "dpo" / "checkpoint"), world=world,
+                                       out=str(out / "hallucination" / "after")))
+    b, a = before["groups"], after["groups"]
+    return {"unknown_hallucination_rate_before": b["unknown"]["hallucination_rate"],
+            "unknown_hallucination_rate_after": a["unknown"]["hallucination_rate"],
+            "known_accuracy_before": _known(b, "accuracy"), "known_accuracy_after": _known(a, "accuracy"),
+            "abstention_rate_after": a["unknown"]["abstention_rate"],
+            "logprob_auroc": after["detectors"]["logprob"]["auroc"],
+            "selfcheck_auroc": after["detectors"]["consistency"]["auroc"],
+            "ece_before": before["calibration"]["ece"], "ece_after": after["calibration"]["ece"],
+            "questions": cfg.hallucination.questions, "seed": cfg.hallucination.seed}
+
+
+def _share(r: dict[str, Any]) -> str:
+    return "n/a" if r["rate"] is None else f"{r['rate']:.0%}"
 
 
 def _test_time(cfg: QuickstartConfig, out: Path) -> None:
