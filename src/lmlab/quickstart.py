@@ -222,8 +222,8 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         print(f"   unknown people: hallucinated {_share(hal['unknown_hallucination_rate_before'])} -> "
               f"{_share(hal['unknown_hallucination_rate_after'])}, abstained {_share(hal['abstention_rate_after'])} "
               f"after; known facts right {_share(hal['known_accuracy_before'])} -> "
-              f"{_share(hal['known_accuracy_after'])}; detector AUROC logprob {hal['logprob_auroc']}, "
-              f"self-consistency {hal['selfcheck_auroc']}")
+              f"{_share(hal['known_accuracy_after'])}; detector AUROC logprob {_two(hal['logprob_auroc'])}, "
+              f"self-consistency {_two(hal['selfcheck_auroc'])}")
 
     if cfg.test_time_compute:
         _test_time(cfg, out)
@@ -264,6 +264,10 @@ def _hallucination(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
 
 def _share(r: dict[str, Any]) -> str:
     return "n/a" if r["rate"] is None else f"{r['rate']:.0%}"
+
+
+def _two(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _test_time(cfg: QuickstartConfig, out: Path) -> None:
