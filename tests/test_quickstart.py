@@ -41,7 +41,7 @@ def test_quickstart_end_to_end(tmp_path):
             "solver", "testtime"} <= set(summary)
     hal = summary["hallucination"]
     for key in ("unknown_hallucination_rate_before", "unknown_hallucination_rate_after", "known_accuracy_before",
-                "known_accuracy_after", "abstention_rate_after"):
+                "known_accuracy_after", "abstention_rate_before", "abstention_rate_after"):
         r = hal[key]
         assert r["n"] > 0 and 0 <= r["rate"] <= 1 and r["ci95"][0] <= r["rate"] <= r["ci95"][1], key
     assert hal["known_accuracy_before"]["n"] == 8  # 4 QA-train and 4 QA-test questions
@@ -62,7 +62,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert summary["probe"]["knowledge"]["test"]["n"] == 3
     report = (out / "report.md").read_text()
     for heading in ("## World", "## Tokenizer", "## Model", "## Pretraining", "## Sampling", "## Causal vs masked",
-                    "## Test-time compute", "## Greedy samples"):
+                    "## Hallucination", "## Test-time compute", "## Greedy samples"):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")

@@ -255,6 +255,7 @@ def _hallucination(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
     return {"unknown_hallucination_rate_before": b["unknown"]["hallucination_rate"],
             "unknown_hallucination_rate_after": a["unknown"]["hallucination_rate"],
             "known_accuracy_before": _known(b, "accuracy"), "known_accuracy_after": _known(a, "accuracy"),
+            "abstention_rate_before": b["unknown"]["abstention_rate"],
             "abstention_rate_after": a["unknown"]["abstention_rate"],
             "logprob_auroc": after["detectors"]["logprob"]["auroc"],
             "selfcheck_auroc": after["detectors"]["consistency"]["auroc"],

@@ -209,6 +209,7 @@ def write_report(out: Path, samples: list[str]) -> Path:
             f"| KL to the SFT model per reply (k3) | 0 | {a['kl']['kl_k3']:.2f} |",
             "",
         ]
+    lines += _hallucination_section(s)
     lines += _testtime_section(s)
     pre = s.get("pretrain", {}).get("train_flops")
     post = {k: s[k]["train_flops"] for k in ("sft", "rm", "dpo") if s.get(k, {}).get("train_flops")}
@@ -224,6 +225,42 @@ def write_report(out: Path, samples: list[str]) -> Path:
     path = out / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def _rate(r: dict | None) -> str:
+    """A rate with its 95% interval and counts, as the hallucination stage stores it."""
+    if not r or r.get("rate") is None:
+        return "n/a"
+    lo, hi = r["ci95"]
+    return f"{r['rate']:.1%} [{lo:.1%}, {hi:.1%}] ({r['k']}/{r['n']})"
+
+
+def _hallucination_section(s: dict) -> list[str]:
+    """Hallucination before and after post-training, counted against the world's known facts."""
+    h = s.get("hallucination")
+    if not h:
+        return []
+    return [
+        "## Hallucination",
+        "",
+        f"`lmlab hallucination eval`, {h['questions']} questions per group (seed {h['seed']}): the pretrained "
+        "model in the pretraining format, the DPO model in the chat format. Unknown people are the half "
+        "post-training never taught to abstain on; 95% Wilson intervals.",
+        "",
+        "| measure | before post-training | after (DPO) |",
+        "|---|---|---|",
+        f"| unknown people: hallucinated | {_rate(h['unknown_hallucination_rate_before'])} | "
+        f"{_rate(h['unknown_hallucination_rate_after'])} |",
+        f"| unknown people: abstained | {_rate(h.get('abstention_rate_before'))} | "
+        f"{_rate(h['abstention_rate_after'])} |",
+        f"| known people: right | {_rate(h['known_accuracy_before'])} | {_rate(h['known_accuracy_after'])} |",
+        f"| expected calibration error | {_fmt(h.get('ece_before'), '.3f')} | {_fmt(h.get('ece_after'), '.3f')} |",
+        f"| wrong answers flagged, AUROC: log-probability / self-consistency | | "
+        f"{_fmt(h.get('logprob_auroc'), '.2f')} / {_fmt(h.get('selfcheck_auroc'), '.2f')} |",
+        "",
+        "![reliability after](hallucination/after/reliability.png)",
+        "",
+    ]
 
 
 def _testtime_section(s: dict) -> list[str]:
