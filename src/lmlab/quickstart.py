@@ -23,7 +23,7 @@ from lmlab.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from lmlab.data.world import WorldConfig, format_qa, generate_world, load_world
 from lmlab.errors import LmlabError
 from lmlab.evals.bidirectional import compare, snippets
-from lmlab.evals.binary import rate
+from lmlab.evals.binary import format_rate, rate
 from lmlab.evals.hallucination import HallucinationConfig, hallucination_eval
 from lmlab.evals.knowledge import probe
 from lmlab.infer.engine import Engine
@@ -219,11 +219,12 @@ def quickstart(cfg: QuickstartConfig) -> dict[str, Any]:
         t = _stage("hallucination: before and after post-training")
         hal = _hallucination(cfg, out)
         update_summary(out / "summary.json", "hallucination", {**hal, "wall_s": round(time.perf_counter() - t, 2)})
-        print(f"   unknown people: hallucinated {_share(hal['unknown_hallucination_rate_before'])} -> "
-              f"{_share(hal['unknown_hallucination_rate_after'])}, abstained {_share(hal['abstention_rate_after'])} "
-              f"after; known facts right {_share(hal['known_accuracy_before'])} -> "
-              f"{_share(hal['known_accuracy_after'])}; detector AUROC logprob {_two(hal['logprob_auroc'])}, "
-              f"self-consistency {_two(hal['selfcheck_auroc'])}")
+        print(f"   unknown people hallucinated {format_rate(hal['unknown_hallucination_rate_before'])} -> "
+              f"{format_rate(hal['unknown_hallucination_rate_after'])}; abstained after "
+              f"{format_rate(hal['abstention_rate_after'])}")
+        print(f"   known facts right {format_rate(hal['known_accuracy_before'])} -> "
+              f"{format_rate(hal['known_accuracy_after'])}; wrong answers flagged, AUROC: log-probability "
+              f"{_two(hal['logprob_auroc'])}, self-consistency {_two(hal['selfcheck_auroc'])}")
 
     if cfg.test_time_compute:
         _test_time(cfg, out)
@@ -261,10 +262,6 @@ def _hallucination(cfg: QuickstartConfig, out: Path) -> dict[str, Any]:
             "selfcheck_auroc": after["detectors"]["consistency"]["auroc"],
             "ece_before": before["calibration"]["ece"], "ece_after": after["calibration"]["ece"],
             "questions": cfg.hallucination.questions, "seed": cfg.hallucination.seed}
-
-
-def _share(r: dict[str, Any]) -> str:
-    return "n/a" if r["rate"] is None else f"{r['rate']:.0%}"
 
 
 def _two(x: float | None) -> str:

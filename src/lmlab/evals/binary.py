@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 Z95 = 1.959963984540054
 """The standard normal quantile for a two-sided 95% interval."""
@@ -33,6 +34,14 @@ def rate(k: int, n: int) -> dict[str, float | int | list[float] | None]:
     if n == 0:
         return {"k": 0, "n": 0, "rate": None, "ci95": None}
     return {"k": k, "n": n, "rate": k / n, "ci95": list(wilson(k, n))}
+
+
+def format_rate(r: dict[str, Any]) -> str:
+    """A `rate` as 'xx.x% [lo, hi]' in percent, padded so that columns of them line up; '-' when n = 0."""
+    if r["rate"] is None:
+        return "-"
+    lo, hi = r["ci95"]
+    return f"{100 * r['rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:5.1f}]"
 
 
 def _average_ranks(scores: Sequence[float]) -> list[float]:

@@ -30,7 +30,7 @@ from lmlab.data.world import format_qa, load_world
 from lmlab.data.world_chat import unknown_split
 from lmlab.errors import LmlabError
 from lmlab.evals.answers import LABELS, answer_key, classify
-from lmlab.evals.binary import auroc, average_precision, rate
+from lmlab.evals.binary import auroc, average_precision, format_rate, rate
 from lmlab.evals.calibration import expected_calibration_error, plot_reliability, reliability_bins
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
@@ -248,14 +248,6 @@ def write_outputs(cfg: HallucinationConfig, rows: list[dict[str, Any]], result: 
     return files
 
 
-def _pct(r: dict[str, Any]) -> str:
-    """A rate as 'xx.x% [lo, hi]' (percent), or '-' for an empty group."""
-    if r["rate"] is None:
-        return "-"
-    lo, hi = r["ci95"]
-    return f"{100 * r['rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:5.1f}]"
-
-
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -266,7 +258,7 @@ def format_hallucination(res: dict[str, Any]) -> str:
              f"up to {res['questions_per_group']} questions per group, n = {res['n']}",
              f"{'group':<16}{'n':>5}  {'correct':<22}{'wrong (hallucinated)':<22}{'abstained':<22}"]
     for g, r in res["groups"].items():
-        lines.append(f"{g:<16}{r['n']:>5}  " + "".join(f"{_pct(r[k]):<22}" for k in RATES))
+        lines.append(f"{g:<16}{r['n']:>5}  " + "".join(f"{format_rate(r[k]):<22}" for k in RATES))
     lines.append("")
     lines.append(f"per attribute: correct / wrong / abstained, % ({', '.join(res['groups'])})")
     attrs = sorted({a for r in res["groups"].values() for a in r["by_attribute"]})

@@ -11,6 +11,7 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lmlab.evals.binary import format_rate
 from lmlab.io import write_text
 from lmlab.summary import read_summary
 
@@ -228,11 +229,8 @@ def write_report(out: Path, samples: list[str]) -> Path:
 
 
 def _rate(r: dict | None) -> str:
-    """A rate with its 95% interval and counts, as the hallucination stage stores it."""
-    if not r or r.get("rate") is None:
-        return "n/a"
-    lo, hi = r["ci95"]
-    return f"{r['rate']:.1%} [{lo:.1%}, {hi:.1%}] ({r['k']}/{r['n']})"
+    """A rate with its 95% interval and its counts, as the hallucination stage stores it."""
+    return f"{format_rate(r)} ({r['k']}/{r['n']})" if r else "n/a"
 
 
 def _hallucination_section(s: dict) -> list[str]:
