@@ -196,13 +196,13 @@ def run_lock(directory: str | Path) -> Iterator[list[str]]:
         f.close()  # closing the file releases the lock
 
 
-def locked_run(verb: Callable[[Any], R]) -> Callable[[Any], R]:
-    """Make `verb(cfg)` hold the run lock on `cfg.out` while it runs (and clean what dead runs left there)."""
+def locked_run(verb: Callable[..., R]) -> Callable[..., R]:
+    """Make `verb(cfg, ...)` hold the run lock on `cfg.out` while it runs (and clean what dead runs left there)."""
 
     @functools.wraps(verb)
-    def run(cfg: Any) -> R:
+    def run(cfg: Any, *args: Any, **kwargs: Any) -> R:
         with run_lock(cfg.out):
-            return verb(cfg)
+            return verb(cfg, *args, **kwargs)
 
     return run
 

@@ -47,6 +47,14 @@ def unknown_split(world: dict[str, Any], seed: int) -> tuple[set[str], set[str]]
     return set(people[: len(people) // 2]), set(people[len(people) // 2:])
 
 
+def heldout_people(world: dict[str, Any], fraction: float, seed: int) -> set[str]:
+    """A seeded share of the QA-test people, held out of an experiment's training data (their facts are
+    only in biographies, so what the model says about them after training is what it generalised)."""
+    people = sorted({q["person"] for q in world["qa_test"]})
+    random.Random(seed).shuffle(people)
+    return set(people[: round(fraction * len(people))])
+
+
 def is_world_dir(path: str | Path) -> bool:
     return (Path(path) / "world.json").is_file()
 
@@ -89,15 +97,18 @@ def preference_pairs(world: dict[str, Any], seed: int = 0) -> dict[str, list[dic
     }
 
 
-def gold_reward(item: dict[str, Any], reply: str, unknown: bool) -> float:
+def gold_reward(item: dict[str, Any], reply: str, unknown: bool, penalty: float = 1.0) -> float:
     """The world's verdict on a reply: +1 for the true answer (or an abstention about an unknown person),
-    0 for abstaining about a known person (honest but unhelpful), -1 for a wrong or made-up answer."""
+    0 for abstaining about a known person (honest but unhelpful), -penalty for a wrong or made-up answer.
+
+    Answering is then worth it exactly when the chance of being right is above penalty / (1 + penalty):
+    the penalty sets the confidence a policy that maximises this reward needs before it answers."""
     said = normalise(reply)
     if said == normalise(ABSTAIN):
         return 1.0 if unknown else 0.0
     if unknown:
-        return -1.0
-    return 1.0 if said == normalise(item["answer"]) else -1.0
+        return -penalty
+    return 1.0 if said == normalise(item["answer"]) else -penalty
 
 
 def shuffled(items: list, seed: int) -> list:

@@ -146,12 +146,15 @@ def ask(engine: Engine, questions: list[str], chat: bool, seeds: list[int] | Non
              for c in o.completions] for o in outs]
 
 
-def group_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy, hallucination and abstention rates with Wilson intervals, overall and per attribute."""
+def group_rates(rows: list[dict[str, Any]], by_attribute: bool = True) -> dict[str, Any]:
+    """Accuracy, hallucination and abstention rates with Wilson intervals, overall and (unless told not to)
+    per attribute."""
     def rates(sub: list[dict[str, Any]]) -> dict[str, Any]:
         return {"n": len(sub), **{name: rate(sum(r["label"] == label for r in sub), len(sub))
                                   for name, label in RATES.items()}}
 
+    if not by_attribute:
+        return rates(rows)
     attrs = sorted({r["attribute"] for r in rows})
     return {**rates(rows), "by_attribute": {a: rates([r for r in rows if r["attribute"] == a]) for a in attrs}}
 
@@ -189,6 +192,17 @@ def add_consistency(world: dict[str, Any], rows: list[dict[str, Any]], samples: 
         r["samples"] = [a["text"] for a in alts]
         r["sample_tokens"] = sum(a["tokens"] for a in alts)
         r["inconsistency"] = sum(answer_key(a["text"], r["attribute"], pool) != key for a in alts) / len(alts)
+
+
+def grade_groups(engine: Engine, world: dict[str, Any], groups: dict[str, list[dict[str, Any]]], chat: bool,
+                 max_new_tokens: int) -> dict[str, Any]:
+    """Greedy answers to each group's questions, graded: `group_rates` per group (empty groups left out).
+    What experiments that train a model measure before and after."""
+    groups = {g: its for g, its in groups.items() if its}
+    questions = [q["question"] for its in groups.values() for q in its]
+    greedy = [a[0] for a in ask(engine, questions, chat, temperature=0, max_new_tokens=max_new_tokens)]
+    rows = grade(world, groups, greedy)
+    return {g: group_rates([r for r in rows if r["group"] == g]) for g in groups}
 
 
 def calibration(answered: list[dict[str, Any]], bins: int) -> dict[str, Any]:

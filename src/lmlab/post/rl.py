@@ -133,9 +133,10 @@ class PolicyWithValue(nn.Module):
         return logp, entropy, self.value_head(h[:, :-1]).squeeze(-1).float()
 
 
-def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]], list[float]]:
-    """The reward: 'gold' (the world's facts; needs a world as data), 'rm:PATH' (a reward model from lmlab rm)
-    or 'python:module:function' (your function f(prompt, reply) -> float; code you wrote, run as is)."""
+def load_reward(spec: str, data: str, device, penalty: float = 1.0) -> Callable[[list[str], list[str]], list[float]]:
+    """The reward: 'gold' (the world's facts, a wrong answer scoring -penalty; needs a world as data), 'rm:PATH'
+    (a reward model from lmlab rm) or 'python:module:function' (your function f(prompt, reply) -> float; code
+    you wrote, run as is)."""
     if spec == "gold":
         if not is_world_dir(data):
             raise LmlabError("reward 'gold' needs a world directory as data (it checks replies against its facts)")
@@ -144,7 +145,8 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
         unknown = {q["question"] for q in world["qa_unknown"]}
 
         def gold(prompts: list[str], replies: list[str]) -> list[float]:
-            return [gold_reward(known.get(p, {"answer": None}), r, p in unknown) for p, r in zip(prompts, replies)]
+            return [gold_reward(known.get(p, {"answer": None}), r, p in unknown, penalty)
+                    for p, r in zip(prompts, replies)]
         return gold
     if spec.startswith("rm:"):
         model, tok = load_reward_model(spec[3:], device)
@@ -160,14 +162,16 @@ def load_reward(spec: str, data: str, device) -> Callable[[list[str], list[str]]
     raise LmlabError(f"reward must be 'gold', 'rm:PATH' or 'python:module:function', got {spec!r}")
 
 
-def load_prompts(data: str, seed: int) -> list[str]:
-    """Training prompts: a world's training split (the questions DPO also trains on), or a JSONL of {"prompt"}."""
-    if is_world_dir(data):
+def load_prompts(data: str, seed: int, prompts_file: str | None = None) -> list[str]:
+    """Training prompts: a JSONL of {"prompt"} (`prompts_file`, else `data`), or a world's training split
+    (the questions DPO also trains on)."""
+    if prompts_file is None and is_world_dir(data):
         return [p["prompt"] for p in preference_pairs(load_world(data), seed)["train"]]
+    source = prompts_file or data
     prompts = []
-    for n, obj in read_jsonl(data):
+    for n, obj in read_jsonl(source):
         if not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-            raise LmlabError(f"{data}:{n}: a record needs a non-empty string 'prompt'")
+            raise LmlabError(f"{source}:{n}: a record needs a non-empty string 'prompt'")
         prompts.append(obj["prompt"])
     return prompts
 
@@ -180,8 +184,14 @@ class RLConfig:
     """The frozen reference for the KL penalty (None = a copy of init)."""
     data: str = "runs/quickstart/world"
     """Prompts: a world directory (its training questions) or a JSONL file of {"prompt": ...}."""
+    prompts: str | None = None
+    """A JSONL file of {"prompt": ...} to train on instead of the world's training split (the world in `data`
+    still grades and evaluates)."""
     reward: str = "gold"
     """'gold' (the world's facts), 'rm:PATH' (a reward model from lmlab rm) or 'python:module:function'."""
+    wrong_penalty: float = 1.0
+    """The gold reward of a wrong or made-up answer is -wrong_penalty (right +1, abstaining 0 about a known
+    person, +1 about an unknown one): answering pays only when P(right) > penalty / (1 + penalty)."""
     out: str = "runs/rl"
     """Run directory: checkpoint/, metrics.jsonl, summary.json."""
     algo: str = "grpo"
@@ -228,6 +238,9 @@ class RLConfig:
             raise LmlabError("grpo needs group_size >= 2 (advantages compare replies to the same prompt)")
         if not self.temperature > 0:
             raise LmlabError(f"temperature must be positive, got {self.temperature}")
+        if isinstance(self.wrong_penalty, bool) or not isinstance(self.wrong_penalty, (int, float)) \
+                or not 0 <= self.wrong_penalty < math.inf:
+            raise LmlabError(f"wrong_penalty must be a finite number >= 0, got {self.wrong_penalty!r}")
 
 
 def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
@@ -256,8 +269,8 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
     tok = Tokenizer.load(ck.tokenizer_path)
-    reward_fn = load_reward(cfg.reward, cfg.data, device)
-    prompts = load_prompts(cfg.data, tc.seed)
+    reward_fn = load_reward(cfg.reward, cfg.data, device, cfg.wrong_penalty)
+    prompts = load_prompts(cfg.data, tc.seed, cfg.prompts)
     before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     model = PolicyWithValue(policy).to(device)
     # one optimizer step per epoch of each rollout round: the schedule spans them all

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,10 @@ def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, d
 
 
 @locked_run
-def sft(cfg: SFTConfig) -> dict[str, Any]:
+def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], Any] | None = None) -> dict[str, Any]:
+    """Fine-tune; `on_eval(step, model, val_loss)`, if given, runs at every evaluation (experiments that follow
+    a model through training use it, e.g. `lmlab hallucination unknown-sft`). The model is in eval mode
+    during the call and goes back to training after it."""
     tc = cfg.train
     device = setup(tc)
     model, ck = load_policy(cfg.init, device)
@@ -144,6 +148,11 @@ def sft(cfg: SFTConfig) -> dict[str, Any]:
         if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
             val_loss = validate()
             log.write({"step": step, "eval": True, "val_loss": val_loss})
+            if on_eval is not None:
+                model.eval()
+                with torch.no_grad():
+                    on_eval(step, model, val_loss)
+                model.train()
     log.close()
     wall = time.perf_counter() - t0
     ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path, reads=[cfg.init], verb="sft",
