@@ -81,6 +81,27 @@ def _fit(e) -> list[str]:
     return ["scale", "fit", str(path), "--bootstrap", "0", "--out", str(e.tmp / "fit")]
 
 
+def _hallucination_report(e) -> list[str]:
+    _quiet_main(["hallucination", "eval", "--model", e.chat, "--world", e.world, "--questions", "2", "--samples", "2",
+                 "--max_new_tokens", "4", "--device", "cpu", "--out", str(e.tmp / "hlab" / "eval")])
+    return ["hallucination", "report", "--dir", str(e.tmp / "hlab")]
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    return {"k": k, "n": n, "rate": k / n if n else None, "ci95": [0.0, 1.0] if n else None}
+
+
+def _rates(right: int, wrong: int, abstain: int) -> dict[str, Any]:
+    n = right + wrong + abstain
+    return {"n": n, "accuracy": _rate(right, n), "hallucination_rate": _rate(wrong, n),
+            "abstention_rate": _rate(abstain, n)}
+
+
+def _point(step: int) -> dict[str, Any]:
+    return {"step": step, "val_loss": 0.3, "heldout_known": _rates(3, 1, 1), "unknown": _rates(0, 2, 2),
+            "fit_unknown": _rates(4, 1, 0)}
+
+
 def _after_turn(e, verb: str, *extra: str) -> list[str]:
     """A post-training verb from the causal checkpoint on the world, two tiny steps, two eval questions."""
     return [verb, "--init", e.chat, "--data", e.world, "--out", str(e.tmp / verb), "--eval_questions", "2",
@@ -124,6 +145,10 @@ RUNS: dict[str, Callable[[Any], list[str]]] = {
                                "--out", str(e.tmp / "tt")],
     "hallucination eval": lambda e: ["hallucination", "eval", "--model", e.chat, "--world", e.world, "--questions", "2",
                                      "--samples", "2", "--max_new_tokens", "4", "--device", "cpu"],
+    "hallucination report": lambda e: _hallucination_report(e),
+    "hallucination snowball": lambda e: ["hallucination", "snowball", "--model", e.chat, "--world", e.world,
+                                         "--people", "2", "--prefixes", "1", "--context", "0", "--max_new_tokens",
+                                         "24", "--device", "cpu"],
     "doctor": lambda e: ["doctor", "--measure", "false", "--peaks", "false"],
     "sampling explain": lambda e: ["sampling", "explain", "--checkpoint", e.ckpt, "--prompt", "Question:",
                                    "--out", str(e.tmp / "explain.png")],
@@ -135,6 +160,39 @@ STUBS: dict[str, dict[str, Any]] = {
     "testtime verifier": {"problems": 40, "n_samples": 160, "sample_accuracy": 0.4, "pairs": 60, "sampling_s": 3.1,
                           "sampling_flops": 2e12, "train_accuracy": 0.9, "heldout_accuracy": 0.8,
                           "train_flops": 5e12, "checkpoint": "runs/verifier/checkpoint", "wall_s": 9.0},
+    "hallucination unknown-sft": {
+        "model": "runs/quickstart/checkpoint", "world": "runs/quickstart/world", "seed": 0, "train_seed": 1337,
+        "steps": 800, "eval_interval": 100, "answered_per_mix": 10, "abstain": True, "pretrained_known_share": 0.6,
+        "pools": {"known": 20, "unknown": 10, "heldout_known": 5, "heldout_unknown_facts": 5, "abstain": 6,
+                  "unknown_people": 6},
+        "runs": [{"share": 0.5, "unknown_examples": 5, "answered": 10, "abstain_examples": 6, "wall_s": 9.0,
+                  "early": _point(100), "converged": _point(800), "trajectory": [_point(100), _point(800)]}]},
+    "hallucination penalty": {
+        "model": "runs/quickstart/sft/checkpoint", "world": "runs/quickstart/world", "seed": 0, "prompts": 40,
+        "rl": {"algo": "grpo", "steps": 100, "group_size": 8, "lr": 1e-4, "kl_coef": 0.05, "seed": 1337},
+        "groups": {"heldout_test": 5, "unknown": 4, "heldout_train": 5},
+        "before": {"heldout_test": _rates(1, 3, 1), "unknown": _rates(0, 3, 1), "heldout_train": _rates(5, 0, 0)},
+        "runs": [{"penalty": 2.0, "threshold": 2 / 3, "wall_s": 30.0, "final": {"reward": 0.1, "kl": 0.02},
+                  "rates": {"heldout_test": _rates(1, 1, 3), "unknown": _rates(0, 1, 3),
+                            "heldout_train": _rates(5, 0, 0)}}]},
+    "hallucination retrieval": {
+        "model": "runs/quickstart/checkpoint", "world": "runs/quickstart/world", "k": 2, "stem": True, "seed": 0,
+        "read_share": 0.0, "read_people": 0, "train_conversations": 750,
+        "tokens": {"train_conversation_max": 103, "eval_prompt_max": 84},
+        "retrieval": {"k": 2, "recall_at_k": _rate(8, 10), "recall_curve": {"1": _rate(7, 10), "2": _rate(8, 10)},
+                      "person_at_k": {"qa_test": _rate(10, 10), "unknown": _rate(0, 4)}},
+        "arms": {arm: {"groups": {"qa_test": _rates(2, 5, 3), "unknown": _rates(0, 2, 2)},
+                       "by_found": {"qa_test": {"fact": _rates(2, 4, 2), "person": _rates(0, 1, 1),
+                                                "nothing": _rates(0, 0, 0)},
+                                    "unknown": {"fact": _rates(0, 0, 0), "person": _rates(0, 0, 0),
+                                                "nothing": _rates(0, 2, 2)}},
+                       "abstains_when_nothing_found": _rate(2, 4), "cites_when_answering": _rate(7, 9),
+                       "citations": {"statements": 9, "citations": 10, "recall": _rate(2, 9),
+                                     "precision": _rate(2, 10), "alce_recall": 0.2, "alce_precision": 0.2,
+                                     "shown_ids": _rate(5, 10)}} for arm in ("plain", "retrieval")},
+        "training": {arm: {"steps": 400, "conversations": 713, "val_loss": 0.3, "wall_s": 30.0, "cpu_s": 20.0}
+                     for arm in ("plain", "retrieval")},
+        "examples": [], "wall_s": 100.0, "cpu_s": 70.0},
 }
 """Results of the verbs whose shortest real run is long (the quickstart; a verifier needs a model that is
 right often enough to make pairs), in the shape they return."""

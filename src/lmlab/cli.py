@@ -84,6 +84,22 @@ VERBS: dict[str, tuple[str, str]] = {
     "hallucination eval": ("how often a model makes up facts about the world, is its confidence calibrated, "
                            "and do log-probability or sample consistency flag it",
                            "lmlab.evals.hallucination:HallucinationConfig:hallucination_eval:format_hallucination"),
+    "hallucination unknown-sft": ("does SFT on facts the model does not know teach it to make things up? "
+                                  "(Gekhman et al. 2024: the Unknown share swept)",
+                                  "lmlab.evals.unknown_sft:UnknownSFTConfig:unknown_sft:format_unknown_sft"),
+    "hallucination penalty": ("GRPO with a reward that punishes made-up answers more than abstaining, swept: "
+                              "fewer hallucinations for how many lost answers?",
+                              "lmlab.evals.wrong_penalty:PenaltyConfig:penalty_sweep:format_penalty"),
+    "hallucination retrieval": ("mitigation: fine-tune with and without retrieved, cited passages (BM25) and grade "
+                                "hallucination, abstention, recall@k and ALCE citation recall/precision",
+                                "lmlab.evals.grounded:RetrievalConfig:retrieval_experiment:format_retrieval"),
+    "hallucination snowball": ("does one planted wrong fact pull what the model writes next along (snowballing, "
+                               "Zhang et al. 2023); optional training on marked corrections, before/after",
+                               "lmlab.evals.snowball:SnowballConfig:snowball:format_snowball"),
+    "hallucination report": ("every hallucination result under a directory (eval, experiments) with its plots "
+                             "in one markdown page",
+                             "lmlab.report.hallucination_report:HallucinationReportConfig:hallucination_report:"
+                             "format_report"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain:format_explain"),
 }

@@ -1,0 +1,177 @@
+"""`lmlab hallucination penalty`: a reward that punishes a made-up answer more than an abstention, and what
+it costs (mitigation (d) of the knowledge-mismatch hypothesis).
+
+GRPO from the SFT model with the world's gold reward: +1 for the right answer, 0 for "I don't know."
+about a known person (+1 about an unknown one), -penalty for anything wrong. A policy that maximises it
+answers exactly when P(right) > penalty / (1 + penalty), so raising the penalty should trade answers it
+gets right for fewer made-up ones. The trade-off curve is measured over `penalties`.
+
+The prompts are where that trade is live: questions about half the QA-test people (facts only in
+biographies, which the SFT model often gets wrong), as many QA-train questions (which it knows), and the
+unknown people post-training taught to abstain on. Held out: the other QA-test people, the other unknown
+people and the QA-train questions left out of the prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lmlab.data.tokenizer import Tokenizer
+from lmlab.data.world import load_world
+from lmlab.data.world_chat import heldout_people, unknown_split
+from lmlab.errors import LmlabError
+from lmlab.evals.binary import format_rate
+from lmlab.evals.hallucination import grade_groups
+from lmlab.figures import pyplot, save_png
+from lmlab.infer.engine import Engine
+from lmlab.io import write_json, write_jsonl
+from lmlab.model.checkpoint import build_model, load_checkpoint
+from lmlab.post.rl import RLConfig, rl
+from lmlab.post.stage import PostTrainConfig, require_causal
+from lmlab.rundir import locked_run, require_checkpoint
+
+COLUMNS = (("heldout_test", "accuracy", "QA-test right"), ("heldout_test", "hallucination_rate", "QA-test made up"),
+           ("heldout_test", "abstention_rate", "QA-test abstained"), ("unknown", "hallucination_rate",
+                                                                        "unknown made up"),
+           ("heldout_train", "accuracy", "QA-train right"))
+"""(group, rate, column) of the table; the first three are the held-out QA-test people's facts."""
+
+
+def _rl() -> RLConfig:
+    # GRPO in groups of 8, 100 rounds of 16 prompts at lr 1e-4: an abstention has to be sampled in a
+    # group before the reward can prefer it, and the SFT model rarely abstains about a known person.
+    return RLConfig(algo="grpo", group_size=8, eval_questions=0,
+                    train=PostTrainConfig(steps=100, lr=1e-4, min_lr=1e-5, warmup_steps=5, log_interval=10))
+
+
+@dataclass
+class PenaltyConfig:
+    model: str = "runs/quickstart/sft/checkpoint"
+    """The policy to start from: a model post-trained in the chat template that says "I don't know." at all."""
+    world: str = "runs/quickstart/world"
+    """The world it was trained on."""
+    out: str = "runs/hallucination/penalty"
+    """Run directory: one RL run per penalty (penalty_0.0, ...), penalty.json, penalty.png."""
+    penalties: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0])
+    """Gold-reward penalties for a wrong answer, each >= 0."""
+    heldout_fraction: float = 0.5
+    """Share of the QA-test people held out of the prompts."""
+    eval_questions: int = 400
+    """Most questions per evaluation group (a seeded sample)."""
+    max_new_tokens: int = 24
+    """Longest answer, in tokens."""
+    seed: int = 0
+    """Seed of the people split and the prompt sample (RL's own seed is rl.train.seed)."""
+    rl: RLConfig = field(default_factory=_rl)
+    """RL settings, the same for every penalty (init, data, prompts, reward and out are set here)."""
+
+    def __post_init__(self) -> None:
+        if not self.penalties or any(isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1e9
+                                     for p in self.penalties):
+            raise LmlabError(f"penalties must be a non-empty list of numbers >= 0, got {self.penalties!r}")
+        if len(set(self.penalties)) != len(self.penalties):
+            raise LmlabError(f"penalties must not repeat, got {self.penalties!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise LmlabError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if isinstance(self.eval_questions, bool) or not isinstance(self.eval_questions, int) or self.eval_questions < 1:
+            raise LmlabError(f"eval_questions must be a positive integer, got {self.eval_questions!r}")
+
+
+def splits(world: dict[str, Any], cfg: PenaltyConfig) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """(the RL prompts' questions, the held-out evaluation groups)."""
+    held = heldout_people(world, cfg.heldout_fraction, cfg.seed)
+    taught, held_unknown = unknown_split(world, cfg.rl.train.seed)
+    rng = random.Random(cfg.seed + 1)
+    test_side = [q for q in world["qa_test"] if q["person"] not in held]
+    train = list(world["qa_train"])
+    rng.shuffle(train)
+    prompts = test_side + train[: len(test_side)] + [q for q in world["qa_unknown"] if q["person"] in taught]
+    rng.shuffle(prompts)
+    k = cfg.eval_questions
+    groups = {"heldout_test": [q for q in world["qa_test"] if q["person"] in held][:k],
+              "unknown": [q for q in world["qa_unknown"] if q["person"] in held_unknown][:k],
+              "heldout_train": train[len(test_side):][:k]}
+    if not prompts or not groups["heldout_test"]:
+        raise LmlabError(f"the world in {cfg.world} has too few QA-test people to split into prompts and held-out")
+    return prompts, groups
+
+
+def evaluate(path: str, world: dict[str, Any], groups: dict[str, list], cfg: PenaltyConfig) -> dict[str, Any]:
+    """The held-out groups' rates for the checkpoint at `path`, in the chat template."""
+    ck = load_checkpoint(require_checkpoint(path))
+    require_causal(ck.config, path, "the penalty experiment")
+    if ck.tokenizer_path is None:
+        raise LmlabError(f"checkpoint {path} has no tokenizer.json")
+    engine = Engine(build_model(ck), Tokenizer.load(ck.tokenizer_path), cfg.rl.train.device)
+    return grade_groups(engine, world, groups, True, cfg.max_new_tokens)
+
+
+@locked_run
+def penalty_sweep(cfg: PenaltyConfig) -> dict[str, Any]:
+    """GRPO per penalty from the same model on the same prompts; held-out rates before and after each."""
+    ck = load_checkpoint(require_checkpoint(cfg.model))
+    if ck.meta.get("stage") not in ("sft", "dpo", "rl"):
+        raise LmlabError(f"{cfg.model} is not post-trained in the chat template (its stage is "
+                         f"{ck.meta.get('stage')!r}); start from an SFT model, which can say \"I don't know.\"")
+    world = load_world(cfg.world)
+    prompts, groups = splits(world, cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "prompts.jsonl", [{"prompt": q["question"]} for q in prompts])
+    before = evaluate(cfg.model, world, groups, cfg)
+    runs = []
+    for penalty in cfg.penalties:
+        rcfg = replace(cfg.rl, init=cfg.model, data=cfg.world, prompts=str(out / "prompts.jsonl"), reward="gold",
+                       wrong_penalty=float(penalty), out=str(out / f"penalty_{float(penalty):g}"))
+        summary = rl(rcfg)
+        runs.append({"penalty": float(penalty), "threshold": penalty / (1 + penalty), "wall_s": summary["wall_s"],
+                     "final": summary["final"], "rates": evaluate(summary["checkpoint"], world, groups, cfg)})
+    result = {"model": cfg.model, "world": cfg.world, "seed": cfg.seed, "prompts": len(prompts),
+              "rl": {"algo": cfg.rl.algo, "steps": cfg.rl.train.steps, "group_size": cfg.rl.group_size,
+                     "lr": cfg.rl.train.lr, "kl_coef": cfg.rl.kl_coef, "seed": cfg.rl.train.seed},
+              "groups": {g: len(v) for g, v in groups.items()}, "before": before, "runs": runs,
+              "files": {"plot": str(out / "penalty.png"), "result": str(out / "penalty.json")}}
+    plot_tradeoff(result, out / "penalty.png")
+    write_json(out / "penalty.json", result)
+    return result
+
+
+def plot_tradeoff(res: dict[str, Any], path: Path) -> Path:
+    """Held-out QA-test facts: right, made up and abstained against the penalty (the SFT model at the left)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    points = [("SFT", res["before"])] + [(f"{r['penalty']:g}", r["rates"]) for r in res["runs"]]
+    xs = list(range(len(points)))
+    for group, name, col in COLUMNS:
+        cells = [rates[group][name] for _, rates in points]
+        ys = [100 * c["rate"] for c in cells]
+        err = [[y - 100 * c["ci95"][0] for y, c in zip(ys, cells)], [100 * c["ci95"][1] - y for y, c in zip(ys, cells)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=col)
+    ax.set_xticks(xs, [p for p, _ in points])
+    ax.set_xlabel("penalty for a wrong answer (GRPO, gold reward)")
+    ax.set_ylabel("% of held-out questions")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def format_penalty(res: dict[str, Any]) -> str:
+    """Per penalty: the held-out rates with 95% intervals, the reward and KL at the last step."""
+    r = res["rl"]
+    lines = [f"penalty sweep from {res['model']}: {r['algo']} {r['steps']} steps, groups of {r['group_size']}, "
+             f"lr {r['lr']:g}, KL coef {r['kl_coef']:g}, on {res['prompts']} prompts; held out "
+             + ", ".join(f"{g} {n}" for g, n in res["groups"].items()),
+             f"{'penalty':<9}{'answer if P >':<14}" + "".join(f"{c:<24}" for _, _, c in COLUMNS) + "reward   KL"]
+    rows = [("SFT", "-", res["before"], None)] + [(f"{x['penalty']:g}", f"{x['threshold']:.2f}", x["rates"], x["final"])
+                                                   for x in res["runs"]]
+    for name, thr, rates, final in rows:
+        tail = "" if final is None else f"{final['reward']:+.3f}  {final['kl']:.3f}"
+        lines.append(f"{name:<9}{thr:<14}" + "".join(f"{format_rate(rates[g][k]):<24}" for g, k, _ in COLUMNS) + tail)
+    if "files" in res:
+        lines.append(f"wrote {res['files']['plot']}, {res['files']['result']}")
+    return "\n".join(lines)
