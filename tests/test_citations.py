@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.data.grounded_chat import grounded_prompt, grounded_response, split_citations
+from lmlab.data.grounded_chat import cited_ids, grounded_prompt, grounded_response, split_citations
 from lmlab.data.world_chat import ABSTAIN
 from lmlab.data.world_passages import Passage
 from lmlab.evals.citations import Claim, Statement, alce, is_supported, relevant, world_support
@@ -72,16 +72,21 @@ def test_a_citation_needed_only_jointly_is_relevant():
 
 def test_grounded_reply_cites_every_passage_stating_the_fact_or_abstains():
     item = {"person": "Aeara Astamir", "attribute": "birth_city", "question": "Where was Aeara Astamir born?"}
-    assert grounded_response(item, [P3, P1, P2]) == "Saltmarsh [d0.1][d1.4]"
+    assert grounded_response(item, [P3, P1, P2]) == "Saltmarsh [2][3]"
     assert grounded_response(item, [P3]) == ABSTAIN              # the person, but not the fact
     assert grounded_response(item, [P4]) == ABSTAIN              # someone else's birth city
     assert grounded_prompt(item["question"], [P1, P3]) == (
-        "[d0.1] Aeara Astamir was born in Saltmarsh.\n[d0.2] Aeara Astamir works for Beacon Health.\n"
+        "[1] Aeara Astamir was born in Saltmarsh.\n[2] Aeara Astamir works for Beacon Health.\n"
         "Question: Where was Aeara Astamir born?")
 
 
 def test_split_citations():
-    assert split_citations("Saltmarsh [d0.1][d1.4]") == ("Saltmarsh", ["d0.1", "d1.4"])
-    assert split_citations("Saltmarsh [d0.1] and [d0.1].") == ("Saltmarsh and .", ["d0.1"])
+    assert split_citations("Saltmarsh [1][3]") == ("Saltmarsh", ["1", "3"])
+    assert split_citations("Saltmarsh [2] and [2].") == ("Saltmarsh and .", ["2"])
     assert split_citations("I don't know.") == ("I don't know.", [])
-    assert split_citations("March 3, 1985 [d12.0]") == ("March 3, 1985", ["d12.0"])
+    assert split_citations("March 3, 1985 [12]") == ("March 3, 1985", ["12"])
+
+
+def test_cited_numbers_name_the_passages_shown():
+    assert cited_ids(["2", "1"], [P1, P3]) == [P3.id, P1.id]
+    assert cited_ids(["3", "0"], [P1, P3]) == ["[3]", "[0]"]  # no such passage: a made-up source

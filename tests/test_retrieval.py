@@ -103,10 +103,12 @@ def test_grading_labels_citations_and_what_was_found(world, retriever):
     q_unknown = next(q for q in world["qa_unknown"] if q["person"] in heldout)
     groups = {"qa_test": [q_known], "unknown": [q_unknown]}
     hits = {g: retriever.search([q["question"] for q in its], 30) for g, its in groups.items()}
-    fact = next(p for p in hits["qa_test"][0] if p.person == q_known["person"]
+    shown = hits["qa_test"][0]
+    fact = next(i for i, p in enumerate(shown, 1) if p.person == q_known["person"]
                 and p.attribute == q_known["attribute"])
-    replies = [{"text": f"{q_known['answer']} [{fact.id}][{hits['unknown'][0][0].id}][d99999.9]"},
-               {"text": f"{q_unknown['answer']} [{hits['unknown'][0][0].id}]"}]
+    other = next(i for i, p in enumerate(shown, 1) if p.attribute != q_known["attribute"])
+    replies = [{"text": f"{q_known['answer']} [{fact}][{other}][99]"},
+               {"text": f"{q_unknown['answer']} [1]"}]
     rows = grade(world, "retrieval", groups, hits, replies)
     assert [r["label"] for r in rows] == ["correct", "wrong"]  # the hidden fact of an unknown person is made up
     assert [r["found"] for r in rows] == ["fact", "nothing"]
@@ -117,7 +119,7 @@ def test_grading_labels_citations_and_what_was_found(world, retriever):
     assert (c["recall"]["k"], c["recall"]["n"], c["precision"]["k"], c["precision"]["n"]) == (0, 2, 0, 4)
     assert (c["shown_ids"]["k"], c["shown_ids"]["n"]) == (3, 4)
     assert res["abstains_when_nothing_found"]["k"] == 0 and res["abstains_when_nothing_found"]["n"] == 1
-    rows = grade(world, "retrieval", groups, hits, [{"text": f"{q_known['answer']} [{fact.id}]"},
+    rows = grade(world, "retrieval", groups, hits, [{"text": f"{q_known['answer']} [{fact}]"},
                                                      {"text": "I don't know."}])
     res = arm_result(world, rows, {p.id: p for p in retriever.passages})
     assert res["citations"]["recall"]["rate"] == 1.0 and res["citations"]["precision"]["rate"] == 1.0

@@ -1,10 +1,14 @@
-"""Retrieval-augmented chat on the world: passages with their ids, then the question; the reply is the answer
-followed by the ids of the passages that state it, or "I don't know.".
+"""Retrieval-augmented chat on the world: passages numbered in the prompt, then the question; the reply is the
+answer followed by the numbers of the passages that state it, or "I don't know.".
 
-    user:      [d12.3] Galun Tarnik was born in Oldcastle.
-               [d40.1] Galun Tarnik works for Beacon Health.
+    user:      [1] Galun Tarnik was born in Oldcastle.
+               [2] Galun Tarnik works for Beacon Health.
                Question: In which city was Galun Tarnik born?
-    assistant: Oldcastle [d12.3]
+    assistant: Oldcastle [1]
+
+Passages are numbered per prompt, as ALCE shows its documents, rather than by their global ids
+("d830.5"): a small model copied global ids wrongly ("d83.5") for most of its citations, which measured
+its copying, not whether its sources supported it. `cited_ids` maps the numbers back to passage ids.
 
 The target reply cites every retrieved passage that states the asked fact, and abstains when none does:
 when no passage is about the person (always, for someone in no biography), and also when the person's
@@ -21,12 +25,12 @@ from typing import Any
 from lmlab.data.world_chat import ABSTAIN
 from lmlab.data.world_passages import Passage
 
-_CITE_RE = re.compile(r"\[(d\d+\.\d+)\]")
+_CITE_RE = re.compile(r"\[(\d+)\]")
 
 
 def grounded_prompt(question: str, passages: Sequence[Passage]) -> str:
-    """The user turn: one line per passage, '[id] text', then 'Question: ...'."""
-    return "\n".join([*(f"[{p.id}] {p.text}" for p in passages), f"Question: {question}"])
+    """The user turn: one line per passage, '[n] text' (n from 1), then 'Question: ...'."""
+    return "\n".join([*(f"[{i}] {p.text}" for i, p in enumerate(passages, 1)), f"Question: {question}"])
 
 
 def stating(item: dict[str, Any], passages: Sequence[Passage]) -> list[Passage]:
@@ -39,13 +43,18 @@ def grounded_response(item: dict[str, Any], passages: Sequence[Passage]) -> str:
     cited = stating(item, passages)
     if not cited:
         return ABSTAIN
-    return f"{cited[0].value} " + "".join(f"[{p.id}]" for p in cited)
+    return f"{cited[0].value} " + "".join(f"[{i}]" for i, p in enumerate(passages, 1) if p in cited)
 
 
 def split_citations(reply: str) -> tuple[str, list[str]]:
-    """(the reply without its citation marks, the ids it cites in order, repeats dropped)."""
-    ids = list(dict.fromkeys(_CITE_RE.findall(reply)))
-    return " ".join(_CITE_RE.sub(" ", reply).split()), ids
+    """(the reply without its citation marks, the passage numbers it cites in order, repeats dropped)."""
+    numbers = list(dict.fromkeys(_CITE_RE.findall(reply)))
+    return " ".join(_CITE_RE.sub(" ", reply).split()), numbers
+
+
+def cited_ids(numbers: Sequence[str], passages: Sequence[Passage]) -> list[str]:
+    """The passage ids behind cited numbers; a number no passage had stays as '[n]', a source made up."""
+    return [passages[int(n) - 1].id if 1 <= int(n) <= len(passages) else f"[{n}]" for n in numbers]
 
 
 def grounded_conversation(item: dict[str, Any], passages: Sequence[Passage]) -> dict[str, str]:

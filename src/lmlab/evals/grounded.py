@@ -36,7 +36,7 @@ from typing import Any
 
 from lmlab.data.chat import END_OF_TURN
 from lmlab.data.conversations import encode, prompt_ids
-from lmlab.data.grounded_chat import grounded_conversation, grounded_prompt, split_citations, stating
+from lmlab.data.grounded_chat import cited_ids, grounded_conversation, grounded_prompt, split_citations, stating
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import heldout_people, sft_conversations, unknown_split
@@ -215,7 +215,8 @@ def grade(world: dict[str, Any], arm: str, groups: dict[str, list[dict[str, Any]
     rows = []
     flat = [(g, it, h) for g in groups for it, h in zip(groups[g], hits[g])]
     for (g, it, h), rep in zip(flat, replies):
-        said, cited = split_citations(rep["text"])
+        said, numbers = split_citations(rep["text"])
+        cited = cited_ids(numbers, h)
         label = classify(said, it["answer"], it["attribute"], world["pools"].get(it["attribute"], ()))
         if g == "unknown" and label == "correct":
             label = "wrong"
@@ -227,8 +228,8 @@ def grade(world: dict[str, Any], arm: str, groups: dict[str, list[dict[str, Any]
 
 def citation_scores(world: dict[str, Any], rows: list[dict[str, Any]], shown: dict[str, Passage]) -> dict[str, Any]:
     """ALCE recall and precision over the answers that are not abstentions (one statement each); a cited id
-    is resolved among the passages that question was shown. Also the share of cited ids that were shown at all
-    (a miscopied id, "d83.5" for "d830.5", is a made-up source)."""
+    is resolved among the passages that question was shown. Also the share of citations that name a passage
+    shown at all (a number past the last passage is a made-up source)."""
     responses = []
     for r in rows:
         if r["label"] == "abstain":
