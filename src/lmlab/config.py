@@ -392,3 +392,24 @@ def from_args(cls: type, args: Any) -> Any:
                 raise LmlabError(f"{k[4:]} given twice: as an argument and as --{k[4:]}")
             flags[k[4:]] = parse_value(v, types_.get(k[4:]))
     return load(cls, args.config, args.set, flags, allow_code=getattr(args, "allow_code", False))
+
+
+def check_int(name: str, value: Any, lo: int = 1) -> None:
+    """A config field that must be an integer >= lo (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise LmlabError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+def check_numbers(name: str, values: Any, lo: float, hi: float) -> None:
+    """A config field that must be a non-empty list of distinct numbers in [lo, hi]."""
+    if not isinstance(values, list) or not values or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi for v in values):
+        raise LmlabError(f"{name} must be a non-empty list of numbers in [{lo:g}, {hi:g}], got {values!r}")
+    if len(set(values)) != len(values):
+        raise LmlabError(f"{name} must not repeat a value, got {values!r}")
+
+
+def check_open_share(name: str, value: Any) -> None:
+    """A config field that must be a share strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise LmlabError(f"{name} must be a number in (0, 1), got {value!r}")

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import check_int, check_numbers, check_open_share
 from lmlab.data.chat import END_OF_TURN
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import ABSTAIN, heldout_people, unknown_split
 from lmlab.errors import LmlabError
-from lmlab.evals.binary import format_rate
+from lmlab.evals.binary import format_rate, rate
 from lmlab.evals.hallucination import CHAT_STAGES, ask, grade, grade_groups
 from lmlab.figures import pyplot, save_png
 from lmlab.infer.engine import Engine
@@ -77,20 +78,12 @@ class UnknownSFTConfig:
     """SFT settings, the same for every share."""
 
     def __post_init__(self) -> None:
-        if not self.shares or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1
-                                  for s in self.shares):
-            raise LmlabError(f"shares must be a non-empty list of numbers in [0, 1], got {self.shares!r}")
-        if len(set(self.shares)) != len(self.shares):
-            raise LmlabError(f"shares must not repeat, got {self.shares!r}")
-        if self.examples is not None and (isinstance(self.examples, bool) or not isinstance(self.examples, int)
-                                          or self.examples < 1):
-            raise LmlabError(f"examples must be a positive integer or null, got {self.examples!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise LmlabError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        for name in ("eval_questions", "max_new_tokens"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
-                    or getattr(self, name) < 1:
-                raise LmlabError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_numbers("shares", self.shares, 0, 1)
+        if self.examples is not None:
+            check_int("examples", self.examples)
+        check_open_share("heldout_fraction", self.heldout_fraction)
+        check_int("eval_questions", self.eval_questions)
+        check_int("max_new_tokens", self.max_new_tokens)
 
 
 def pretrained_engine(cfg: UnknownSFTConfig) -> tuple[Engine, Tokenizer]:
@@ -262,4 +255,36 @@ def format_unknown_sft(res: dict[str, Any]) -> str:
     lines.append("columns: " + "; ".join(f"{col} = {about}" for _, _, col, about in HEADLINE))
     if "files" in res:
         lines.append(f"wrote {res['files']['plot']}, {res['files']['result']}")
+    return "\n".join(lines)
+
+
+def pool_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same shares under several seeds, their counts added per (share, point, headline rate).
+
+    Each seed holds out other people, so pooling reads more people; the interval still treats every
+    answer as independent, which a person's six questions are not quite."""
+    shares = [r["share"] for r in results[0]["runs"]]
+    if any([r["share"] for r in res["runs"]] != shares for res in results):
+        raise LmlabError("pool_seeds needs runs over the same shares")
+    table = []
+    for i, share in enumerate(shares):
+        row: dict[str, Any] = {"share": share}
+        for point in ("early", "converged"):
+            cells = {}
+            for group, name, col, _ in HEADLINE:
+                got = [res["runs"][i][point].get(group, {}).get(name) for res in results]
+                got = [c for c in got if c and c["n"]]
+                cells[col] = rate(sum(c["k"] for c in got), sum(c["n"] for c in got))
+            row[point] = cells
+        table.append(row)
+    return {"seeds": [res["seed"] for res in results], "table": table}
+
+
+def format_pooled(pooled: dict[str, Any]) -> str:
+    lines = [f"pooled over seeds {', '.join(map(str, pooled['seeds']))} (counts added; 95% Wilson intervals)",
+             f"{'Unknown share':<14}{'point':<11}" + "".join(f"{col:<24}" for _, _, col, _ in HEADLINE)]
+    for row in pooled["table"]:
+        for point in ("early", "converged"):
+            lines.append(f"{100 * row['share']:>5.0f}%{'':<8}{point:<11}"
+                         + "".join(f"{format_rate(row[point][col]):<24}" for _, _, col, _ in HEADLINE))
     return "\n".join(lines)

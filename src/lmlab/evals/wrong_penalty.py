@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import check_int, check_numbers, check_open_share
 from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import heldout_people, unknown_split
@@ -69,15 +70,9 @@ class PenaltyConfig:
     """RL settings, the same for every penalty (init, data, prompts, reward and out are set here)."""
 
     def __post_init__(self) -> None:
-        if not self.penalties or any(isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1e9
-                                     for p in self.penalties):
-            raise LmlabError(f"penalties must be a non-empty list of numbers >= 0, got {self.penalties!r}")
-        if len(set(self.penalties)) != len(self.penalties):
-            raise LmlabError(f"penalties must not repeat, got {self.penalties!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise LmlabError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if isinstance(self.eval_questions, bool) or not isinstance(self.eval_questions, int) or self.eval_questions < 1:
-            raise LmlabError(f"eval_questions must be a positive integer, got {self.eval_questions!r}")
+        check_numbers("penalties", self.penalties, 0, 1e9)
+        check_open_share("heldout_fraction", self.heldout_fraction)
+        check_int("eval_questions", self.eval_questions)
 
 
 def splits(world: dict[str, Any], cfg: PenaltyConfig) -> tuple[list[dict[str, Any]], dict[str, list]]:

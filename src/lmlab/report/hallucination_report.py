@@ -20,7 +20,7 @@ from lmlab.errors import LmlabError
 from lmlab.evals.grounded import format_retrieval
 from lmlab.evals.hallucination import format_hallucination
 from lmlab.evals.snowball import format_snowball
-from lmlab.evals.unknown_sft import format_unknown_sft
+from lmlab.evals.unknown_sft import format_pooled, format_unknown_sft, pool_seeds
 from lmlab.evals.wrong_penalty import format_penalty
 from lmlab.io import write_text
 
@@ -73,6 +73,16 @@ def section(index: int, path: Path, page: Path) -> list[str]:
     return lines
 
 
+def pooled_section(paths: list[Path]) -> list[str]:
+    """With unknown-sft run under two seeds or more: their counts pooled, one table."""
+    if len(paths) < 2:
+        return []
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    if len({r["seed"] for r in results}) < len(results):
+        return []  # the same seed twice is a repeat, not more evidence
+    return ["## Hypothesis 2, pooled over seeds", "", "```", format_pooled(pool_seeds(results)), "```", ""]
+
+
 def hallucination_report(cfg: HallucinationReportConfig) -> dict[str, Any]:
     root = Path(cfg.dir)
     if not root.is_dir():
@@ -87,6 +97,7 @@ def hallucination_report(cfg: HallucinationReportConfig) -> dict[str, Any]:
              f"under `{root}`.", ""]
     for index, path in found:
         lines += section(index, path, page)
+    lines += pooled_section([p for _, p in found if p.name == "unknown_sft.json"])
     write_text(page, "\n".join(lines))
     return {"report": str(page), "results": [str(p) for _, p in found]}
 
