@@ -141,3 +141,21 @@ def test_report_of_a_directory_without_results(tmp_path):
         hallucination_report(HallucinationReportConfig(dir=str(tmp_path)))
     with pytest.raises(LmlabError, match="not a directory"):
         hallucination_report(HallucinationReportConfig(dir=str(tmp_path / "missing")))
+
+
+def _fake(seed, k_known, k_made_up, shares=(0.0, 1.0)):
+    cell = lambda k, n: {"k": k, "n": n, "rate": k / n, "ci95": [0, 1]}
+    point = {"heldout_known": {"accuracy": cell(k_known, 10)}, "unknown": {"hallucination_rate": cell(k_made_up, 20)}}
+    return {"seed": seed, "runs": [{"share": s, "early": point, "converged": point} for s in shares]}
+
+
+def test_pooling_seeds_adds_their_counts():
+    pooled = us.pool_seeds([_fake(0, 3, 5), _fake(1, 4, 15)])
+    assert pooled["seeds"] == [0, 1]
+    row = pooled["table"][1]["converged"]
+    assert (row["Known right"]["k"], row["Known right"]["n"]) == (7, 20)
+    assert (row["unknown: made up"]["k"], row["unknown: made up"]["n"]) == (20, 40)
+    assert row["Unknown fitted"]["n"] == 0 and row["Unknown fitted"]["rate"] is None
+    assert "pooled over seeds 0, 1" in us.format_pooled(pooled)
+    with pytest.raises(LmlabError, match="same shares"):
+        us.pool_seeds([_fake(0, 3, 5), _fake(1, 3, 5, shares=(0.0, 0.5))])
