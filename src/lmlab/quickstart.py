@@ -48,8 +48,10 @@ def _world() -> WorldConfig:
     # 3,000 two-step arithmetic problems (200 held out), half of the + and - steps worked through a round
     # number, so that there are several routes to an answer (what majority vote needs) and a problem with
     # its worked solution fits the 128-token context. A fifth of the training problems go into pretraining,
-    # all of them into the arithmetic solver's fine-tuning (the test-time compute stage).
-    return WorldConfig(people=200, unknown=50, bios_per_person=5, arithmetic=3000, arithmetic_test=200,
+    # all of them into the arithmetic solver's fine-tuning (the test-time compute stage). 130 unknown people:
+    # post-training teaches half of them to abstain, and the other 65 give 390 held-out questions, enough for
+    # a +-5-point interval on the hallucination rate about people the model never saw.
+    return WorldConfig(people=200, unknown=130, bios_per_person=5, arithmetic=3000, arithmetic_test=200,
                        arith_max_steps=2, arith_split_share=0.5, pretrain_arith_share=0.2)
 
 
@@ -107,7 +109,7 @@ class QuickstartConfig:
     reference and forgets the answers it was not trained on (see docs/benchmarks.md)."""
     post_training: bool = True
     """Run the post-training stages (SFT, reward model, DPO) after pretraining."""
-    hallucination: HallucinationConfig = field(default_factory=lambda: HallucinationConfig(questions=200))
+    hallucination: HallucinationConfig = field(default_factory=lambda: HallucinationConfig(questions=400))
     """Hallucination before post-training (the pretrained model, plain format) and after it (the DPO model,
     chat format), with both detectors (model, world and out are set by the quickstart)."""
     solver: SFTConfig = field(default_factory=lambda: SFTConfig(
