@@ -60,6 +60,19 @@ def test_prompts_never_ask_about_heldout_people(tiny_data):
     assert test_side and len([q for q in prompts if q["group"] == "qa_train"]) == len(test_side)
 
 
+def test_preference_pairs_rank_right_over_abstaining_over_made_up(tiny_data):
+    world = load_world(tiny_data.parent / "world")
+    known, unknown = world["qa_train"][0], world["qa_unknown"][0]
+    pairs = wp.preference_pairs(world, [known, unknown], 2.0, seed=0)
+    made_up = [p["rejected"] for p in pairs if p["rejected"] not in (ABSTAIN, known["answer"])]
+    assert len(set(made_up)) == 2 and known["answer"] not in made_up
+    got = {(p["prompt"], p["chosen"] == ABSTAIN, p["rejected"] == ABSTAIN): p["margin"] for p in pairs}
+    assert got == {(known["question"], False, True): 1.0,    # right (+1) over abstaining (0)
+                   (known["question"], False, False): 3.0,   # right over made up (-2)
+                   (known["question"], True, False): 2.0,    # abstaining over made up
+                   (unknown["question"], True, False): 3.0}  # about an unknown person: abstaining (+1) over made up
+
+
 @pytest.mark.parametrize("field, value", [("penalties", []), ("penalties", [-1.0]), ("penalties", [1.0, 1.0]),
                                           ("heldout_fraction", 0.0), ("eval_questions", 0)])
 def test_bad_settings(field, value):
@@ -103,3 +116,24 @@ def test_end_to_end_sweep_on_the_tiny_model(tiny_model, tiny_data, tmp_path):
     assert saved["runs"][1]["rates"] == res["runs"][1]["rates"]
     assert (tmp_path / "sweep" / "penalty.png").stat().st_size > 0
     assert "answer if P >" in wp.format_penalty(res)
+
+
+def test_the_learned_arm_trains_a_reward_model_grpo_and_dpo(tiny_model, tiny_data, tmp_path):
+    from lmlab.post.dpo import DPOConfig
+    from lmlab.post.rm import RMConfig
+
+    ckpt = chat_checkpoint(tiny_model, tmp_path)
+    tiny = dict(steps=2, batch_size=2, lr=1e-4, min_lr=1e-5, warmup_steps=0, device="cpu", threads=1)
+    cfg = wp.PenaltyConfig(model=str(ckpt), world=str(tiny_data.parent / "world"), out=str(tmp_path / "sweep"),
+                           penalties=[1.0], eval_questions=4, max_new_tokens=6, learned=True,
+                           rl=RLConfig(group_size=2, prompts_per_step=2, max_new_tokens=6, eval_questions=0,
+                                       train=PostTrainConfig(**tiny)),
+                           rm=RMConfig(margin=True, train=PostTrainConfig(**tiny)),
+                           dpo=DPOConfig(eval_questions=0, train=PostTrainConfig(**tiny)))
+    res = wp.penalty_sweep(cfg)
+    assert [x["name"] for x in res["learned"]] == ["RM + GRPO", "DPO"] and res["learned_penalty"] == 1.0
+    assert json.loads((tmp_path / "sweep" / "rm_grpo" / "summary.json").read_text())["rl"]["reward"].startswith("rm:")
+    pairs = [json.loads(line) for line in (tmp_path / "sweep" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["margin"] > 0 for p in pairs)
+    text = wp.format_penalty(res)
+    assert "RM + GRPO" in text and "DPO" in text
