@@ -220,13 +220,13 @@ def format_penalty(res: dict[str, Any]) -> str:
     lines = [f"penalty sweep from {res['model']}: {r['algo']} {r['steps']} steps, groups of {r['group_size']}, "
              f"lr {r['lr']:g}, KL coef {r['kl_coef']:g}, on {res['prompts']} prompts; held out "
              + ", ".join(f"{g} {n}" for g, n in res["groups"].items()),
-             f"{'penalty':<9}{'answer if P >':<14}" + "".join(f"{c:<24}" for _, _, c in COLUMNS) + "reward   KL"]
+             f"{'penalty':<11}{'answer if P >':<14}" + "".join(f"{c:<24}" for _, _, c in COLUMNS) + "reward   KL"]
     rows = [("SFT", "-", res["before"], None)] + [(f"{x['penalty']:g}", f"{x['threshold']:.2f}", x["rates"], x["final"])
                                                    for x in res["runs"]]
     rows += [(x["name"], f"pairs {res['learned_penalty']:g}", x["rates"], x["final"]) for x in res.get("learned", [])]
     for name, thr, rates, final in rows:
         tail = "" if final is None else f"{final['reward']:+.3f}  {final['kl']:.3f}"
-        lines.append(f"{name:<9}{thr:<14}" + "".join(f"{format_rate(rates[g][k]):<24}" for g, k, _ in COLUMNS) + tail)
+        lines.append(f"{name:<11}{thr:<14}" + "".join(f"{format_rate(rates[g][k]):<24}" for g, k, _ in COLUMNS) + tail)
     if "files" in res:
         lines.append(f"wrote {res['files']['plot']}, {res['files']['result']}")
     return "\n".join(lines)
