@@ -185,3 +185,13 @@ def test_empty_question_set(tiny_model, tiny_data, tmp_path):
 def test_bad_settings(field, value):
     with pytest.raises(LmlabError, match=field):
         HallucinationConfig(**{field: value})
+
+
+def test_percent_bars_turn_rates_into_error_bars():
+    from lmlab.evals.binary import percent_bars, rate
+
+    ys, (lo, hi) = percent_bars([rate(1, 4), rate(0, 0), None])
+    low, high = wilson(1, 4)
+    assert ys[0] == pytest.approx(25) and lo[0] == pytest.approx(25 - 100 * low)
+    assert hi[0] == pytest.approx(100 * high - 25)
+    assert ys[1] != ys[1] and ys[2] != ys[2] and lo[1:] == [0.0, 0.0]  # NaN: nothing to draw

@@ -44,6 +44,18 @@ def format_rate(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:5.1f}% [{100 * lo:4.1f}, {100 * hi:5.1f}]"
 
 
+def percent_bars(cells: Sequence[dict[str, Any] | None]) -> tuple[list[float], list[list[float]]]:
+    """`rate`s as percentages and their intervals as matplotlib's yerr (below, above); NaN where n = 0."""
+    ys, lo, hi = [], [], []
+    for c in cells:
+        empty = c is None or c["rate"] is None
+        y = math.nan if empty else 100 * c["rate"]
+        ys.append(y)
+        lo.append(0.0 if empty else y - 100 * c["ci95"][0])
+        hi.append(0.0 if empty else 100 * c["ci95"][1] - y)
+    return ys, [lo, hi]
+
+
 def _average_ranks(scores: Sequence[float]) -> list[float]:
     """1-based ranks of the scores, ascending, tied scores sharing the mean of their ranks."""
     order = sorted(range(len(scores)), key=lambda i: scores[i])

@@ -30,7 +30,7 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import ABSTAIN, heldout_people, unknown_split
 from lmlab.errors import LmlabError
-from lmlab.evals.binary import format_rate, rate
+from lmlab.evals.binary import format_rate, percent_bars, rate
 from lmlab.evals.hallucination import CHAT_STAGES, ask, grade, grade_groups
 from lmlab.figures import pyplot, save_png
 from lmlab.infer.engine import Engine
@@ -221,11 +221,8 @@ def plot_shares(runs: list[dict[str, Any]], path: Path) -> Path:
     xs = [100 * r["share"] for r in runs]
     for ax, (group, name, _col, title) in zip(axes, HEADLINE):
         for point, style in (("early", "o-"), ("converged", "s--")):
-            cells = [r[point].get(group, {}).get(name) or {"rate": None} for r in runs]
-            ys = [float("nan") if c["rate"] is None else 100 * c["rate"] for c in cells]
-            lo = [0 if c["rate"] is None else y - 100 * c["ci95"][0] for y, c in zip(ys, cells)]
-            hi = [0 if c["rate"] is None else 100 * c["ci95"][1] - y for y, c in zip(ys, cells)]
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=point.replace("early", "early stopping"))
+            ys, err = percent_bars([r[point].get(group, {}).get(name) for r in runs])
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=point.replace("early", "early stopping"))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("Unknown examples in the SFT mix (%)")
         ax.set_ylabel("%")

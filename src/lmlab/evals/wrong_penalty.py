@@ -27,7 +27,7 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import ABSTAIN, gold_reward, heldout_people, unknown_split, wrong_value
 from lmlab.errors import LmlabError
-from lmlab.evals.binary import format_rate
+from lmlab.evals.binary import format_rate, percent_bars
 from lmlab.evals.hallucination import grade_groups
 from lmlab.figures import pyplot, save_png
 from lmlab.infer.engine import Engine
@@ -200,9 +200,7 @@ def plot_tradeoff(res: dict[str, Any], path: Path) -> Path:
     points = [("SFT", res["before"])] + [(f"{r['penalty']:g}", r["rates"]) for r in res["runs"]]
     xs = list(range(len(points)))
     for group, name, col in COLUMNS:
-        cells = [rates[group][name] for _, rates in points]
-        ys = [100 * c["rate"] for c in cells]
-        err = [[y - 100 * c["ci95"][0] for y, c in zip(ys, cells)], [100 * c["ci95"][1] - y for y, c in zip(ys, cells)]]
+        ys, err = percent_bars([rates[group][name] for _, rates in points])
         ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=col)
     ax.set_xticks(xs, [p for p, _ in points])
     ax.set_xlabel("penalty for a wrong answer (GRPO, gold reward)")
