@@ -28,11 +28,11 @@ for s in 0 1 2; do  # three seeds: other people held out, another SFT order; the
 done
 step snowball $LM hallucination snowball --model "$QS/checkpoint" "${W[@]}" --out "$OUT/snowball/measure" --force
 step snowball_corrected $LM hallucination snowball --model "$QS/checkpoint" "${W[@]}" --group qa_test \
-  --prefixes 1 --mitigate --out "$OUT/snowball/corrected" --force
+  --prefixes 1 --mitigate --rl --out "$OUT/snowball/corrected" --force
 step retrieval $LM hallucination retrieval --model "$QS/checkpoint" "${W[@]}" --out "$OUT/retrieval/plain" --force
 step retrieval_read50 $LM hallucination retrieval --model "$QS/checkpoint" "${W[@]}" --read_share 0.5 \
   --out "$OUT/retrieval/read50" --force
 step penalty $LM hallucination penalty --model "$QS/sft/checkpoint" "${W[@]}" --penalties 0,0.1,0.25,1,4 \
-  --out "$OUT/penalty"
+  --learned --out "$OUT/penalty"
 step report $LM hallucination report --dir "$OUT"
 tail -n 3 "$OUT/report.log"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from lmlab.config import from_dict
+from lmlab.data.conversations import IGNORE
 from lmlab.errors import LmlabError
 from lmlab.post.rl import RLConfig, gae, grpo_advantages, kl_per_token, load_reward, ppo_policy_loss, ppo_value_loss, rl
 
@@ -120,3 +123,46 @@ def test_a_recipe_naming_a_python_reward_is_refused_unless_allowed(tmp_path, cap
     # allowed, the recipe gets as far as the missing policy
     assert main(["rl", "--config", str(recipe), "--allow-code", "--init", str(tmp_path / "none")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_plain_rollouts_start_a_document_and_stop_at_its_end(tiny_model):
+    """chat false: the prompt is the document's text after the end-of-document token, no chat markers."""
+    from lmlab.data.tokenizer import Tokenizer
+    from lmlab.model.checkpoint import load_model
+    from lmlab.post.rl import rollouts
+
+    tok = Tokenizer.load(tiny_model / "tokenizer.json")
+    prompts = ["Aeara Astamir works at", "The"]
+    cfg = RLConfig(chat=False, group_size=3, max_new_tokens=6)
+    batch, replies, rows = rollouts(load_model(tiny_model), tok, prompts, cfg, "cpu", 0)
+    assert rows == [prompts[0]] * 3 + [prompts[1]] * 3 and len(replies) == 6
+    for i, p in enumerate(rows):
+        head = [tok.eos_id, *tok.encode(p)]
+        ids, labels = batch["ids"][i].tolist(), batch["labels"][i].tolist()
+        assert ids[: len(head)] == head and labels[: len(head)] == [IGNORE] * len(head)
+        reply = [t for t, m in zip(ids[len(head):], batch["mask"][i, len(head):].tolist()) if m]
+        assert 1 <= len(reply) <= 6 and tok.eos_id not in reply[:-1]  # an end of document ends the reply
+
+
+def test_a_python_reward_function_overrides_the_spec_on_plain_prompts(tiny_data, tiny_model, tmp_path):
+    """reward_fn gets the raw prompts (no chat template) and its rewards train the policy: short replies."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "Person {i} was born in"}}\n' for i in range(8)))
+    seen = set()
+
+    def short(ps, replies):
+        seen.update(ps)
+        return [-len(r) / 20 for r in replies]
+
+    cfg = from_dict(RLConfig, {
+        "init": str(tiny_model), "data": str(prompts), "reward": "rm:/nonexistent", "chat": False,
+        "out": str(tmp_path / "out"), "prompts_per_step": 8, "group_size": 4, "max_new_tokens": 12,
+        "train": {"steps": 25, "lr": 1e-3, "min_lr": 1e-3, "warmup_steps": 0, "device": "cpu", "threads": 1,
+                  "log_interval": 1}})
+    s = rl(cfg, reward_fn=short)
+    assert seen == {f"Person {i} was born in" for i in range(8)} and s["reward"] == "short"
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()][:-1]
+    first, last = sum(r["reward"] for r in rows[:5]) / 5, sum(r["reward"] for r in rows[-5:]) / 5
+    assert last > first + 0.1, (first, last)
+    with pytest.raises(LmlabError, match="3 values for 32 replies"):
+        rl(replace(cfg, out=str(tmp_path / "bad")), reward_fn=lambda ps, rs: [0.0, 1.0, 2.0])

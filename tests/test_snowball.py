@@ -15,10 +15,11 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.errors import LmlabError
 from lmlab.evals.answers import canonical
-from lmlab.evals.bio_facts import DEPENDENT, MARKER, grade, make_prefixes, statements
-from lmlab.evals.snowball import SnowballConfig, snowball
+from lmlab.evals.bio_facts import DEPENDENT, MARKER, catch_reward, grade, make_prefixes, statements
+from lmlab.evals.snowball import SnowballConfig, format_snowball, rl_prompts, snowball
 from lmlab.model.checkpoint import load_checkpoint
 from lmlab.post.correct import correction_texts, decision_labels, encode_example
+from lmlab.post.rl import RLConfig
 from lmlab.post.stage import PostTrainConfig
 
 
@@ -133,10 +134,44 @@ def test_correction_texts_and_the_decision_token(world, tiny_model):
 
 @pytest.mark.parametrize("field, value", [("people", 0), ("prefixes", 0), ("context", 4), ("group", "unknown"),
                                           ("max_new_tokens", 0), ("seed", -1),
-                                          ("decision_weight", -1.0)])
+                                          ("decision_weight", -1.0), ("rl_prefixes", 0)])
 def test_bad_settings(field, value):
     with pytest.raises(LmlabError, match=field):
         SnowballConfig(**{field: value})
+
+
+def test_rl_needs_the_correction_training():
+    with pytest.raises(LmlabError, match="rl needs mitigate"):
+        SnowballConfig(rl=True)
+    assert SnowballConfig(rl=True, mitigate=True).rl_settings.group_size == 8
+
+
+def test_the_catch_reward_on_hand_written_continuations(world, employer_row):
+    person, donor, row = employer_row
+    name, fix = person["name"], f"{MARKER} {person['name']} works at {person['employer']}."
+    rest = f" {name} was born in {person['birth_city']}."
+    assert catch_reward(row, "error", fix + rest, world) == 2.0  # caught and restored
+    assert catch_reward(row, "error", f"\n{fix}", world) == 2.0
+    assert catch_reward(row, "error", f"{MARKER} {name} works at {donor['employer']}.", world) == 1.0  # caught only
+    assert catch_reward(row, "error", f"{MARKER} {name} was born in {person['birth_city']}.", world) == 1.0
+    assert catch_reward(row, "error", rest, world) == 0.0  # went on
+    assert catch_reward(row, "error", rest + f"\n{fix}", world) == 0.0  # too late: the error had its say
+    assert catch_reward(row, "control", rest, world) == 0.0
+    assert catch_reward(row, "control", fix, world) == catch_reward(row, "control", rest + " " + fix, world) == -1.0
+
+
+def test_rl_prompts_are_training_people_apart_from_the_measured(world):
+    qa_test = [p for p in world["people"] if p["group"] == "qa_test"][:2]
+    qa_train = [p for p in world["people"] if p["group"] == "qa_train"]
+    cfg = SnowballConfig(mitigate=True, rl=True, context=1, rl_prefixes=2)
+    measured = make_prefixes(world, qa_train[:2], 1, 1, random.Random(cfg.seed)) + make_prefixes(
+        world, qa_test, 1, 1, random.Random(0))
+    prompts = rl_prompts(cfg, world, measured)
+    texts = {r[c] for r in measured for c in ("error", "control")}
+    assert prompts and not texts & set(prompts)
+    assert {r["person"] for r, _ in prompts.values()} <= {p["name"] for p in qa_train}
+    assert {c for _, c in prompts.values()} == {"error", "control"}
+    assert all(r[c] == t for t, (r, c) in prompts.items())
 
 
 def test_a_world_without_known_people(tiny_data, tmp_path):
@@ -176,3 +211,18 @@ def test_end_to_end_measure_and_mitigate(tiny_model, tiny_data, tmp_path):
     again = snowball(SnowballConfig(model=str(tiny_model), world=cfg.world, people=3, prefixes=1, context=0,
                                     max_new_tokens=40, device="cpu"))
     assert again["stages"]["pretrained"] == res["stages"]["pretrained"]
+
+
+def test_end_to_end_rl_stage(tiny_model, tiny_data, tmp_path):
+    cfg = SnowballConfig(model=str(tiny_model), world=str(tiny_data.parent / "world"), people=2, prefixes=1, context=0,
+                         max_new_tokens=24, qa=False, device="cpu", mitigate=True, train_prefixes=1, out=str(tmp_path),
+                         force=True, train=PostTrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, threads=1),
+                         rl=True, rl_settings=RLConfig(prompts_per_step=4, group_size=2, max_new_tokens=8, train=(
+                             PostTrainConfig(steps=2, lr=1e-3, warmup_steps=0, log_interval=1))))
+    res = snowball(cfg)
+    assert list(res["stages"]) == ["pretrained", "corrected", "rl"] and res["rl"]["steps"] == 2
+    assert len(res["rl"]["reward_curve"]) == 2 and all(-1 <= r <= 2 for r in res["rl"]["reward_curve"])
+    assert res["stages"]["rl"]["error"]["prefixes"] == 12
+    assert load_checkpoint(tmp_path / "checkpoint").meta["stage"] == "rl"
+    text = format_snowball(res)
+    assert "rl (grpo, catch reward): 2 steps" in text and "\nrl:" in text

@@ -162,3 +162,19 @@ def grade(row: dict[str, Any], text: str, world: dict[str, Any]) -> dict[str, An
     corrected = next((verdict(s["value"]) for s in planted if s["correction"]), None)
     return {"facts": facts, "restated": restated, "correction": corrected,
             "any_correction": any(s["correction"] for s in said), "unmatched": sum(not s["template"] for s in said)}
+
+
+def catch_reward(row: dict[str, Any], condition: str, text: str, world: dict[str, Any]) -> float:
+    """The RL reward of one continuation of a prefix (mitigation a): after the error prefix +1 for opening with
+    the marker, +1 more if that first correction states the true value of the planted attribute; after the
+    control -1 for a marker anywhere (a false alarm); 0 otherwise. Only the opening counts after an error: a
+    correction several sentences on has already let the error shape what came between."""
+    if condition == "control":
+        return -1.0 if MARKER in text else 0.0
+    if not text.strip().startswith(MARKER):
+        return 0.0
+    said = statements(text, row["person"], world["pools"])
+    first = said[0] if said else None
+    right = (first is not None and first["correction"] and first["attribute"] == row["attribute"]
+             and _is(first["value"], row["truth"], row["attribute"], world["pools"]))
+    return 2.0 if right else 1.0

@@ -17,12 +17,20 @@ another known person's value (the error prefix) or the true one (the control), a
 With `mitigate`, the model is then trained on marked corrections (`post.correct`) on the QA-train
 people and measured again on the same prefixes: the rates after, the share of error prefixes it
 corrects (rightly), and the share of control prefixes it 'corrects' (false corrections).
+
+With `rl` too (mitigation a), the corrected model is then trained by GRPO (`post.rl`, plain text, no chat
+template) on error and control prefixes of the QA-train people, rewarded by `bio_facts.catch_reward` (+1 for
+opening with the marker after an error, +1 more if it restores the truth, -1 for the marker after a control),
+and measured a third time. RL starts from the corrected model: the pretrained one never writes the marker, so
+every reply of a group would score the same and GRPO would have no signal.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +41,19 @@ from lmlab.data.world import format_qa, load_world
 from lmlab.errors import LmlabError
 from lmlab.evals.answers import classify
 from lmlab.evals.binary import format_rate, rate
-from lmlab.evals.bio_facts import DEPENDENT, MARKER, follows, grade, make_prefixes
+from lmlab.evals.bio_facts import DEPENDENT, MARKER, catch_reward, follows, grade, make_prefixes
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
 from lmlab.io import write_json, write_jsonl
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.post.correct import train_corrections
+from lmlab.post.rl import RLConfig, rl
 from lmlab.post.stage import PostTrainConfig, load_policy, setup, tokenizer_of
 from lmlab.rundir import DEFAULT_CHECKPOINT, output_dir
 
 OUT_FILES = ("answers.jsonl", "checkpoint", "snowball.json")
-"""What `out` receives (checkpoint/ only with mitigate); the last is written last and marks it complete."""
+"""What `out` receives (checkpoint/ only with mitigate: the RL model with rl, else the corrected one); the last
+is written last and marks it complete."""
 CONDITIONS = ("error", "control")
 SHORT = {"employer->employer_city": "employer -> its city", "employer_city->employer": "city -> employer"}
 """Table labels of the two dependent-fact tests."""
@@ -87,6 +97,17 @@ class SnowballConfig:
     train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(
         steps=600, batch_size=16, lr=1e-3, min_lr=1e-4, warmup_steps=20, eval_interval=0))
     """Optimisation of the correction training (train.device is ignored: `device` applies)."""
+    rl: bool = False
+    """After the correction training (needs mitigate), reward catching the planted error by RL (mitigation a),
+    then measure a third time."""
+    rl_prefixes: int = 1
+    """RL prefix pairs per QA-train person and attribute (drawn apart from the measured ones); error and control
+    prefixes are both prompts."""
+    rl_settings: RLConfig = field(default_factory=lambda: RLConfig(
+        prompts_per_step=16, group_size=8, max_new_tokens=32, kl_coef=0.05, eval_questions=0,
+        train=PostTrainConfig(steps=50, lr=3e-5, min_lr=3e-6, warmup_steps=5, log_interval=5)))
+    """The RL run (GRPO by default): its init, data, prompts, out, reward and chat are set here (the corrected
+    model, the prefixes, a temporary directory, catch_reward, plain text); train.device and threads are ignored."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
     out: str | None = None
@@ -96,12 +117,16 @@ class SnowballConfig:
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("people", 1, None), ("prefixes", 1, None), ("context", 0, 3),
-                             ("max_new_tokens", 1, None), ("train_prefixes", 1, None), ("min_room", 1, None)):
+                             ("max_new_tokens", 1, None), ("train_prefixes", 1, None), ("min_room", 1, None),
+                             ("rl_prefixes", 1, None)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
                 raise LmlabError(f"{name} must be an integer >= {lo}{f' and <= {hi}' if hi else ''}, got {value!r}")
         if not self.decision_weight >= 0:
             raise LmlabError(f"decision_weight must be >= 0, got {self.decision_weight}")
+        if self.rl and not self.mitigate:
+            raise LmlabError("rl needs mitigate: RL starts from the correction-trained model (the pretrained one "
+                             "never writes the marker, so its rewards would not differ)")
         if self.group not in ("qa_train", "qa_test"):
             raise LmlabError(f"group must be 'qa_train' or 'qa_test', got {self.group!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -245,6 +270,10 @@ def snowball(cfg: SnowballConfig) -> dict[str, Any]:
         weights = result["training"].pop("weights")
         graded["corrected"] = measure(Engine(model, tok, device), world, rows, cfg)
         result["stages"]["corrected"] = stage_result(rows, graded["corrected"], chance)
+    if cfg.rl:
+        result["rl"], weights, model = rl_stage(cfg, tc, world, rows, weights, model, ck, device)
+        graded["rl"] = measure(Engine(model, tok, device), world, rows, cfg)
+        result["stages"]["rl"] = stage_result(rows, graded["rl"], chance)
     result["examples"] = examples(rows, graded)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     if cfg.out:
@@ -264,6 +293,46 @@ def mitigate(cfg: SnowballConfig, tc: PostTrainConfig, world: dict[str, Any], ro
                              cfg.replay, cfg.decision_weight)
     return {**info, "people": len(train_people), "seed": tc.seed, "lr": tc.lr, "decision_weight": cfg.decision_weight,
             "heldout": "other people" if cfg.group != "qa_train" else "held-out prefixes"}
+
+
+def rl_prompts(cfg: SnowballConfig, world: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, tuple]:
+    """Prompt -> (its row, condition): error and control prefixes of the QA-train people, a pair dropped when
+    either text is measured (so RL never sees an evaluation prefix)."""
+    people = [p for p in world["people"] if p["group"] == "qa_train"]
+    measured = {r[c] for r in rows for c in CONDITIONS}
+    drawn = make_prefixes(world, people, cfg.rl_prefixes, cfg.context, random.Random(f"snowball:{cfg.seed}:rl"))
+    return {r[c]: (r, c) for r in drawn if not measured & {r[c] for c in CONDITIONS} for c in CONDITIONS}
+
+
+def rl_stage(cfg: SnowballConfig, tc: PostTrainConfig, world: dict[str, Any], rows: list[dict[str, Any]],
+             weights, model, ck, device) -> tuple[dict[str, Any], dict, Any]:
+    """GRPO from the corrected model on `catch_reward`, through `post.rl` (whose run directory is temporary):
+    (what it did, the RL weights, the RL model in eval mode)."""
+    prompts = rl_prompts(cfg, world, rows)
+    if not prompts:
+        raise LmlabError("no RL prefixes: every QA-train prefix drawn is also measured; raise rl_prefixes")
+
+    def snowball_catch(texts: list[str], replies: list[str]) -> list[float]:
+        return [catch_reward(*prompts[t], r, world) for t, r in zip(texts, replies)]
+
+    with tempfile.TemporaryDirectory(prefix="snowball-rl-") as tmp:
+        init, data = Path(tmp) / "corrected", Path(tmp) / "prompts.jsonl"
+        ckpt_io.save_checkpoint(init, weights, model.cfg, ck.tokenizer_path, verb="snowball",
+                                meta={"stage": "correct", "init": str(cfg.model)})
+        write_jsonl(data, [{"prompt": t} for t in prompts])
+        rs = cfg.rl_settings
+        rc = dataclasses.replace(rs, init=str(init), ref=None, data=str(data), prompts=None, out=str(Path(tmp) / "rl"),
+                                 chat=False, eval_questions=0,
+                                 train=dataclasses.replace(rs.train, device=cfg.device, threads=tc.threads))
+        s = rl(rc, reward_fn=snowball_catch)
+        rewards = [r["reward"] for r in map(json.loads, (Path(tmp) / "rl" / "metrics.jsonl").read_text().splitlines())
+                   if "reward" in r]
+        model, _ = load_policy(Path(tmp) / "rl" / "checkpoint", device)
+    model.eval()
+    info = {"algo": rs.algo, "steps": rs.train.steps, "prompts": len(prompts), "prompts_per_step": rs.prompts_per_step,
+            "group_size": rs.group_size, "lr": rs.train.lr, "kl_coef": rs.kl_coef, "reward_first": rewards[0],
+            "reward_last": rewards[-1], "reward_curve": rewards, "kl_last": s["final"]["kl"], "wall_s": s["wall_s"]}
+    return info, ckpt_io.model_state(model), model
 
 
 def examples(rows: list[dict[str, Any]], graded: dict[str, list[dict]]) -> list[dict[str, Any]]:
@@ -286,7 +355,8 @@ def write_outputs(cfg: SnowballConfig, rows: list[dict[str, Any]], graded: dict[
         write_jsonl(tmp / OUT_FILES[0], lines)
         if weights is not None:
             ckpt_io.save_checkpoint(tmp / OUT_FILES[1], weights, model.cfg, ck.tokenizer_path, verb="snowball",
-                                    meta={"stage": "correct", "init": str(cfg.model), "steps": cfg.train.steps})
+                                    meta={"stage": "rl" if cfg.rl else "correct", "init": str(cfg.model),
+                                          "steps": cfg.train.steps})
         write_json(tmp / OUT_FILES[2], {**result, "files": files})
     return files
 
@@ -327,6 +397,12 @@ def format_snowball(res: dict[str, Any]) -> str:
         lines.append(f"correction training: {t['steps']} steps on {t['sequences']} sequences of {t['people']} "
                      f"QA-train people, loss {t['loss_first']:.3f} -> {t['loss_last']:.3f} ({t['wall_s']:.0f} s); "
                      f"measured on {t['heldout']}")
+    if "rl" in res:
+        r = res["rl"]
+        lines.append(f"rl ({r['algo']}, catch reward): {r['steps']} steps of {r['prompts_per_step']} of {r['prompts']} "
+                     f"QA-train prefixes x {r['group_size']} replies, lr {r['lr']:g}, KL coef {r['kl_coef']:g}; "
+                     f"mean reward {r['reward_first']:+.3f} -> {r['reward_last']:+.3f}, KL {r['kl_last']:.3f} "
+                     f"({r['wall_s']:.0f} s)")
     for name, stage in res["stages"].items():
         lines += ["", f"{name + ':':<38}{'error prefix':<32}control prefix"]
         for label, e, c in _rows(stage):

@@ -220,6 +220,10 @@ class RLConfig:
     """PPO value-loss weight."""
     eval_questions: int = 100
     """With a world as data: questions per group for the evaluation before and after."""
+    chat: bool = True
+    """Render each prompt as a user turn of the chat template and stop a reply at the end of the turn; false: the
+    prompt is raw text starting a document as in pretraining (after the end-of-document token), and a reply stops
+    at that token or max_new_tokens (for a model that was never chat-tuned)."""
     train: PostTrainConfig = field(default_factory=lambda: PostTrainConfig(steps=60, lr=3e-5, min_lr=3e-6,
                                                                            warmup_steps=5, log_interval=5))
     """Optimisation settings (steps = rollout rounds; batch_size unused)."""
@@ -245,16 +249,21 @@ class RLConfig:
 
 def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
     """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row)."""
-    eot = tok.token_to_id(END_OF_TURN)
-    texts = [render([{"role": "user", "content": p}]) for p in prompts]
-    outs = Engine(model, tok, device=device).generate(texts, SamplingParams(
+    if cfg.chat:
+        stop = tok.token_to_id(END_OF_TURN)
+        ids = [tok.encode(render([{"role": "user", "content": p}])) for p in prompts]
+    else:  # a document's text: the end-of-document token before it (as pretraining saw it) ends a reply too
+        stop = tok.eos_id if tok.eos_id is not None else tok.bos_id
+        if stop is None:
+            raise LmlabError("rl with chat false needs a tokenizer with an end-of-document (or bos) token")
+        ids = [[stop, *tok.encode(p)] for p in prompts]
+    outs = Engine(model, tok, device=device).generate(ids, SamplingParams(
         temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=seed,
-        stop_token_ids=[eot], ignore_eos=True))
+        stop_token_ids=[stop], ignore_eos=True))
     seqs, replies, row_prompts = [], [], []
-    for p, text, o in zip(prompts, texts, outs):
-        prompt_ids = tok.encode(text)
+    for p, prompt_ids, o in zip(prompts, ids, outs):
         for c in o.completions:
-            reply = c.token_ids + ([eot] if c.finish_reason == "stop" else [])
+            reply = c.token_ids + ([stop] if c.finish_reason == "stop" else [])
             seqs.append((prompt_ids + reply, [IGNORE] * len(prompt_ids) + reply))
             replies.append(c.text.strip())
             row_prompts.append(p)
@@ -262,14 +271,18 @@ def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, s
 
 
 @locked_run
-def rl(cfg: RLConfig) -> dict[str, Any]:
+def rl(cfg: RLConfig, reward_fn: Callable[[list[str], list[str]], list[float]] | None = None) -> dict[str, Any]:
+    """Train `cfg.init` on `cfg.reward`, or on `reward_fn` (prompts, replies -> rewards) when a caller in
+    Python passes one: a reward that needs more than a prompt and a reply (a task's own grading)."""
     tc = cfg.train
     device = setup(tc)
     policy, ck = load_policy(cfg.init, device)
     ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
     tok = Tokenizer.load(ck.tokenizer_path)
-    reward_fn = load_reward(cfg.reward, cfg.data, device, cfg.wrong_penalty)
+    reward_name = cfg.reward if reward_fn is None else getattr(reward_fn, "__name__", "python function")
+    if reward_fn is None:
+        reward_fn = load_reward(cfg.reward, cfg.data, device, cfg.wrong_penalty)
     prompts = load_prompts(cfg.data, tc.seed, cfg.prompts)
     before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     model = PolicyWithValue(policy).to(device)
@@ -285,6 +298,8 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
         batch, replies, row_prompts = rollouts(policy, tok, batch_prompts, cfg, device, tc.seed * 100_003 + step)
         mask = (batch["labels"][:, 1:] != IGNORE).to(device)
         rewards = torch.tensor(reward_fn(row_prompts, replies), dtype=torch.float32, device=device)
+        if rewards.shape != (len(replies),):
+            raise LmlabError(f"the reward gave {rewards.numel()} values for {len(replies)} replies")
         with torch.no_grad():
             model.eval()
             old_logp, _, old_v = model(batch, device)
@@ -333,9 +348,9 @@ def rl(cfg: RLConfig) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     weights = {k.removeprefix("policy."): v for k, v in opt.weights(model).items() if not k.startswith("value_head")}
     ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path, reads=[cfg.init], verb="rl",
-                            meta={"stage": "rl", "algo": cfg.algo, "init": str(cfg.init), "reward": cfg.reward})
+                            meta={"stage": "rl", "algo": cfg.algo, "init": str(cfg.init), "reward": reward_name})
     after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
-    summary = {"algo": cfg.algo, "reward": cfg.reward, "steps": tc.steps, "final": row, "train_tokens": tokens,
+    summary = {"algo": cfg.algo, "reward": reward_name, "steps": tc.steps, "final": row, "train_tokens": tokens,
                "train_flops": flops, "wall_s": round(wall, 2), "checkpoint": str(out / "checkpoint"),
                "before": before, "after": after}
     update_summary(out / "summary.json", "rl", summary)
