@@ -13,7 +13,7 @@ from lmlab.errors import LmlabError
 from lmlab.evals.answers import answer_key, classify, is_abstention
 from lmlab.evals.binary import auroc, average_precision, wilson
 from lmlab.evals.calibration import expected_calibration_error, reliability_bins
-from lmlab.evals.hallucination import GROUPS, HallucinationConfig, hallucination_eval
+from lmlab.evals.hallucination import GROUPS, HallucinationConfig, format_hallucination, hallucination_eval
 
 CITIES = ["Saltmarsh", "Redwater", "Newhaven", "Stonehaven", "Juniper Falls"]
 MAJORS = ["Biology", "Marine Biology", "Art History", "History"]
@@ -195,3 +195,13 @@ def test_percent_bars_turn_rates_into_error_bars():
     assert ys[0] == pytest.approx(25) and lo[0] == pytest.approx(25 - 100 * low)
     assert hi[0] == pytest.approx(100 * high - 25)
     assert ys[1] != ys[1] and ys[2] != ys[2] and lo[1:] == [0.0, 0.0]  # NaN: nothing to draw
+
+
+def test_without_consistency_only_the_free_detector_runs(tiny_model, tiny_data):
+    cfg = HallucinationConfig(model=str(tiny_model), world=str(tiny_data.parent / "world"), questions=3, samples=2,
+                              max_new_tokens=4, device="cpu", consistency=False)
+    res = hallucination_eval(cfg)
+    assert set(res["detectors"]) == {"logprob"} and res["detectors"]["logprob"]["extra_tokens"] == 0
+    with_both = hallucination_eval(HallucinationConfig(**{**cfg.__dict__, "consistency": True}))
+    assert with_both["detectors"]["logprob"] == res["detectors"]["logprob"]  # the greedy pass is the same
+    assert "consistency" not in format_hallucination(res).split("detectors of wrong answers")[1]

@@ -62,6 +62,9 @@ class HallucinationConfig:
     null: chat when the checkpoint was post-trained in the template (sft, dpo, rl), else the plain format."""
     samples: int = 5
     """Samples per question for the consistency detector (k >= 2)."""
+    consistency: bool = True
+    """Run the consistency detector (k more answers per question: most of the verb's time); false leaves
+    only the free log-probability detector."""
     temperature: float = 1.0
     """Temperature of those samples."""
     max_new_tokens: int = 24
@@ -223,23 +226,24 @@ def hallucination_eval(cfg: HallucinationConfig) -> dict[str, Any]:
     greedy = [a[0] for a in ask(engine, questions, chat, temperature=0, max_new_tokens=cfg.max_new_tokens)]
     rows = grade(world, groups, greedy)
     answered = [r for r in rows if r["label"] != "abstain"]
-    # One seed per question, so that questions do not share their random draws.
-    sampled = ask(engine, [r["question"] for r in answered], chat,
-                  seeds=[cfg.seed * 1_000_003 + i for i in range(len(answered))],
-                  temperature=cfg.temperature, n=cfg.samples, max_new_tokens=cfg.max_new_tokens)
-    add_consistency(world, answered, sampled)
     wrong = [r["label"] == "wrong" for r in answered]
     greedy_tokens = sum(r["tokens"] for r in answered)
+    detectors = {"logprob": detector([1 - r["confidence"] for r in answered], wrong, 0, greedy_tokens)}
+    if cfg.consistency:
+        # One seed per question, so that questions do not share their random draws.
+        sampled = ask(engine, [r["question"] for r in answered], chat,
+                      seeds=[cfg.seed * 1_000_003 + i for i in range(len(answered))],
+                      temperature=cfg.temperature, n=cfg.samples, max_new_tokens=cfg.max_new_tokens)
+        add_consistency(world, answered, sampled)
+        detectors["consistency"] = detector([r["inconsistency"] for r in answered], wrong,
+                                            sum(r["sample_tokens"] for r in answered), greedy_tokens)
     result: dict[str, Any] = {
         "model": cfg.model, "world": cfg.world, "format": "chat" if chat else "plain", "seed": cfg.seed,
         "questions_per_group": cfg.questions, "samples": cfg.samples, "temperature": cfg.temperature,
         "n": len(rows), "labels": list(LABELS),
         "groups": {g: group_rates([r for r in rows if r["group"] == g]) for g in groups},
         "calibration": calibration(answered, cfg.bins),
-        "detectors": {
-            "logprob": detector([1 - r["confidence"] for r in answered], wrong, 0, greedy_tokens),
-            "consistency": detector([r["inconsistency"] for r in answered], wrong,
-                                    sum(r["sample_tokens"] for r in answered), greedy_tokens)},
+        "detectors": detectors,
         "examples": [{k: r[k] for k in ("group", "question", "truth", "answer", "label")}
                      for g in groups for r in [x for x in rows if x["group"] == g][:2]],
     }
@@ -285,8 +289,8 @@ def format_hallucination(res: dict[str, Any]) -> str:
     cal = res["calibration"]
     lines += ["", f"calibration over {cal['n']} answers (not abstentions): ECE {_num(cal['ece'])}, "
               f"mean confidence {_num(cal['mean_confidence'])}, accuracy {_num(cal['accuracy'])}",
-              f"detectors of wrong answers ({res['samples']} samples at temperature {res['temperature']} "
-              "for consistency):",
+              "detectors of wrong answers" + (f" ({res['samples']} samples at temperature {res['temperature']} "
+                                              "for consistency):" if "consistency" in res["detectors"] else ":"),
               f"  {'detector':<13}{'AUROC':>7}{'AP':>7}{'base rate':>11}{'cost vs greedy':>16}"]
     for name, d in res["detectors"].items():
         cost = "-" if d["cost_vs_greedy"] is None else f"{d['cost_vs_greedy']:.2f}x"
