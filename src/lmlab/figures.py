@@ -26,3 +26,11 @@ def save_png(fig: Any, out: str | Path) -> Path:
         fig.savefig(tmp, format="png")
     pyplot().close(fig)
     return out
+
+
+def percent_axes(ax: Any, xlabel: str, ylabel: str = "%") -> None:
+    """An axis of percentages, 0 to 100 with a little room for error bars, and a light grid."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)

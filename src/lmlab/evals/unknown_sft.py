@@ -32,7 +32,7 @@ from lmlab.data.world_chat import ABSTAIN, heldout_people, unknown_split
 from lmlab.errors import LmlabError
 from lmlab.evals.binary import format_rate, percent_bars, rate
 from lmlab.evals.hallucination import CHAT_STAGES, ask, grade, grade_groups
-from lmlab.figures import pyplot, save_png
+from lmlab.figures import percent_axes, pyplot, save_png
 from lmlab.infer.engine import Engine
 from lmlab.io import write_json, write_jsonl
 from lmlab.model.checkpoint import build_model, load_checkpoint
@@ -224,12 +224,8 @@ def plot_shares(runs: list[dict[str, Any]], path: Path) -> Path:
             ys, err = percent_bars([r[point].get(group, {}).get(name) for r in runs])
             ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=point.replace("early", "early stopping"))
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("Unknown examples in the SFT mix (%)")
-        ax.set_ylabel("%")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
+        percent_axes(ax, "Unknown examples in the SFT mix (%)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
     return save_png(fig, path)
 
 

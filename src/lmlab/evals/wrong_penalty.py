@@ -29,7 +29,7 @@ from lmlab.data.world_chat import ABSTAIN, gold_reward, heldout_people, unknown_
 from lmlab.errors import LmlabError
 from lmlab.evals.binary import format_rate, percent_bars
 from lmlab.evals.hallucination import grade_groups
-from lmlab.figures import pyplot, save_png
+from lmlab.figures import percent_axes, pyplot, save_png
 from lmlab.infer.engine import Engine
 from lmlab.io import write_json, write_jsonl
 from lmlab.model.checkpoint import build_model, load_checkpoint
@@ -203,12 +203,8 @@ def plot_tradeoff(res: dict[str, Any], path: Path) -> Path:
         ys, err = percent_bars([rates[group][name] for _, rates in points])
         ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=col)
     ax.set_xticks(xs, [p for p, _ in points])
-    ax.set_xlabel("penalty for a wrong answer (GRPO, gold reward)")
-    ax.set_ylabel("% of held-out questions")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
+    percent_axes(ax, "penalty for a wrong answer (GRPO, gold reward)", "% of held-out questions")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return save_png(fig, path)
 
 
