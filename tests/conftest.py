@@ -28,19 +28,26 @@ def tiny_data(tmp_path_factory) -> Path:
     return root / "data"
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_data, tmp_path_factory) -> Path:
-    """A small causal LM pretrained briefly on the tiny world; returns its checkpoint directory."""
+def pretrain_tiny(data: Path, out: Path, model: dict, steps: int, batch_size: int, warmup_steps: int,
+                  eval_batches: int) -> Path:
+    """A causal LM pretrained briefly on the tiny world's shards, in fp32 on one thread; its checkpoint."""
     from lmlab.config import from_dict
     from lmlab.train.trainer import PretrainConfig, pretrain
 
-    out = tmp_path_factory.mktemp("tiny_model")
     pretrain(from_dict(PretrainConfig, {
-        "data": str(tiny_data), "out": str(out),
-        "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 96},
-        "train": dict(steps=150, batch_size=8, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=10,
-                      eval_interval=0, eval_batches=2, precision="fp32", threads=1, progress=False)}))
+        "data": str(data), "out": str(out), "model": model,
+        "train": dict(steps=steps, batch_size=batch_size, block_size=64, lr=3e-3, min_lr=3e-4,
+                      warmup_steps=warmup_steps, eval_interval=0, eval_batches=eval_batches, precision="fp32",
+                      threads=1, progress=False)}))
     return out / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    """A small causal LM pretrained briefly on the tiny world; returns its checkpoint directory."""
+    return pretrain_tiny(tiny_data, tmp_path_factory.mktemp("tiny_model"),
+                         {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 96},
+                         steps=150, batch_size=8, warmup_steps=10, eval_batches=2)
 
 
 @pytest.fixture(scope="session")

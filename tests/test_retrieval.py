@@ -182,16 +182,11 @@ def test_passages_that_do_not_fit_the_context_are_refused(tiny_model, tiny_data)
 @pytest.fixture(scope="module")
 def long_model(tiny_data, tmp_path_factory):
     """A one-layer model with a context long enough for a passage, a question and a reply in the tiny tokenizer."""
-    from lmlab.config import from_dict
-    from lmlab.train.trainer import PretrainConfig, pretrain
+    from conftest import pretrain_tiny
 
-    out = tmp_path_factory.mktemp("long_model")
-    pretrain(from_dict(PretrainConfig, {
-        "data": str(tiny_data), "out": str(out),
-        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 192},
-        "train": dict(steps=10, batch_size=4, block_size=64, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                      eval_interval=0, eval_batches=1, precision="fp32", threads=1, progress=False)}))
-    return out / "checkpoint"
+    return pretrain_tiny(tiny_data, tmp_path_factory.mktemp("long_model"),
+                         {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 192},
+                         steps=10, batch_size=4, warmup_steps=2, eval_batches=1)
 
 
 def test_end_to_end(long_model, tiny_data, tmp_path):
