@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lmlab.data.chat import END_OF_TURN
 from lmlab.data.conversations import encode, prompt_ids
 from lmlab.data.grounded_chat import cited_ids, grounded_conversation, grounded_prompt, split_citations, stating
 from lmlab.data.tokenizer import Tokenizer
@@ -45,11 +44,11 @@ from lmlab.errors import LmlabError
 from lmlab.evals.answers import classify
 from lmlab.evals.binary import format_rate, rate
 from lmlab.evals.citations import Claim, Statement, alce, world_support
-from lmlab.evals.hallucination import CHAT_STAGES, RATES, ask, group_rates
+from lmlab.evals.hallucination import RATES, ask, chat_template_gap, group_rates
 from lmlab.evals.retrieval import Retriever, about_person, recall_at_k
 from lmlab.infer.engine import Engine
 from lmlab.io import write_json, write_jsonl
-from lmlab.model.checkpoint import build_model, load_checkpoint
+from lmlab.model.checkpoint import load_checkpoint
 from lmlab.post.sft import SFTConfig, sft
 from lmlab.post.stage import PostTrainConfig
 from lmlab.rundir import output_dir, require_checkpoint
@@ -190,18 +189,21 @@ def require_chat(path: str) -> tuple[Any, Tokenizer]:
     """A checkpoint trained in the chat template and its tokenizer; an error for one that was not."""
     ck = load_checkpoint(require_checkpoint(path))
     tok = Tokenizer.load(ck.tokenizer_path) if ck.tokenizer_path else None
-    stage = ck.meta.get("stage")
-    if tok is None or tok.token_to_id(END_OF_TURN) is None or stage not in CHAT_STAGES:
-        raise LmlabError(f"checkpoint {path} has no chat template (stage {stage!r}; a fine-tuned arm must come from "
-                         f"{'/'.join(CHAT_STAGES)}); pass a checkpoint fine-tuned by `lmlab sft`, or leave it null "
-                         "to train one")
+    _refuse_no_chat(path, "it has no tokenizer.json" if tok is None else chat_template_gap(tok, ck.meta))
     return ck, tok
 
 
-def chat_engine(path: str, device: str):
+def _refuse_no_chat(path: str, gap: str | None) -> None:
+    if gap:
+        raise LmlabError(f"checkpoint {path} has no chat template ({gap}); pass a checkpoint fine-tuned by "
+                         "`lmlab sft`, or leave it null to train one")
+
+
+def chat_engine(path: str, device: str) -> Engine:
     """The engine of a checkpoint trained in the chat template."""
-    ck, tok = require_chat(path)
-    return Engine(build_model(ck), tok, device)
+    engine = Engine.from_checkpoint(path, device)
+    _refuse_no_chat(path, chat_template_gap(engine.tok, engine.meta))
+    return engine
 
 
 def found(item: dict[str, Any], hits: list[Passage]) -> str:

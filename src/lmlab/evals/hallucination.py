@@ -35,8 +35,7 @@ from lmlab.evals.calibration import expected_calibration_error, plot_reliability
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
 from lmlab.io import write_json, write_jsonl
-from lmlab.model.checkpoint import build_model, load_checkpoint
-from lmlab.rundir import output_dir, require_checkpoint
+from lmlab.rundir import output_dir
 
 GROUPS = ("qa_train", "qa_test", "unknown", "unknown_taught")
 OUT_FILES = ("reliability.png", "answers.jsonl", "hallucination.json")
@@ -112,22 +111,25 @@ def question_groups(world: dict[str, Any], cfg: HallucinationConfig) -> dict[str
     return groups
 
 
+def chat_template_gap(tok: Tokenizer, meta: dict[str, Any]) -> str | None:
+    """Why a checkpoint cannot be asked in the chat template, or None when it was post-trained in it (every
+    lmlab tokenizer has the chat tokens, so their presence alone does not say the model learned the template)."""
+    if tok.token_to_id(END_OF_TURN) is None:
+        return f"its tokenizer has no {END_OF_TURN} token"
+    if meta.get("stage") not in CHAT_STAGES:
+        return f"it is a '{meta.get('stage')}' checkpoint, never trained on the template by {'/'.join(CHAT_STAGES)}"
+    return None
+
+
 def load_engine(cfg: HallucinationConfig) -> tuple[Engine, bool]:
     """The checkpoint's engine, and whether to ask in the chat template: as asked, or exactly when the
-    checkpoint was post-trained in it (every lmlab tokenizer has the chat tokens, so their presence alone
-    does not say that the model ever learned the template)."""
-    ck = load_checkpoint(require_checkpoint(cfg.model))
-    if ck.tokenizer_path is None:
-        raise LmlabError(f"checkpoint {cfg.model} has no tokenizer.json")
-    tok = Tokenizer.load(ck.tokenizer_path)
-    stage = ck.meta.get("stage")
-    has = tok.token_to_id(END_OF_TURN) is not None and stage in CHAT_STAGES
-    if cfg.chat and not has:
-        why = (f"its tokenizer has no {END_OF_TURN} token" if tok.token_to_id(END_OF_TURN) is None
-               else f"it is a '{stage}' checkpoint, never trained on the template by {'/'.join(CHAT_STAGES)}")
-        raise LmlabError(f"chat=true but the checkpoint {cfg.model} has no chat template ({why}); pass --chat false "
+    checkpoint was post-trained in it."""
+    engine = Engine.from_checkpoint(cfg.model, cfg.device)
+    gap = chat_template_gap(engine.tok, engine.meta)
+    if cfg.chat and gap:
+        raise LmlabError(f"chat=true but the checkpoint {cfg.model} has no chat template ({gap}); pass --chat false "
                          "to ask in the pretraining format 'Question: ... Answer:'")
-    return Engine(build_model(ck), tok, cfg.device), has if cfg.chat is None else cfg.chat
+    return engine, gap is None if cfg.chat is None else cfg.chat
 
 
 def ask(engine: Engine, questions: list[str], chat: bool, seeds: list[int] | None = None,

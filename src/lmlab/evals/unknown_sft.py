@@ -35,10 +35,9 @@ from lmlab.evals.hallucination import CHAT_STAGES, ask, grade, grade_groups
 from lmlab.figures import percent_axes, pyplot, save_png
 from lmlab.infer.engine import Engine
 from lmlab.io import write_json, write_jsonl
-from lmlab.model.checkpoint import build_model, load_checkpoint
 from lmlab.post.sft import SFTConfig, sft
 from lmlab.post.stage import PostTrainConfig
-from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run, require_checkpoint
+from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
 
 EVAL_GROUPS = ("heldout_known", "unknown", "fit_known", "fit_unknown")
 """Held-out people's Known facts; held-out unknown people; samples of the mix's own Known and Unknown
@@ -88,17 +87,14 @@ class UnknownSFTConfig:
 
 def pretrained_engine(cfg: UnknownSFTConfig) -> tuple[Engine, Tokenizer]:
     """The starting model; it must be a pretrained one whose tokenizer has the chat tokens SFT trains."""
-    ck = load_checkpoint(require_checkpoint(cfg.model))
-    if ck.meta.get("stage") in CHAT_STAGES:
-        raise LmlabError(f"{cfg.model} is a '{ck.meta['stage']}' checkpoint; unknown-sft starts from a pretrained "
-                         "one, whose knowledge is read from its answers in the pretraining format")
-    if ck.tokenizer_path is None:
-        raise LmlabError(f"checkpoint {cfg.model} has no tokenizer.json")
-    tok = Tokenizer.load(ck.tokenizer_path)
-    if tok.token_to_id(END_OF_TURN) is None:
+    engine = Engine.from_checkpoint(cfg.model, cfg.train.device)
+    if engine.meta.get("stage") in CHAT_STAGES:
+        raise LmlabError(f"{cfg.model} is a '{engine.meta['stage']}' checkpoint; unknown-sft starts from a "
+                         "pretrained one, whose knowledge is read from its answers in the pretraining format")
+    if engine.tok.token_to_id(END_OF_TURN) is None:
         raise LmlabError(f"the tokenizer of {cfg.model} has no {END_OF_TURN} token, which the chat-format "
                          "evaluation during SFT needs")
-    return Engine(build_model(ck), tok, cfg.train.device), tok
+    return engine, engine.tok
 
 
 def known_facts(world: dict[str, Any], engine: Engine, max_new_tokens: int) -> list[dict[str, Any]]:

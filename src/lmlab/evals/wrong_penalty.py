@@ -23,21 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import check_int, check_numbers, check_open_share
-from lmlab.data.tokenizer import Tokenizer
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import ABSTAIN, gold_reward, heldout_people, unknown_split, wrong_value
 from lmlab.errors import LmlabError
 from lmlab.evals.binary import format_rate, percent_bars
-from lmlab.evals.hallucination import grade_groups
+from lmlab.evals.hallucination import chat_template_gap, grade_groups
 from lmlab.figures import percent_axes, pyplot, save_png
 from lmlab.infer.engine import Engine
 from lmlab.io import write_json, write_jsonl
-from lmlab.model.checkpoint import build_model, load_checkpoint
 from lmlab.post.dpo import DPOConfig, dpo
 from lmlab.post.rl import RLConfig, rl
 from lmlab.post.rm import RMConfig, train_rm
 from lmlab.post.stage import PostTrainConfig, require_causal
-from lmlab.rundir import locked_run, require_checkpoint
+from lmlab.rundir import locked_run
 
 COLUMNS = (("heldout_test", "accuracy", "QA-test right"), ("heldout_test", "hallucination_rate", "QA-test made up"),
            ("heldout_test", "abstention_rate", "QA-test abstained"), ("unknown", "hallucination_rate",
@@ -152,28 +150,26 @@ def learned_runs(cfg: PenaltyConfig, world: dict[str, Any], prompts: list[dict[s
 
 
 def evaluate(path: str, world: dict[str, Any], groups: dict[str, list], cfg: PenaltyConfig) -> dict[str, Any]:
-    """The held-out groups' rates for the checkpoint at `path`, in the chat template."""
-    ck = load_checkpoint(require_checkpoint(path))
-    require_causal(ck.config, path, "the penalty experiment")
-    if ck.tokenizer_path is None:
-        raise LmlabError(f"checkpoint {path} has no tokenizer.json")
-    engine = Engine(build_model(ck), Tokenizer.load(ck.tokenizer_path), cfg.rl.train.device)
+    """The held-out groups' rates for the checkpoint at `path`, which must be post-trained in the chat template
+    (a model that never saw it cannot say "I don't know.")."""
+    engine = Engine.from_checkpoint(path, cfg.rl.train.device)
+    require_causal(engine.model.cfg, path, "the penalty experiment")
+    gap = chat_template_gap(engine.tok, engine.meta)
+    if gap:
+        raise LmlabError(f"{path} is not post-trained in the chat template ({gap}); start from an SFT model, "
+                         "which can say \"I don't know.\"")
     return grade_groups(engine, world, groups, True, cfg.max_new_tokens)
 
 
 @locked_run
 def penalty_sweep(cfg: PenaltyConfig) -> dict[str, Any]:
     """GRPO per penalty from the same model on the same prompts; held-out rates before and after each."""
-    ck = load_checkpoint(require_checkpoint(cfg.model))
-    if ck.meta.get("stage") not in ("sft", "dpo", "rl"):
-        raise LmlabError(f"{cfg.model} is not post-trained in the chat template (its stage is "
-                         f"{ck.meta.get('stage')!r}); start from an SFT model, which can say \"I don't know.\"")
     world = load_world(cfg.world)
     prompts, groups = splits(world, cfg)
+    before = evaluate(cfg.model, world, groups, cfg)  # also refuses a model that cannot abstain, before any work
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "prompts.jsonl", [{"prompt": q["question"]} for q in prompts])
-    before = evaluate(cfg.model, world, groups, cfg)
     runs = []
     for penalty in cfg.penalties:
         rcfg = replace(cfg.rl, init=cfg.model, data=cfg.world, prompts=str(out / "prompts.jsonl"), reward="gold",

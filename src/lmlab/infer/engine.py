@@ -119,6 +119,7 @@ class Engine:
         if backend not in ("auto", "torch", "native"):
             raise LmlabError(f"backend must be 'auto', 'torch' or 'native', got {backend!r}")
         device = pick_device(device)
+        self.meta: dict = {}  # the checkpoint's meta.json (its stage), when the engine comes from one
         self.context_warned = False  # the first generation that the context cuts short says so, once
         dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         self.model = model.to(device=device, dtype=dtype).eval()
@@ -154,7 +155,9 @@ class Engine:
         ck = load_checkpoint(require_checkpoint(path))
         if ck.tokenizer_path is None:
             raise LmlabError(f"checkpoint {path} has no tokenizer.json")
-        return cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights, backend)
+        engine = cls(build_model(ck), Tokenizer.load(ck.tokenizer_path), device, weights, backend)
+        engine.meta = ck.meta
+        return engine
 
     # -- prompts -------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:
