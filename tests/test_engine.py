@@ -153,16 +153,16 @@ def test_score_matches_recomputation_and_batching(engine):
 
 
 def test_incremental_detokenisation_handles_split_characters(engine):
-    from lmlab.infer.engine import _Row
+    from lmlab.infer.batch import Row, incremental_text
 
     text = "héllo 中文 🎉 done"
     ids = engine.tok.encode(text)
     assert len(ids) > len(text.encode("utf-8")) // 2  # byte-level: multi-byte characters span tokens
-    row = _Row(0, 0, SamplingParams(), 100, None)
+    row = Row(0, 0, SamplingParams(), 100, None)
     seen = []
     for t in ids:
         row.ids.append(t)
-        seen.append(engine._incremental_text(row))
+        seen.append(incremental_text(engine.tok, row))
     assert seen[-1] == text
     assert all(text.startswith(s.rstrip("\ufffd")) for s in seen)
 

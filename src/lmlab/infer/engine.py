@@ -2,15 +2,12 @@
 
 One prefill per distinct prompt (right-padded into one batch), then the cache
 rows are repeated for the `n` samples of each prompt, and every step decodes
-one token for all live rows. Each row samples with its own generator, so a
-request's samples do not depend on what else is in the batch. Stop strings are
-matched on the decoded text, so they are found across token boundaries, and
-streaming holds back any text that could still turn into a stop string.
+one token for all live rows (`lmlab.infer.batch`, which the server also uses
+to let requests join and leave between steps).
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +20,9 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.infer import native
+from lmlab.infer.batch import Batch, Delta, Row
 from lmlab.infer.quant import quantize_int8
-from lmlab.infer.sampling import SamplingParams, logprobs_of, process_logits, sample_from, top_logprobs
+from lmlab.infer.sampling import SamplingParams
 from lmlab.model.checkpoint import build_model, load_checkpoint
 from lmlab.model.kv_cache import KVCache
 from lmlab.model.logprobs import token_logprobs
@@ -54,54 +52,6 @@ class RequestOutput:
     prompt_token_ids: list[int]
     completions: list[Completion]
     usage: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class Delta:
-    """A streamed piece of one completion: new text (possibly empty) and the token that produced it."""
-
-    prompt_index: int
-    index: int
-    token_id: int
-    text: str
-    finish_reason: str | None = None
-
-
-@dataclass
-class _Row:
-    prompt: int
-    index: int
-    params: SamplingParams
-    limit: int
-    uniforms: torch.Tensor | None
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    settled_ids: int = 0
-    settled_text: str = ""
-    finish: str | None = None
-    logprobs: list[float] = field(default_factory=list)
-    processed: list[float] = field(default_factory=list)
-    tops: list[dict[int, float]] = field(default_factory=list)
-
-
-def _is_plain_greedy(p: SamplingParams) -> bool:
-    return p.temperature == 0 and not _has_penalty(p)
-
-
-def _has_penalty(p: SamplingParams) -> bool:
-    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 class Engine:
@@ -211,7 +161,9 @@ class Engine:
             if isinstance(item, Delta):
                 yield item
 
-    def _rows(self, prompt_ids: list[list[int]], plist: list[SamplingParams]) -> list[_Row]:
+    def rows(self, prompt_ids: list[list[int]], plist: list[SamplingParams], streaming: bool = False,
+             owner: Any = None) -> list[Row]:
+        """The rows (one per sample) that generate `plist[i].n` completions of each prompt."""
         rows = []
         for p, (ids, sp) in enumerate(zip(prompt_ids, plist)):
             limit = min(sp.max_new_tokens, self.cfg.max_seq_len - len(ids))
@@ -227,8 +179,8 @@ class Engine:
                         g.seed()
                     else:
                         g.manual_seed(sp.seed * 1_000_003 + j)
-                    u = torch.rand(limit, generator=g, dtype=torch.float64)
-                rows.append(_Row(p, j, sp, limit, u))
+                    u = torch.rand(limit, generator=g, dtype=torch.float64).tolist()
+                rows.append(Row(p, j, sp, limit, u, streaming, owner))
         return rows
 
     def _warn_context(self, prompt_len: int, wanted: int) -> None:
@@ -246,141 +198,18 @@ class Engine:
         if len(plist) != len(prompts):
             raise LmlabError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
         prompt_ids = [self.encode(p) for p in prompts]
-        rows = self._rows(prompt_ids, plist)
-        V = self.cfg.vocab_size
-        decoder = self._native(len(rows)) if any(r.limit > 1 for r in rows) else None
-        dtype = torch.float32 if decoder is not None else next(self.model.parameters()).dtype
-        cache = KVCache.for_model(self.cfg, len(prompt_ids), dtype=dtype, device=self.device)
-        last = self._prefill(prompt_ids, cache)
-        order = torch.tensor([r.prompt for r in rows], device=self.device)
-        cache.select(order)
-        last = last[order]
-        live = [i for i, r in enumerate(rows) if r.limit > 0]
-        for r in rows:
-            if r.limit <= 0:
-                r.finish = "length"
-        # Plain greedy rows need no processing at all: the argmax of the raw logits is the token.
-        plain = all(_is_plain_greedy(r.params) for r in rows)
-        uniforms = torch.zeros(len(rows), max([r.limit for r in rows] + [1]), dtype=torch.float64)
-        for i, r in enumerate(rows):
-            if r.uniforms is not None:
-                uniforms[i, : r.limit] = r.uniforms
-        # Token counts and the seen-token mask exist only for the penalties that need them.
-        tracked = any(_has_penalty(r.params) for r in rows)
-        counts = seen = None
-        if tracked:
-            counts = torch.zeros(len(rows), V, dtype=torch.long, device=self.device)
-            seen = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
-            for i, r in enumerate(rows):
-                seen[i, prompt_ids[r.prompt]] = True
-        where = list(range(len(rows)))  # the cache row of each engine row
-        with decoder.cores() if decoder is not None else contextlib.nullcontext():
-            step = 0
-            while live:
-                lg = last if len(live) == cache.batch else \
-                    last[torch.tensor([where[i] for i in live], device=self.device)]
-                if plain:
-                    processed, nxt = None, lg.argmax(-1)
-                else:
-                    sub = torch.tensor(live, device=self.device) if tracked else None
-                    processed = process_logits(lg, [rows[i].params for i in live],  # it works on a copy
-                                               counts[sub] if tracked else None, seen[sub] if tracked else None)
-                    u = uniforms[:, step] if len(live) == len(rows) else uniforms[live, step]
-                    nxt = sample_from(processed, [None] * len(live), [rows[i].params.greedy for i in live], u)
-                want_lp = any(rows[i].params.wants_logprobs for i in live)
-                raw_lp = logprobs_of(lg, nxt) if want_lp else None
-                proc_lp = (logprobs_of(processed, nxt) if processed is not None else torch.zeros_like(raw_lp)
-                           ) if want_lp else None
-                for k, (i, t) in enumerate(zip(live, nxt.tolist())):
-                    if tracked:
-                        counts[i, t] += 1
-                        seen[i, t] = True
-                    yield from self._accept(rows[i], t, raw_lp, proc_lp, lg, k, streaming)
-                still = [i for i in live if rows[i].finish is None]
-                if not still:
+        rows = self.rows(prompt_ids, plist, streaming)
+        batch = Batch(self, fixed_rows=len(rows) if any(r.limit > 1 for r in rows) else 0)
+        batch.add(prompt_ids, rows)
+        with batch.running():
+            while batch:
+                yield from batch.sample()
+                if not batch:
                     break
-                if len(still) != len(live):
-                    nxt = nxt[torch.tensor([k for k, i in enumerate(live) if rows[i].finish is None],
-                                           device=self.device)]
-                live = still
-                nxt = self._cache_inputs(cache, where, live, nxt)
-                step += 1
-                if decoder is not None:
-                    last = decoder.step(nxt, cache)
-                else:
-                    last = self.model(nxt[:, None], cache=cache)[:, 0].float()
-                cache.advance(1)
+                batch.forward()
         yield self._outputs(prompt_ids, rows)
 
-    def _cache_inputs(self, cache: KVCache, where: list[int], live: list[int], nxt: torch.Tensor) -> torch.Tensor:
-        """The next token of every cache row, given the live rows' tokens `nxt`.
-
-        A finished row stays in the cache, decoding a dummy token, until a quarter of the cache is finished
-        rows: compacting copies the whole cache, which at a few hundred rows costs as much as a couple of
-        decode steps, and rows finish one by one. A finished row keeps advancing, so the cache is also
-        compacted before one could outgrow it. `where` (engine row -> cache row) is updated in place.
-        """
-        if len(live) == cache.batch:
-            return nxt
-        rows = torch.tensor([where[i] for i in live], device=self.device)
-        if cache.batch - len(live) > cache.batch // 4 or int(cache.lengths.max()) >= cache.max_len:
-            cache.select(rows)
-            for j, i in enumerate(live):
-                where[i] = j
-            return nxt
-        tokens = torch.zeros(cache.batch, dtype=nxt.dtype, device=self.device)
-        tokens[rows] = nxt
-        return tokens
-
-    def _accept(self, r: _Row, t: int, raw_lp, proc_lp, logits: torch.Tensor, k: int,
-                streaming: bool) -> Iterator[Delta]:
-        sp = r.params
-        r.ids.append(t)
-        if raw_lp is not None and sp.wants_logprobs:
-            r.logprobs.append(float(raw_lp[k]))
-            r.processed.append(float(proc_lp[k]))
-            if sp.top_logprobs:
-                vals, idx = top_logprobs(logits[k: k + 1], sp.top_logprobs)
-                r.tops.append({int(a): float(b) for a, b in zip(idx[0], vals[0])})
-        if t in sp.stop_token_ids or (t == self.tok.eos_id and not sp.ignore_eos):
-            r.ids.pop()
-            r.finish = "stop"
-        elif streaming or sp.stop:  # text is needed now; otherwise it is decoded once at the end
-            before = len(r.text)
-            r.text = self._incremental_text(r)
-            for s in sp.stop:
-                at = r.text.find(s, max(0, before - len(s) + 1))
-                if at >= 0:
-                    r.text, r.finish = r.text[:at], "stop"
-                    break
-        if r.finish is None and len(r.ids) >= r.limit:
-            r.finish = "length"
-        if not (streaming or sp.stop):
-            if r.finish is not None:
-                r.text = self.tok.decode(r.ids)
-            return
-        safe = len(r.text)
-        if r.finish is None:
-            safe -= _held_back(r.text, sp.stop)
-            while safe > r.emitted and r.text[safe - 1] == "\ufffd":  # an incomplete UTF-8 character
-                safe -= 1
-        text = r.text[r.emitted: max(safe, r.emitted)]
-        r.emitted = max(safe, r.emitted)
-        yield Delta(r.prompt, r.index, t, text, r.finish)
-
-    def _incremental_text(self, r: _Row) -> str:
-        """The row's text so far, decoding only the tokens after the last complete character.
-
-        Decoding the whole sequence every step would make each token cost more as the text grows.
-        """
-        tail = self.tok.decode(r.ids[r.settled_ids:])
-        if not tail.endswith("\ufffd"):  # the tail ends on a complete character: settle it
-            r.settled_text += tail
-            r.settled_ids = len(r.ids)
-            return r.settled_text
-        return r.settled_text + tail
-
-    def _outputs(self, prompt_ids: list[list[int]], rows: list[_Row]) -> list[RequestOutput]:
+    def _outputs(self, prompt_ids: list[list[int]], rows: list[Row]) -> list[RequestOutput]:
         outs = []
         for p, ids in enumerate(prompt_ids):
             mine = [r for r in rows if r.prompt == p]

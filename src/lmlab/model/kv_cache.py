@@ -76,3 +76,12 @@ class KVCache:
         self.k = self.k[:, rows]
         self.v = self.v[:, rows]
         self.lengths = self.lengths[rows]
+
+    def extend(self, other: KVCache) -> None:
+        """Append `other`'s rows (a new request's prefill) after this cache's rows."""
+        if other.max_len != self.max_len or other.k.dtype != self.k.dtype:
+            raise ValueError(f"cannot join a cache of {other.max_len} positions ({other.k.dtype}) to one of "
+                             f"{self.max_len} ({self.k.dtype})")
+        self.k = torch.cat([self.k, other.k], 1)
+        self.v = torch.cat([self.v, other.v], 1)
+        self.lengths = torch.cat([self.lengths, other.lengths])
