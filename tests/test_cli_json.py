@@ -155,6 +155,8 @@ RUNS: dict[str, Callable[[Any], list[str]]] = {
 }
 
 STUBS: dict[str, dict[str, Any]] = {
+    "serve": {"model": "quickstart", "url": "http://127.0.0.1:8000", "steps": 120, "prompt_tokens": 40,
+              "completion_tokens": 300},
     "quickstart": {"out": "runs/quickstart", "report": "runs/quickstart/report.md", "wall_s": 600.0,
                    "val_loss": 1.9, "qa_test_accuracy": 0.2},
     "testtime verifier": {"problems": 40, "n_samples": 160, "sample_accuracy": 0.4, "pairs": 60, "sampling_s": 3.1,
@@ -195,7 +197,7 @@ STUBS: dict[str, dict[str, Any]] = {
         "examples": [], "wall_s": 100.0, "cpu_s": 70.0},
 }
 """Results of the verbs whose shortest real run is long (the quickstart; a verifier needs a model that is
-right often enough to make pairs), in the shape they return."""
+right often enough to make pairs; the server runs until interrupted), in the shape they return."""
 
 
 def test_every_verb_is_covered():
@@ -240,7 +242,7 @@ def test_json_is_one_line_and_the_formatter_reads_it(verb, env, capsys, monkeypa
 def test_verbs_that_compute_a_report_declare_a_formatter():
     plain = {verb for verb in VERBS if load_formatter(verb) is None}
     assert plain == {"quickstart", "world", "tokenizer train", "prepare", "pretrain", "chat", "import-hf",
-                     "export-hf", "doctor"}
+                     "export-hf", "doctor", "serve"}
     for verb in VERBS:
         load_verb(verb)  # every target names a real module, config class and function
 

@@ -1,4 +1,5 @@
-"""What a non-editable install (a wheel) must carry besides Python: the C sources built on first use."""
+"""What a non-editable install (a wheel) must carry besides Python: the C sources built on first use, the
+playground page."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_c_source_is_package_data():
+@pytest.mark.parametrize("suffix", ["*.c", "*.html"])
+def test_every_c_source_and_page_is_package_data(suffix):
+    """C sources are compiled on first use; the server's playground page is read at start."""
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["lmlab"]
     pkg = ROOT / "src" / "lmlab"
     shipped = {p for pattern in patterns for p in pkg.glob(pattern)}
-    sources = set(pkg.rglob("*.c"))
-    assert sources, "no C sources found"
+    sources = set(pkg.rglob(suffix))
+    assert sources, f"no {suffix} files found"
     assert sources <= shipped, f"not in [tool.setuptools.package-data]: {sorted(map(str, sources - shipped))}"
 
 

@@ -218,13 +218,17 @@ def test_user_scorer_method(tiny_data, tiny_model, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
+    """`lmlab serve` itself on 127.0.0.1: the OpenAI backend is tested against the real server."""
+    pytest.importorskip("fastapi")
     from lmlab.infer.engine import Engine
-    from openai_server import serve
+    from lmlab.serve.app import build_app, serve_in_thread
 
     engine = Engine.from_checkpoint(tiny_model, device="cpu")
-    srv, url = serve(engine)
-    yield engine, url
-    srv.shutdown()
+    app = build_app(engine, "tiny")
+    srv, url = serve_in_thread(app)
+    yield engine, url + "/v1"
+    srv.should_exit = True
+    app.state.scheduler.close()
 
 
 def test_openai_backend_against_a_real_server(server):

@@ -100,6 +100,8 @@ VERBS: dict[str, tuple[str, str]] = {
                              "in one markdown page",
                              "lmlab.report.hallucination_report:HallucinationReportConfig:hallucination_report:"
                              "format_report"),
+    "serve": ("an OpenAI-compatible server with continuous batching, /metrics and a sampling playground "
+              "(`lmlab serve CKPT`)", "lmlab.serve.run:ServeConfig:run_serve"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain:format_explain"),
 }
@@ -141,6 +143,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, verbs
 
 
+POSITIONAL = {"serve": "--checkpoint"}
+"""Verbs whose first argument, when it is not a flag, is this field: `lmlab serve CKPT`."""
+
 DEFAULT_SUBVERB = {"rm": "train", "testtime": "run"}
 """A group that is also a verb on its own: `lmlab rm ...` means `lmlab rm train ...`, `lmlab testtime ...`
 means `lmlab testtime run ...`."""
@@ -167,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(1, DEFAULT_SUBVERB[argv[0]])
     parser, verbs = build_parser()
     verb = _which_verb(argv)
+    words = len(verb.split()) if verb else 0
+    if verb in POSITIONAL and len(argv) > words and not argv[words].startswith("-"):
+        argv.insert(words, POSITIONAL[verb])
     if verb is None:
         parser.parse_args(argv)  # prints help / usage errors and exits
         parser.print_help()

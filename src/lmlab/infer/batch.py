@@ -52,6 +52,8 @@ class Row:
     streaming: bool = False
     owner: Any = None
     ids: list[int] = field(default_factory=list)
+    drawn: int = 0
+    """Tokens drawn, a final stop token included (it ends the row but is not in `ids`)."""
     text: str = ""
     emitted: int = 0
     settled_ids: int = 0
@@ -132,29 +134,40 @@ class Batch:
         return self.decoder.cores() if self.decoder is not None else contextlib.nullcontext()
 
     # -- rows join -------------------------------------------------------------------------------
-    @torch.no_grad()
     def add(self, prompt_ids: list[list[int]], rows: list[Row]) -> None:
         """Prefill the prompts and give each row (`row.prompt` indexes `prompt_ids`) a cache row.
 
         Rows with nothing to generate finish at once ('length') and take no cache row."""
+        self.add_groups([(prompt_ids, rows)])
+
+    @torch.no_grad()
+    def add_groups(self, groups: Sequence[tuple[list[list[int]], list[Row]]]) -> None:
+        """`add` for several requests at once: one prefill for all their prompts."""
         eng = self.engine
-        for r in rows:
-            if r.limit <= 0:
-                r.finish = "length"
-        keep = [r for r in rows if r.finish is None]
+        prompts: list[list[int]] = []
+        keep: list[Row] = []
+        order: list[int] = []
+        for prompt_ids, rows in groups:
+            for r in rows:
+                if r.limit <= 0:
+                    r.finish = "length"
+                else:
+                    keep.append(r)
+                    order.append(len(prompts) + r.prompt)
+            prompts += prompt_ids
         if not keep:
             return
-        cache = KVCache.for_model(eng.cfg, len(prompt_ids), dtype=self.dtype, device=eng.device)
-        last = eng._prefill(prompt_ids, cache)
-        order = torch.tensor([r.prompt for r in keep], device=eng.device)
-        cache.select(order)
-        last = last[order]
+        cache = KVCache.for_model(eng.cfg, len(prompts), dtype=self.dtype, device=eng.device)
+        last = eng._prefill(prompts, cache)
+        index = torch.tensor(order, device=eng.device)
+        cache.select(index)
+        last = last[index]
         if self.counts is None and any(has_penalty(r.params) for r in keep):
             self.counts, self.seen = self._history(len(self.slots))
         if self.counts is not None:
             counts, seen = self._history(len(keep))
-            for i, r in enumerate(keep):
-                seen[i, prompt_ids[r.prompt]] = True
+            for i, p in enumerate(order):
+                seen[i, prompts[p]] = True
             self.counts, self.seen = torch.cat([self.counts, counts]), torch.cat([self.seen, seen])
         if self.cache is None:
             self.cache, self.last = cache, last
@@ -282,6 +295,7 @@ class Batch:
         """Append token `t` to row `r`, check its stops, and say what text it adds (when streaming)."""
         sp, tok = r.params, self.engine.tok
         r.ids.append(t)
+        r.drawn += 1
         if raw_lp is not None and sp.wants_logprobs:
             r.logprobs.append(float(raw_lp[k]))
             r.processed.append(float(proc_lp[k]))

@@ -134,7 +134,7 @@ class LocalGenerator:
 class OpenAIGenerator:
     """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, ...) through the `openai` client."""
 
-    def __init__(self, base_url: str, model: str, chat: bool = False, api_key: str | None = None,
+    def __init__(self, base_url: str, model: str | None, chat: bool = False, api_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 1) -> None:
         try:
             import openai
@@ -144,9 +144,15 @@ class OpenAIGenerator:
         self.base_url = base_url
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout,
                                     max_retries=max_retries)
-        self.model = model
+        self.model = model if model is not None else self._first_model()
         self.chat = chat
-        self.name = f"openai:{base_url}#{model}"
+        self.name = f"openai:{base_url}#{self.model}"
+
+    def _first_model(self) -> str:
+        listed = self._call(self.client.models.list).data
+        if not listed:
+            raise LmlabError(f"the endpoint at {self.base_url} lists no models; name one with endpoint_model")
+        return listed[0].id
 
     def _call(self, fn, **kwargs):
         try:

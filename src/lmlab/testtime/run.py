@@ -56,8 +56,8 @@ class TestTimeConfig:
     """lmlab checkpoint to sample from (ignored when `endpoint` is set)."""
     endpoint: str | None = None
     """Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) to sample from instead."""
-    endpoint_model: str = "default"
-    """Model name to ask the endpoint for."""
+    endpoint_model: str | None = None
+    """Model name to ask the endpoint for (default: the first model its /v1/models lists)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's API key (unset: no key)."""
     chat: bool = True
