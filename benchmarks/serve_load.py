@@ -154,10 +154,11 @@ def direct(checkpoint: str, clients: int, seconds: float, max_tokens: int, threa
             "per_token_ms": round(1000 * statistics.median(batches) / max_tokens, 3)}
 
 
-def start_server(checkpoint: str, port: int) -> subprocess.Popen:
+def start_server(checkpoint: str, port: int, threads: int) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("lmlab")
     cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "lmlab.cli"]),
-           "serve", checkpoint, "--port", str(port), "--device", "cpu", "--max_waiting", "256"]
+           "serve", checkpoint, "--port", str(port), "--device", "cpu", "--max_waiting", "256",
+           "--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         try:
@@ -188,10 +189,14 @@ def main() -> None:
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max_tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="the model's threads (0: lmlab serve's default)")
     args = ap.parse_args()
+    from lmlab.serve.run import engine_threads
+
+    threads = engine_threads(args.threads)
     levels = [int(c) for c in args.clients.split(",")]
     port = free_port()
-    proc = start_server(args.checkpoint, port)
+    proc = start_server(args.checkpoint, port, threads)
     url = f"http://127.0.0.1:{port}"
     try:
         model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
@@ -203,9 +208,6 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    from lmlab.serve.run import engine_threads
-
-    threads = engine_threads(0)  # what the server chose
     engine = [direct(args.checkpoint, c, args.seconds / 2, args.max_tokens, threads) for c in levels]
     by = {s["clients"]: s for s in served}
     figures = {
