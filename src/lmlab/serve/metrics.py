@@ -5,6 +5,7 @@ Each app has its own registry, so several servers (or tests) in one process do n
 
 from __future__ import annotations
 
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Time to first token spans queueing and prefill (up to seconds under load); per-token latency is one step.
@@ -29,3 +30,7 @@ class ServeMetrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def page(self) -> Response:
+        """GET /metrics: Prometheus' text exposition format."""
+        return Response(self.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
