@@ -183,6 +183,20 @@ def test_a_client_that_disconnects_frees_its_rows(served, slow):
     assert sched.live_rows == 0 and not sched.jobs  # cancelled long before its 60 tokens (1.2 s at least)
 
 
+def test_closing_an_openai_stream_frees_its_rows(served, client, slow):
+    sched = served[0].state.scheduler
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], n=2,
+                                            max_tokens=60, stream=True, extra_body={"ignore_eos": True})
+    for _, _ in zip(range(3), stream):
+        pass
+    assert sched.live_rows == 2
+    stream.close()
+    deadline = time.time() + 10
+    while (sched.live_rows or sched.jobs) and time.time() < deadline:
+        time.sleep(0.02)
+    assert sched.live_rows == 0 and not sched.jobs
+
+
 def test_a_full_queue_answers_429(engine):
     app, server, url = _start(engine, max_waiting=1, max_rows=1)
     real = app.state.scheduler.batch.forward

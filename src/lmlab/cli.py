@@ -143,9 +143,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, verbs
 
 
-POSITIONAL = {"serve": "--checkpoint"}
-"""Verbs whose first argument, when it is not a flag, is this field: `lmlab serve CKPT`."""
-
 DEFAULT_SUBVERB = {"rm": "train", "testtime": "run"}
 """A group that is also a verb on its own: `lmlab rm ...` means `lmlab rm train ...`, `lmlab testtime ...`
 means `lmlab testtime run ...`."""
@@ -172,9 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(1, DEFAULT_SUBVERB[argv[0]])
     parser, verbs = build_parser()
     verb = _which_verb(argv)
-    words = len(verb.split()) if verb else 0
-    if verb in POSITIONAL and len(argv) > words and not argv[words].startswith("-"):
-        argv.insert(words, POSITIONAL[verb])
     if verb is None:
         parser.parse_args(argv)  # prints help / usage errors and exits
         parser.print_help()

@@ -8,7 +8,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -19,6 +19,8 @@ from lmlab.rundir import DEFAULT_CHECKPOINT
 
 @dataclass
 class ServeConfig:
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("checkpoint",)
+
     checkpoint: str = DEFAULT_CHECKPOINT
     """Checkpoint directory to serve (also the first argument: `lmlab serve CKPT`)."""
     host: str = "127.0.0.1"
