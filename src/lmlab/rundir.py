@@ -201,6 +201,8 @@ def locked_run(verb: Callable[..., R]) -> Callable[..., R]:
 
     @functools.wraps(verb)
     def run(cfg: Any, *args: Any, **kwargs: Any) -> R:
+        if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 holds the lock for the run
+            return verb(cfg, *args, **kwargs)
         with run_lock(cfg.out):
             return verb(cfg, *args, **kwargs)
 

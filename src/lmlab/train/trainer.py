@@ -33,6 +33,7 @@ from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.rundir import PRETRAIN_OUT, locked_run
 from lmlab.summary import update_summary
+from lmlab.train import distributed
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
 from lmlab.train.metrics import MetricsLog, plot_loss
 from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
@@ -102,6 +103,13 @@ class TrainConfig:
     """Hardware peak for MFU in TFLOP/s (None = measure a 1024^3 matmul in the compute dtype at start)."""
     progress: bool = True
     """Show a progress bar with ETA."""
+    parallel: str = "none"
+    """Data parallelism under torchrun: 'none' (one process) or 'ddp' (DistributedDataParallel: gloo on CPUs,
+    NCCL on GPUs). Each of K processes trains on batch_size/K rows of every micro-batch, so the global batch,
+    and the run, do not depend on K."""
+    dist_timeout: float = 300.0
+    """Seconds a process waits on the others (a gradient all-reduce, a barrier) before it fails with an error
+    saying a peer died or hangs."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "eval_batches", "log_interval")
@@ -123,6 +131,10 @@ class TrainConfig:
             raise LmlabError(f"train.sampler must be 'random' or 'epoch', got {self.sampler!r}")
         if self.block_size is not None and self.block_size < 1:
             raise LmlabError(f"train.block_size must be >= 1, got {self.block_size}")
+        if self.parallel not in distributed.MODES:
+            raise LmlabError(f"train.parallel must be one of {distributed.MODES}, got {self.parallel!r}")
+        if not self.dist_timeout > 0:
+            raise LmlabError(f"train.dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
 
 @dataclass
@@ -192,7 +204,11 @@ class Trainer:
         ckpt_io.check_target(self.ckpt_dir, [cfg.init] if cfg.init else [], "pretrain")
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.device = pick_device(tc.device)
+        self.ranks = distributed.setup(tc.parallel, pick_device(tc.device), tc.dist_timeout)
+        self.device = distributed.device_for(self.ranks, pick_device(tc.device))
+        if tc.batch_size % self.ranks.world:
+            raise LmlabError(f"train.batch_size={tc.batch_size} must be divisible by the {self.ranks.world} "
+                             f"processes: each trains on an equal share of every batch")
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
             torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel is an error
@@ -239,7 +255,10 @@ class Trainer:
             torch.set_rng_state(st["rng_cpu"])
             if self.device.type == "cuda" and "rng_cuda" in st:
                 torch.cuda.set_rng_state(st["rng_cuda"])
-        self.fwd = torch.compile(self.model) if tc.compile else self.model
+        self.wrapped = distributed.wrap(self.model, self.ranks, self.device)
+        self.fwd = torch.compile(self.wrapped) if tc.compile else self.wrapped
+        # Evaluation needs no gradient all-reduce, and the processes evaluate different batches.
+        self.eval_fwd = self.model if self.ranks.active else self.fwd
         self.last_aux = 0.0  # the mixture-of-experts load-balancing loss of the last step
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.block
         self.flops_per_token = train_flops_per_token(mc, self.block)
@@ -255,15 +274,19 @@ class Trainer:
         self.mask_id = tok.mask_id
         self.protected = torch.tensor(sorted(set(tok.special_ids.values())), dtype=torch.long)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
-        """The objective's loss on one batch; `seed` fixes the masked objective's corruption."""
+    def loss(self, x: torch.Tensor, y: torch.Tensor, seed: int, rows: slice = slice(None), fwd=None) -> torch.Tensor:
+        """The objective's loss on `rows` of one batch; `seed` fixes the masked objective's corruption (drawn
+        for the whole batch, so a row is masked alike whatever process trains on it)."""
+        fwd = fwd or self.fwd
         if self.cfg.objective == "causal":
-            return causal_lm_loss(self.fwd, x.to(self.device), y.to(self.device))
+            return causal_lm_loss(fwd, x[rows].to(self.device), y[rows].to(self.device))
         inputs, labels = corrupt(x, self.cfg.mlm, self.mask_id, self.model_cfg.vocab_size, seed, self.protected)
-        return masked_lm_loss(self.fwd, inputs.to(self.device), labels.to(self.device))
+        return masked_lm_loss(fwd, inputs[rows].to(self.device), labels[rows].to(self.device))
 
     def _resume_checkpoint(self, mc: ModelConfig) -> ckpt_io.Checkpoint | None:
-        recover_dir(self.ckpt_dir)  # a kill between a save's two renames left the checkpoint aside
+        if self.ranks.main:
+            recover_dir(self.ckpt_dir)  # a kill between a save's two renames left the checkpoint aside
+        self.ranks.barrier("waiting for rank 0 to recover the checkpoint directory")
         if not self.cfg.resume or not (self.ckpt_dir / "meta.json").exists():
             return None
         ck = ckpt_io.load_checkpoint(self.ckpt_dir, with_trainer_state=True)
@@ -282,6 +305,7 @@ class Trainer:
 
         The eval batches are stacked into larger forward passes (same windows, same
         mean), which is several times faster on CPU than one small batch at a time.
+        Under torchrun each process takes every K-th group and the sums are added up.
         """
         self.model.eval()
         out = {}
@@ -289,13 +313,15 @@ class Trainer:
         with torch.no_grad(), self.prec.autocast():
             for k, (split, sampler) in enumerate(self.eval_samplers.items()):
                 total = 0.0
-                for start in range(0, n, group):
+                for g, start in enumerate(range(0, n, group)):
+                    if g % self.ranks.world != self.ranks.rank:
+                        continue
                     batches = [sampler.batch(i) for i in range(start, min(start + group, n))]
                     x = torch.cat([b[0] for b in batches])
                     y = torch.cat([b[1] for b in batches])
                     seed = (self.cfg.train.seed + 10 + k) * 1_000_003 + start  # the same masks at every eval
-                    total += self.loss(x, y, seed).item() * len(batches)
-                out[f"{split}_loss"] = total / n
+                    total += self.loss(x, y, seed, fwd=self.eval_fwd).item() * len(batches)
+                out[f"{split}_loss"] = self.ranks.mean(total, "evaluation") * self.ranks.world / n
         self.model.train()
         return out
 
@@ -303,19 +329,22 @@ class Trainer:
         """One optimizer step (with accumulation); returns (loss, grad norm before clipping)."""
         tc = self.cfg.train
         total, self.last_aux = 0.0, 0.0
+        rows = self.ranks.rows(tc.batch_size)
         for micro in range(tc.grad_accum):
             index = self.step * tc.grad_accum + micro
             x, y = self.sampler.batch(index)
-            with self.prec.autocast():
-                loss = self.loss(x, y, tc.seed * 1_000_003 + index) / tc.grad_accum
-            objective = loss
-            aux = self.model.moe_aux_loss() if self.model_cfg.moe else None
-            if aux is not None:
-                self.last_aux += aux.item() / tc.grad_accum
-                loss = loss + tc.moe_aux_weight * aux / tc.grad_accum
-            loss.backward()
+            with self.ranks.no_sync(self.wrapped, micro == tc.grad_accum - 1):
+                with self.prec.autocast():
+                    loss = self.loss(x, y, tc.seed * 1_000_003 + index, rows) / tc.grad_accum
+                objective = loss
+                aux = self.model.moe_aux_loss() if self.model_cfg.moe else None
+                if aux is not None:
+                    self.last_aux += aux.item() / tc.grad_accum
+                    loss = loss + tc.moe_aux_weight * aux / tc.grad_accum
+                loss.backward()
             self.prec.grads_to_master()
             total += objective.item()
+        total = self.ranks.mean(total, "averaging the step's loss")
         lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
         norm = self.prec.step(self.opt, tc.grad_clip, lr)
         self.step += 1
@@ -358,13 +387,15 @@ class Trainer:
         evals: list[dict[str, Any]] = list(self.state_extra.get("evals", []))
         tokens = int(self.state_extra.get("tokens", 0))
         wall_before = float(self.state_extra.get("wall_s", 0.0))
-        log = MetricsLog(self.out / "metrics.jsonl", self.step)
+        main = self.ranks.main  # only rank 0 writes: the log, the progress bar, checkpoints, the summary
+        log = MetricsLog(self.out / "metrics.jsonl", self.step) if main else _NoLog()
         autotune.reset()  # count this run's op paths alone
         peak = (tc.peak_tflops * 1e12 if tc.peak_tflops
                 else matmul_peak(self.prec.compute_dtype, self.device))
+        peak = peak * self.ranks.world if peak else peak  # the peak of all the processes' devices
         params = self.model.count_params()
         bar = None
-        if tc.progress and self.step < tc.steps:
+        if tc.progress and self.step < tc.steps and main:
             from tqdm import tqdm
             bar = tqdm(total=tc.steps, initial=self.step, desc="pretrain", unit="step",
                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
@@ -372,7 +403,7 @@ class Trainer:
         resumed = self.step
         try:
             while self.step < tc.steps:
-                loss, gnorm = self.train_step()
+                loss, gnorm = self._step_or_explain()
                 if not math.isfinite(loss):
                     raise LmlabError(f"loss became {loss} at step {self.step}; lower train.lr "
                                      f"(now {tc.lr}) or check the data")
@@ -399,7 +430,9 @@ class Trainer:
                     log.write({**ev, "eval": True, "elapsed_s": wall_before + time.perf_counter() - start})
                     window_t += time.perf_counter() - t_eval  # keep eval time out of tokens/s
                 if (tc.ckpt_interval and self.step % tc.ckpt_interval == 0) or last:
-                    self.save(evals, tokens, wall_before + time.perf_counter() - start)
+                    if main:
+                        self.save(evals, tokens, wall_before + time.perf_counter() - start)
+                    self.ranks.barrier(f"waiting for rank 0 to write the step-{self.step} checkpoint")
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -424,14 +457,35 @@ class Trainer:
         }
         if self.model_cfg.moe and self.model.blocks[0].mlp.load is not None:
             summary.update(self.moe_stats())
-        update_summary(self.out / "summary.json", "pretrain", summary)
+        if main:
+            update_summary(self.out / "summary.json", "pretrain", summary)
         return summary
+
+    def _step_or_explain(self) -> tuple[float, float]:
+        """`train_step`, where a collective that failed inside backward (a peer died) is named as such."""
+        if not self.ranks.active:
+            return self.train_step()
+        return distributed.collective(self.ranks, f"step {self.step + 1}'s gradient all-reduce", self.train_step)
+
+
+class _NoLog:
+    """The metrics log of a process other than rank 0: it writes nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @locked_run
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train (or resume) and plot the loss curve; returns the `pretrain` summary."""
     trainer = Trainer(cfg)
-    summary = trainer.fit()
-    plot_loss(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "loss.png")
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.ranks.close()
+    if trainer.ranks.main:
+        plot_loss(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "loss.png")
     return summary

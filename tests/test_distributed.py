@@ -1,0 +1,121 @@
+"""Data parallelism under torchrun on the CPU (gloo): K processes train the run one process trains.
+
+Two processes must give the one-process losses on the same global batch (fp32, within 1e-5), continue a
+one-process checkpoint as the one process would, and fail with a clear error, not hang, when a peer dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "model.n_heads=2",
+         "--set", "model.max_seq_len=32", "--set", "train.batch_size=4", "--set", "train.grad_accum=2",
+         "--set", "train.precision=fp32", "--set", "train.threads=1", "--set", "train.progress=false",
+         "--set", "train.eval_batches=2", "--set", "train.log_interval=1", "--set", "train.warmup_steps=2",
+         "--set", "train.eval_interval=0"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "LMLAB_NATIVE": "0"}
+
+
+def _pretrain(nproc: int, data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    args = ["pretrain", "--data", str(data), "--out", str(out), *SMALL, "--set", f"train.steps={steps}", *extra]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "lmlab.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "lmlab.cli", *args, "--set", "train.parallel=ddp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r and not r.get("eval")}
+
+
+def test_two_processes_train_the_one_process_run(tiny_data, tmp_path):
+    _pretrain(1, tiny_data, tmp_path / "one", 6)
+    _pretrain(2, tiny_data, tmp_path / "two", 6)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())["pretrain"]
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())["pretrain"]
+    assert s2["val_loss"] == pytest.approx(s1["val_loss"], abs=1e-5)
+    assert s2["train_tokens"] == s1["train_tokens"]  # the same global batch
+    assert (tmp_path / "two" / "loss.png").is_file()  # rank 0 drew it
+
+
+def test_two_processes_continue_a_one_process_checkpoint(tiny_data, tmp_path):
+    _pretrain(1, tiny_data, tmp_path / "ref", 6)
+    _pretrain(1, tiny_data, tmp_path / "run", 3)
+    _pretrain(2, tiny_data, tmp_path / "run", 6)  # resumes at step 3 with two processes
+    ref, run = _losses(tmp_path / "ref"), _losses(tmp_path / "run")
+    assert sorted(run) == list(range(1, 7))
+    for step in range(4, 7):
+        assert run[step] == pytest.approx(ref[step], abs=1e-5), step
+
+
+def test_batch_must_split_evenly(tiny_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "lmlab.cli",
+           "pretrain", "--data", str(tiny_data), "--out", str(tmp_path / "x"), *SMALL, "--set", "train.steps=2",
+           "--set", "train.parallel=ddp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode != 0 and "must be divisible by the 3 processes" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_peer_is_a_clear_error_within_the_timeout(tiny_data, tmp_path):
+    """Rank 1 is killed after the first checkpoint; rank 0 fails with an error naming the cause, well within
+    its process-group timeout, and the checkpoint on disk is whole."""
+    from lmlab.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    port = str(_free_port())
+    args = [sys.executable, "-m", "lmlab.cli", "pretrain", "--data", str(tiny_data), "--out", str(out), *SMALL,
+            "--set", "train.steps=100000", "--set", "train.ckpt_interval=3", "--set", "train.parallel=ddp",
+            "--set", "train.dist_timeout=20"]
+    procs = []
+    for rank in (0, 1):
+        env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_RANK": str(rank)}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint" / "meta.json").is_file():
+            assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read() if procs[0].poll() else ""
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        assert time.time() - killed < 40
+        assert procs[0].returncode == 2, err[-2000:]
+        assert "lmlab: error: rank 0 of 2" in err and "another rank died or did not answer" in err
+        assert "Traceback" not in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ck = load_checkpoint(out / "checkpoint", with_trainer_state=True)
+    assert ck.trainer_state["step"] % 3 == 0 and ck.trainer_state["step"] >= 3
