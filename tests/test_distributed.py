@@ -23,7 +23,7 @@ SMALL = ["--set", "model.d_model=32", "--set", "model.n_layers=2", "--set", "mod
          "--set", "model.max_seq_len=32", "--set", "train.batch_size=4", "--set", "train.grad_accum=2",
          "--set", "train.precision=fp32", "--set", "train.threads=1", "--set", "train.progress=false",
          "--set", "train.eval_batches=2", "--set", "train.log_interval=1", "--set", "train.warmup_steps=2",
-         "--set", "train.eval_interval=0"]
+         "--set", "train.eval_interval=0", "--set", "train.decay_steps=9"]  # one schedule, however a run is split
 
 
 def _env() -> dict[str, str]:
@@ -31,13 +31,14 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "LMLAB_NATIVE": "0"}
 
 
-def _pretrain(nproc: int, data: Path, out: Path, steps: int, *extra: str) -> subprocess.CompletedProcess:
+def _pretrain(nproc: int, data: Path, out: Path, steps: int, *extra: str, mode: str = "ddp"
+              ) -> subprocess.CompletedProcess:
     args = ["pretrain", "--data", str(data), "--out", str(out), *SMALL, "--set", f"train.steps={steps}", *extra]
     if nproc == 1:
         cmd = [sys.executable, "-m", "lmlab.cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "lmlab.cli", *args, "--set", "train.parallel=ddp"]
+               "-m", "lmlab.cli", *args, "--set", f"train.parallel={mode}"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -48,9 +49,10 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r and not r.get("eval")}
 
 
-def test_two_processes_train_the_one_process_run(tiny_data, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_train_the_one_process_run(tiny_data, tmp_path, mode):
     _pretrain(1, tiny_data, tmp_path / "one", 6)
-    _pretrain(2, tiny_data, tmp_path / "two", 6)
+    _pretrain(2, tiny_data, tmp_path / "two", 6, mode=mode)
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
@@ -59,16 +61,21 @@ def test_two_processes_train_the_one_process_run(tiny_data, tmp_path):
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())["pretrain"]
     assert s2["val_loss"] == pytest.approx(s1["val_loss"], abs=1e-5)
     assert s2["train_tokens"] == s1["train_tokens"]  # the same global batch
+    assert (s1["parallel"], s1["processes"], s2["parallel"], s2["processes"]) == ("none", 1, mode, 2)
     assert (tmp_path / "two" / "loss.png").is_file()  # rank 0 drew it
 
 
-def test_two_processes_continue_a_one_process_checkpoint(tiny_data, tmp_path):
-    _pretrain(1, tiny_data, tmp_path / "ref", 6)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_continue_a_one_process_checkpoint_and_back(tiny_data, tmp_path, mode):
+    """1 process to step 3, 2 processes to step 6 (their checkpoint is a plain one), 1 process to step 9:
+    the losses of one process going all the way."""
+    _pretrain(1, tiny_data, tmp_path / "ref", 9)
     _pretrain(1, tiny_data, tmp_path / "run", 3)
-    _pretrain(2, tiny_data, tmp_path / "run", 6)  # resumes at step 3 with two processes
+    _pretrain(2, tiny_data, tmp_path / "run", 6, mode=mode)  # resumes at step 3 with two processes
+    _pretrain(1, tiny_data, tmp_path / "run", 9)  # and one process resumes their checkpoint
     ref, run = _losses(tmp_path / "ref"), _losses(tmp_path / "run")
-    assert sorted(run) == list(range(1, 7))
-    for step in range(4, 7):
+    assert sorted(run) == list(range(1, 10))
+    for step in range(4, 10):
         assert run[step] == pytest.approx(ref[step], abs=1e-5), step
 
 

@@ -33,6 +33,12 @@ FILES = ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.pt
 REQUIRED = ("model.safetensors", "config.json")
 
 
+def model_state_keys(model: torch.nn.Module) -> set[str]:
+    """The names `model_state` saves: parameters (a tied head once) and persistent buffers."""
+    persistent = set(model.state_dict().keys())
+    return {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers() if n in persistent}
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters (a tied head once) and persistent buffers, as contiguous fp32 CPU tensors."""
     state = {n: p.detach() for n, p in model.named_parameters()}

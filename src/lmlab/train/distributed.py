@@ -1,6 +1,11 @@
 """Data parallelism under torchrun: one process per device, each training on its share of every batch.
 
-`torchrun --nproc_per_node=K -m lmlab.cli pretrain --set train.parallel=ddp ...`
+`torchrun --nproc_per_node=K -m lmlab.cli pretrain --set train.parallel=ddp ...` (or `fsdp`)
+
+DDP keeps a whole copy of the model, its gradients and optimizer state on every
+process; FSDP2 (`fully_shard`, per transformer block and then the root) keeps
+1/K of each and gathers a block's weights just before it runs, which is what
+lets a model K times larger fit.
 
 The samplers stay the single-process ones: micro-batch `i` is the same
 `batch_size` windows whatever K is, and rank r trains on rows
@@ -10,6 +15,14 @@ loss over b rows is the mean of K means over b/K rows each (exactly so for
 the causal loss, whose rows all have `block` tokens). Resuming at another K is
 resuming: the checkpoint does not know K. Only rank 0 logs, evaluates into
 the log, draws plots and writes checkpoints.
+
+Checkpoints stay one full, single-process checkpoint whatever the mode and K:
+under FSDP the processes gather the full weights and optimizer state (with
+`torch.distributed.checkpoint.state_dict`) and rank 0 writes them, instead of
+writing sharded files with `torch.distributed.checkpoint`. That keeps a
+checkpoint readable by every lmlab tool and resumable at any K; its cost is
+that rank 0 must hold the full state in CPU memory, which is fine up to a few
+billion parameters (sharded saving is the way beyond).
 
 The process group has a timeout (`train.dist_timeout`): a rank whose peer died
 or hangs gets an error naming it instead of waiting forever.
@@ -28,7 +41,7 @@ import torch.distributed as dist
 
 from lmlab.errors import LmlabError
 
-MODES = ("none", "ddp")
+MODES = ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -66,8 +79,13 @@ class Ranks:
         return float(t[0]) / self.world
 
     def no_sync(self, model: Any, last: bool) -> AbstractContextManager:
-        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
-        return model.no_sync() if self.active and not last and hasattr(model, "no_sync") else nullcontext()
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but a step's last micro-batch."""
+        if not self.active:
+            return nullcontext()
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+            model.set_requires_gradient_sync(last)
+            return nullcontext()
+        return model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
 
     def close(self) -> None:
         if self.active and dist.is_initialized():
@@ -92,7 +110,7 @@ def setup(parallel: str, device: torch.device, timeout_s: float) -> Ranks:
         return Ranks(timeout_s=timeout_s)
     if parallel == "none":
         raise LmlabError(f"started by torchrun with {world} processes but train.parallel is 'none': set "
-                         f"train.parallel=ddp (or run one process)")
+                         f"train.parallel=ddp or fsdp (or run one process)")
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
@@ -109,10 +127,68 @@ def device_for(ranks: Ranks, device: torch.device) -> torch.device:
 
 
 def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
-    """The model DDP trains: gradients averaged over the ranks during backward; rank 0's weights to all."""
-    if not ranks.active:
+    """The model DDP trains: gradients averaged over the ranks during backward; rank 0's weights to all.
+    (An FSDP model was sharded in place by `shard` and is returned as it is.)"""
+    if not ranks.active or is_sharded(model):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Experts a step routed no token to have no gradient: DDP must be told to expect that.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(model.cfg.moe))
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+    except ImportError:  # torch 2.4-2.5
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
+def shard(model: torch.nn.Module, ranks: Ranks) -> None:
+    """FSDP2 in place: each transformer block is one unit (its weights gathered just before it runs, freed after),
+    and the root holds the rest (embeddings, final norm, head). Before the optimizer is made: it must see the
+    sharded parameters."""
+    if not ranks.active:
+        return
+    fully_shard = _fully_shard()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
+
+
+def optimizer_names(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[str]:
+    """The parameter name behind each of the optimizer's parameter indices (its state dict's keys)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a single-process optimizer state (keyed by index) into a sharded model's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = optimizer_names(model, opt)
+    by_name = {"state": {names[i]: v for i, v in state["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """A sharded model's full weights and optimizer state (index-keyed, as one process saves it), on rank 0's
+    CPU; every process must call this (it gathers), and the others get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    by_name = get_optimizer_state_dict(model, opt, options=options)
+    if not by_name:
+        return weights, by_name
+    index = {n: i for i, n in enumerate(optimizer_names(model, opt))}
+    state = {"state": {index[n]: v for n, v in by_name["state"].items()},
+             "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in by_name["param_groups"]]}
+    return weights, state

@@ -104,8 +104,9 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
     parallel: str = "none"
-    """Data parallelism under torchrun: 'none' (one process) or 'ddp' (DistributedDataParallel: gloo on CPUs,
-    NCCL on GPUs). Each of K processes trains on batch_size/K rows of every micro-batch, so the global batch,
+    """Data parallelism under torchrun: 'none' (one process), 'ddp' (DistributedDataParallel: a full copy per
+    process) or 'fsdp' (FSDP2: weights, gradients and optimizer state sharded over the processes); gloo on CPUs,
+    NCCL on GPUs. Each of K processes trains on batch_size/K rows of every micro-batch, so the global batch,
     and the run, do not depend on K."""
     dist_timeout: float = 300.0
     """Seconds a process waits on the others (a gradient all-reduce, a barrier) before it fails with an error
@@ -243,13 +244,20 @@ class Trainer:
             self._init_from(cfg.init, mc)
         self.model.to(self.device)
         self.model_cfg = mc
-        self.prec = Precision(self.model, tc.precision, self.device)
+        precision = tc.precision
+        if tc.parallel == "fsdp":
+            precision = self._fsdp_precision()
+            distributed.shard(self.model, self.ranks)  # before the optimizer: it must hold the shards
+        self.prec = Precision(self.model, precision, self.device)
         named = list(zip([n for n, _ in self.model.named_parameters()], self.prec.master))
         groups = param_groups(named, tc.weight_decay, tc.decay_embeddings, mc.width_mult)
         self.opt = make_adamw(groups, tc.lr, (tc.beta1, tc.beta2), tc.eps, self.device)
         if resume_from is not None:
             st = resume_from.trainer_state
-            self.opt.load_state_dict(st["optimizer"])
+            if distributed.is_sharded(self.model):
+                distributed.load_optimizer(self.model, self.opt, st["optimizer"])
+            else:
+                self.opt.load_state_dict(st["optimizer"])
             self.step = int(st["step"])
             self.state_extra = {k: st[k] for k in ("tokens", "wall_s", "evals") if k in st}
             torch.set_rng_state(st["rng_cpu"])
@@ -263,6 +271,16 @@ class Trainer:
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.block
         self.flops_per_token = train_flops_per_token(mc, self.block)
         self.decay_steps = tc.decay_steps or tc.steps
+
+    def _fsdp_precision(self) -> str:
+        """FSDP keeps its own sharded fp32 weights: bf16 through autocast, not bf16 weights with fp32 masters."""
+        mode = self.cfg.train.precision
+        if mode == "bf16-master":
+            raise LmlabError("train.parallel=fsdp needs train.precision fp32 or bf16-autocast (FSDP shards fp32 "
+                             "weights itself); bf16-master is for one process or ddp")
+        if mode == "auto":
+            return "bf16-autocast" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return mode
 
     def _init_masking(self) -> None:
         if not self.tokenizer:
@@ -305,7 +323,7 @@ class Trainer:
 
         The eval batches are stacked into larger forward passes (same windows, same
         mean), which is several times faster on CPU than one small batch at a time.
-        Under torchrun each process takes every K-th group and the sums are added up.
+        Under torchrun each process takes its rows of every group, as in training.
         """
         self.model.eval()
         out = {}
@@ -313,15 +331,14 @@ class Trainer:
         with torch.no_grad(), self.prec.autocast():
             for k, (split, sampler) in enumerate(self.eval_samplers.items()):
                 total = 0.0
-                for g, start in enumerate(range(0, n, group)):
-                    if g % self.ranks.world != self.ranks.rank:
-                        continue
+                for start in range(0, n, group):
                     batches = [sampler.batch(i) for i in range(start, min(start + group, n))]
                     x = torch.cat([b[0] for b in batches])
                     y = torch.cat([b[1] for b in batches])
                     seed = (self.cfg.train.seed + 10 + k) * 1_000_003 + start  # the same masks at every eval
-                    total += self.loss(x, y, seed, fwd=self.eval_fwd).item() * len(batches)
-                out[f"{split}_loss"] = self.ranks.mean(total, "evaluation") * self.ranks.world / n
+                    rows = self.ranks.rows(len(x))
+                    total += self.loss(x, y, seed, rows, fwd=self.eval_fwd).item() * len(batches)
+                out[f"{split}_loss"] = self.ranks.mean(total, "evaluation") / n
         self.model.train()
         return out
 
@@ -359,9 +376,19 @@ class Trainer:
                 "moe_uniform_share": 1 / self.model_cfg.n_experts}
 
     def save(self, evals: list[dict[str, Any]], tokens: int, wall: float) -> None:
-        weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
-        weights.update({k: v for k, v in ckpt_io.model_state(self.model).items() if k not in weights})
-        state = {"step": self.step, "optimizer": self.opt.state_dict(), "rng_cpu": torch.get_rng_state(),
+        """Rank 0 writes the checkpoint; under FSDP every process calls this, to gather the full state."""
+        if distributed.is_sharded(self.model):
+            full, opt_state = distributed.full_state(self.model, self.opt)
+            if not self.ranks.main:
+                return
+            keys = ckpt_io.model_state_keys(self.model)  # a tied head once, persistent buffers
+            weights = {n: t.detach().float().cpu().contiguous() if t.is_floating_point() else t.cpu().contiguous()
+                       for n, t in full.items() if n in keys}
+        else:
+            weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
+            weights.update({k: v for k, v in ckpt_io.model_state(self.model).items() if k not in weights})
+            opt_state = self.opt.state_dict()
+        state = {"step": self.step, "optimizer": opt_state, "rng_cpu": torch.get_rng_state(),
                  "tokens": tokens, "wall_s": wall, "evals": evals}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state()
@@ -430,7 +457,7 @@ class Trainer:
                     log.write({**ev, "eval": True, "elapsed_s": wall_before + time.perf_counter() - start})
                     window_t += time.perf_counter() - t_eval  # keep eval time out of tokens/s
                 if (tc.ckpt_interval and self.step % tc.ckpt_interval == 0) or last:
-                    if main:
+                    if main or distributed.is_sharded(self.model):
                         self.save(evals, tokens, wall_before + time.perf_counter() - start)
                     self.ranks.barrier(f"waiting for rank 0 to write the step-{self.step} checkpoint")
                 if bar is not None:
@@ -454,6 +481,7 @@ class Trainer:
             "mfu": (self.flops_per_token * tokens / wall / peak) if wall > 0 and peak else None,
             "ops": autotune.calls(), "ops_measured": autotune.measured(),
             "resumed_from_step": resumed if resumed else None, "steps_this_run": trained,
+            "parallel": tc.parallel if self.ranks.active else "none", "processes": self.ranks.world,
         }
         if self.model_cfg.moe and self.model.blocks[0].mlp.load is not None:
             summary.update(self.moe_stats())
