@@ -65,6 +65,16 @@ def test_two_processes_train_the_one_process_run(tiny_data, tmp_path, mode):
     assert (tmp_path / "two" / "loss.png").is_file()  # rank 0 drew it
 
 
+def test_fsdp_with_activation_checkpointing_trains_the_one_process_run(tiny_data, tmp_path):
+    recompute = ("--set", "train.activation_checkpointing=true")
+    _pretrain(1, tiny_data, tmp_path / "one", 4)
+    _pretrain(2, tiny_data, tmp_path / "two", 4, *recompute, mode="fsdp")
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_continue_a_one_process_checkpoint_and_back(tiny_data, tmp_path, mode):
     """1 process to step 3, 2 processes to step 6 (their checkpoint is a plain one), 1 process to step 9:

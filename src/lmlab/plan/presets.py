@@ -46,6 +46,9 @@ HF_PRESETS: dict[str, dict[str, Any]] = {
                                rope_scaling=_LLAMA31_ROPE),
     "llama-3.1-70b": _llama_cfg(8192, 80, 64, 8, 28672, 128256, 131072, 500000.0, rms_norm_eps=1e-5,
                                 rope_scaling=_LLAMA31_ROPE),
+    # meta-llama/Llama-3.2-1B (tied embeddings; RoPE scaled by 32 for its long context)
+    "llama-3.2-1b": _llama_cfg(2048, 16, 32, 8, 8192, 128256, 131072, 500000.0, tied=True, rms_norm_eps=1e-5,
+                               rope_scaling={**_LLAMA31_ROPE, "factor": 32.0}),
     # mistralai/Mistral-7B-v0.1 (sliding window 4096 does not change the parameters)
     "mistral-7b": _llama_cfg(4096, 32, 32, 8, 14336, 32000, 32768, 10000.0, mtype="mistral", rms_norm_eps=1e-5,
                              sliding_window=4096),

@@ -103,6 +103,9 @@ class TrainConfig:
     """Hardware peak for MFU in TFLOP/s (None = measure a 1024^3 matmul in the compute dtype at start)."""
     progress: bool = True
     """Show a progress bar with ETA."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block in backward instead of keeping its activations: about a third more
+    compute, a fraction of the memory (what `lmlab size --activation_checkpointing` plans)."""
     parallel: str = "none"
     """Data parallelism under torchrun: 'none' (one process), 'ddp' (DistributedDataParallel: a full copy per
     process) or 'fsdp' (FSDP2: weights, gradients and optimizer state sharded over the processes); gloo on CPUs,
@@ -243,6 +246,7 @@ class Trainer:
         if resume_from is None and cfg.init:
             self._init_from(cfg.init, mc)
         self.model.to(self.device)
+        self.model.checkpoint_blocks = tc.activation_checkpointing
         self.model_cfg = mc
         precision = tc.precision
         if tc.parallel == "fsdp":
