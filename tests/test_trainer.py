@@ -174,3 +174,26 @@ def test_raising_steps_on_a_finished_run_says_the_schedule_is_replanned(tiny_dat
     assert s["resumed_from_step"] == 10
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 20
+
+
+def test_a_default_compile_that_fails_falls_back_to_eager(tiny_data, tmp_path):
+    """train.compile unset means 'compile on CUDA, if it compiles': a first step that fails to compile (here a
+    stand-in for a missing compiler) warns once and the run trains eagerly, to the eager run's losses."""
+    from lmlab.train.trainer import Trainer
+
+    eager = Trainer(tiny_cfg(tiny_data, tmp_path / "eager", steps=3, compile=False))
+    expected = eager.fit()["val_loss"]
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "auto", steps=3))
+    assert trainer.cfg.train.compile is None and not trainer.compiled  # off on a CPU
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor: no C++ compiler found")
+
+    trainer.compiled, trainer.fwd = True, broken  # what a failing compile looks like at the first forward
+    with pytest.warns(UserWarning, match="torch.compile failed on the first step .*no C\\+\\+ compiler"):
+        summary = trainer.fit()
+    assert not trainer.compiled and summary["val_loss"] == pytest.approx(expected, abs=1e-6)
+    asked = Trainer(tiny_cfg(tiny_data, tmp_path / "asked", steps=3, compile=True))
+    asked.fwd = broken  # asked for explicitly: the error is the user's to see
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        asked.fit()

@@ -77,8 +77,9 @@ class TrainConfig:
     precision: str = "auto"
     """'auto', 'fp32', 'bf16-autocast' (CUDA default) or 'bf16-master' (bf16 weights, fp32 master; CPU default
     when it has bf16 matrix units)."""
-    compile: bool = False
-    """Wrap the model in torch.compile."""
+    compile: bool | None = None
+    """Wrap the model in torch.compile; None: on CUDA (falling back to eager, with a warning, if the first step
+    does not compile), off on CPUs (where lmlab's own kernels do the fusing)."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."""
     threads: int | None = None
@@ -268,13 +269,18 @@ class Trainer:
             if self.device.type == "cuda" and "rng_cuda" in st:
                 torch.cuda.set_rng_state(st["rng_cuda"])
         self.wrapped = distributed.wrap(self.model, self.ranks, self.device)
-        self.fwd = torch.compile(self.wrapped) if tc.compile else self.wrapped
-        # Evaluation needs no gradient all-reduce, and the processes evaluate different batches.
-        self.eval_fwd = self.model if self.ranks.active else self.fwd
+        self.compiled = tc.compile if tc.compile is not None else self.device.type == "cuda"
+        self.fwd = torch.compile(self.wrapped) if self.compiled else self.wrapped
+        self.first_step = self.step
         self.last_aux = 0.0  # the mixture-of-experts load-balancing loss of the last step
         self.tokens_per_step = tc.batch_size * tc.grad_accum * self.block
         self.flops_per_token = train_flops_per_token(mc, self.block)
         self.decay_steps = tc.decay_steps or tc.steps
+
+    @property
+    def eval_fwd(self):
+        """What evaluates: under torchrun the model itself, as evaluation needs no gradient all-reduce."""
+        return self.model if self.ranks.active else self.fwd
 
     def _fsdp_precision(self) -> str:
         """FSDP keeps its own sharded fp32 weights: bf16 through autocast, not bf16 weights with fp32 masters."""
@@ -301,9 +307,15 @@ class Trainer:
         for the whole batch, so a row is masked alike whatever process trains on it)."""
         fwd = fwd or self.fwd
         if self.cfg.objective == "causal":
-            return causal_lm_loss(fwd, x[rows].to(self.device), y[rows].to(self.device))
+            return causal_lm_loss(fwd, self._to_device(x[rows]), self._to_device(y[rows]))
         inputs, labels = corrupt(x, self.cfg.mlm, self.mask_id, self.model_cfg.vocab_size, seed, self.protected)
-        return masked_lm_loss(fwd, inputs[rows].to(self.device), labels[rows].to(self.device))
+        return masked_lm_loss(fwd, self._to_device(inputs[rows]), self._to_device(labels[rows]))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """On a GPU, copy from pinned memory without waiting: the copy overlaps the work already queued."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _resume_checkpoint(self, mc: ModelConfig) -> ckpt_io.Checkpoint | None:
         if self.ranks.main:
@@ -494,7 +506,20 @@ class Trainer:
         return summary
 
     def _step_or_explain(self) -> tuple[float, float]:
-        """`train_step`, where a collective that failed inside backward (a peer died) is named as such."""
+        """`train_step`, where a collective that failed inside backward (a peer died) is named as such, and a
+        model that torch.compile, switched on by default, cannot compile trains eagerly instead."""
+        if self.compiled and self.cfg.train.compile is None and self.step == self.first_step:
+            try:
+                return self._step_in_group()
+            except Exception as e:  # noqa: BLE001 -- any compiler failure: no triton, no C compiler, an op
+                warnings.warn(f"torch.compile failed on the first step ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); training without it "
+                              "(set train.compile=false to skip the attempt)", stacklevel=2)
+                self.prec.zero_grad()
+                self.fwd, self.compiled = self.wrapped, False
+        return self._step_in_group()
+
+    def _step_in_group(self) -> tuple[float, float]:
         if not self.ranks.active:
             return self.train_step()
         return distributed.collective(self.ranks, f"step {self.step + 1}'s gradient all-reduce", self.train_step)
