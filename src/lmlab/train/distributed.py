@@ -8,11 +8,13 @@ process; FSDP2 (`fully_shard`, per transformer block and then the root) keeps
 lets a model K times larger fit.
 
 The samplers stay the single-process ones: micro-batch `i` is the same
-`batch_size` windows whatever K is, and rank r trains on rows
-[r*b/K, (r+1)*b/K) of it. DDP averages the gradients over the ranks, so a
-step's update is the one process's update on the same global batch: the mean
-loss over b rows is the mean of K means over b/K rows each (exactly so for
-the causal loss, whose rows all have `block` tokens). Resuming at another K is
+`batch_size` windows whatever K is. When `grad_accum` is divisible by K, rank
+r trains on micro-batches r, r+K, ... whole (a GPU's batch stays `batch_size`
+and each accumulates grad_accum/K of them); otherwise it trains on rows
+[r*b/K, (r+1)*b/K) of every micro-batch. DDP and FSDP average the gradients
+over the ranks, and each rank weighs its losses so that the average is the one
+process's gradient on the same global batch (exactly so for the causal loss,
+whose rows all have `block` tokens). Resuming at another K is
 resuming: the checkpoint does not know K. Only rank 0 logs, evaluates into
 the log, draws plots and writes checkpoints.
 
@@ -60,6 +62,16 @@ class Ranks:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    def share(self, grad_accum: int, batch_size: int) -> tuple[list[int], slice, float]:
+        """This process's part of one step: (its micro-batches, its rows of each, the weight of each loss).
+
+        With grad_accum divisible by K, each process takes every K-th micro-batch whole (so a GPU's batch does
+        not shrink as K grows); otherwise it takes its rows of every micro-batch. Either way the gradients
+        averaged over the processes are the one-process gradient: mean over micro-batches of the mean loss."""
+        if self.world > 1 and grad_accum % self.world == 0:
+            return list(range(self.rank, grad_accum, self.world)), slice(None), self.world / grad_accum
+        return list(range(grad_accum)), self.rows(batch_size), 1.0 / grad_accum
 
     def rows(self, batch_size: int) -> slice:
         """This rank's rows of a `batch_size` micro-batch."""

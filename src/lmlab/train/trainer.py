@@ -211,9 +211,10 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.ranks = distributed.setup(tc.parallel, pick_device(tc.device), tc.dist_timeout)
         self.device = distributed.device_for(self.ranks, pick_device(tc.device))
-        if tc.batch_size % self.ranks.world:
-            raise LmlabError(f"train.batch_size={tc.batch_size} must be divisible by the {self.ranks.world} "
-                             f"processes: each trains on an equal share of every batch")
+        if tc.grad_accum % self.ranks.world and tc.batch_size % self.ranks.world:
+            raise LmlabError(f"train.grad_accum={tc.grad_accum} or train.batch_size={tc.batch_size} must be "
+                             f"divisible by the {self.ranks.world} processes: each trains on an equal share of "
+                             f"every step's micro-batches, or of every micro-batch's rows")
         if tc.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
             torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel is an error
@@ -362,21 +363,22 @@ class Trainer:
         """One optimizer step (with accumulation); returns (loss, grad norm before clipping)."""
         tc = self.cfg.train
         total, self.last_aux = 0.0, 0.0
-        rows = self.ranks.rows(tc.batch_size)
-        for micro in range(tc.grad_accum):
+        micros, rows, weight = self.ranks.share(tc.grad_accum, tc.batch_size)
+        for k, micro in enumerate(micros):
             index = self.step * tc.grad_accum + micro
             x, y = self.sampler.batch(index)
-            with self.ranks.no_sync(self.wrapped, micro == tc.grad_accum - 1):
+            with self.ranks.no_sync(self.wrapped, k == len(micros) - 1):
                 with self.prec.autocast():
-                    loss = self.loss(x, y, tc.seed * 1_000_003 + index, rows) / tc.grad_accum
+                    loss = self.loss(x, y, tc.seed * 1_000_003 + index, rows) * weight
                 objective = loss
                 aux = self.model.moe_aux_loss() if self.model_cfg.moe else None
                 if aux is not None:
                     self.last_aux += aux.item() / tc.grad_accum
-                    loss = loss + tc.moe_aux_weight * aux / tc.grad_accum
+                    loss = loss + tc.moe_aux_weight * aux * weight
                 loss.backward()
             self.prec.grads_to_master()
             total += objective.item()
+        # Each process's weight makes the average over processes (DDP, FSDP) the one-process gradient.
         total = self.ranks.mean(total, "averaging the step's loss")
         lr = lr_at(self.step, tc.lr, tc.min_lr, tc.warmup_steps, self.decay_steps)
         norm = self.prec.step(self.opt, tc.grad_clip, lr)
