@@ -18,10 +18,29 @@ def test_quickstart_recipe_equals_defaults():
     assert to_dict(load(QuickstartConfig, CONFIGS / "quickstart.yaml")) == to_dict(QuickstartConfig())
 
 
-@pytest.mark.parametrize("name", ["shakespeare_char.yaml", "pretrain_world.yaml", "llama_tiny_world.yaml"])
+@pytest.mark.parametrize("name", ["shakespeare_char.yaml", "pretrain_world.yaml", "llama_tiny_world.yaml",
+                                  "gpt2-124m.yaml"])
 def test_pretrain_recipes_load(name):
     cfg = load(PretrainConfig, CONFIGS / name)
     assert cfg.model.n_layers >= 1 and cfg.train.steps >= 1
+
+
+def test_the_gpt2_recipe_is_gpt2_124m():
+    """With GPT-2's vocabulary the recipe's model has GPT-2 small's 124,439,808 parameters, and its 0.5M-token
+    step splits over 1-32 GPUs without changing."""
+    import torch
+
+    from lmlab.config import to_dict
+    from lmlab.model.config import ModelConfig
+    from lmlab.model.transformer import Transformer
+
+    cfg = load(PretrainConfig, CONFIGS / "gpt2-124m.yaml")
+    with torch.device("meta"):
+        model = Transformer(ModelConfig(**{**to_dict(cfg.model), "vocab_size": 50257}))
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    t = cfg.train
+    assert t.batch_size * t.grad_accum * t.block_size == 524_288
+    assert all(t.grad_accum % k == 0 for k in (1, 2, 4, 8, 16, 32))
 
 
 def test_quickstart_end_to_end(tmp_path):
