@@ -138,3 +138,39 @@ def test_a_dead_peer_is_a_clear_error_within_the_timeout(tiny_data, tmp_path):
                 p.kill()
     ck = load_checkpoint(out / "checkpoint", with_trainer_state=True)
     assert ck.trainer_state["step"] % 3 == 0 and ck.trainer_state["step"] >= 3
+
+
+def _sft(nproc: int, model: Path, world: Path, out: Path) -> dict[int, float]:
+    args = ["sft", "--init", str(model), "--data", str(world), "--out", str(out), "--set", "eval_questions=4",
+            "--set", "train.steps=5", "--set", "train.batch_size=6", "--set", "train.device=cpu",
+            "--set", "train.threads=1", "--set", "train.log_interval=1", "--set", "train.eval_interval=0",
+            "--set", "train.lr=3e-3", "--set", "train.warmup_steps=1"]
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "lmlab.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "lmlab.cli", *args, "--set", "train.parallel=ddp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _losses(out)
+
+
+def test_sft_on_two_processes_is_the_one_process_sft(tiny_data, tiny_model, tmp_path):
+    """Conversations differ in length: each process weighs its loss by its response tokens over both
+    processes', so the update is the one-process update on the whole batch."""
+    import torch
+
+    from lmlab.model.checkpoint import load_checkpoint
+
+    world = tiny_data.parent / "world"
+    one = _sft(1, tiny_model, world, tmp_path / "one")
+    two = _sft(2, tiny_model, world, tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    a = load_checkpoint(tmp_path / "one" / "checkpoint").weights
+    b = load_checkpoint(tmp_path / "two" / "checkpoint").weights
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())["sft"]
+    assert summary["processes"] == 2 and "after" in summary  # rank 0 evaluated and wrote

@@ -33,10 +33,13 @@ from lmlab.post.stage import (
     setup,
     stage_loop,
     stage_output,
+    stage_ranks,
+    token_weight,
     tokenizer_of,
 )
 from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
 from lmlab.summary import update_summary
+from lmlab.train import distributed
 from lmlab.train.objectives import token_cross_entropy
 
 
@@ -94,9 +97,21 @@ def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, d
 def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], Any] | None = None) -> dict[str, Any]:
     """Fine-tune; `on_eval(step, model, val_loss)`, if given, runs at every evaluation (experiments that follow
     a model through training use it, e.g. `lmlab hallucination unknown-sft`). The model is in eval mode
-    during the call and goes back to training after it."""
+    during the call and goes back to training after it.
+
+    Under torchrun (train.parallel=ddp) each process trains on its share of every batch's conversations and
+    weighs its loss by its response tokens over all processes', so the update is the one-process update;
+    rank 0 alone evaluates, logs and writes."""
     tc = cfg.train
-    device = setup(tc)
+    ranks, device = stage_ranks(tc, setup(tc))
+    try:
+        return _sft(cfg, on_eval, ranks, device)
+    finally:
+        ranks.close()
+
+
+def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]:
+    tc = cfg.train
     model, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
     out = stage_output(cfg, "sft")
@@ -109,8 +124,9 @@ def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], 
     val, train = rows[:n_val], rows[n_val:]
     if not train:
         raise LmlabError(f"{cfg.data}: no conversations left to train on after holding out {n_val}")
-    before = evaluate_chat(model, tok, world, cfg.eval_questions, device)
-    opt, log, batches = stage_loop(model, tc, device, out, len(train))
+    before = evaluate_chat(model, tok, world, cfg.eval_questions, device) if ranks.main else None
+    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks.main)
+    fwd = distributed.wrap(model, ranks, device)
     tokens = response_tokens = 0
     flops = 0.0
     t0 = time.perf_counter()
@@ -123,45 +139,58 @@ def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], 
         total = count = 0.0
         with torch.no_grad(), opt.autocast():
             for i in range(0, len(val), tc.batch_size):
-                b = collate(val[i:i + tc.batch_size], pad, cfg.pack, model.cfg.max_seq_len)
+                mine = val[i:i + tc.batch_size][ranks.rank::ranks.world]
+                if not mine:
+                    continue
+                b = collate(mine, pad, cfg.pack, model.cfg.max_seq_len)
                 k = int((b["labels"] != IGNORE).sum())
                 total += response_loss(model, b, device).item() * k
                 count += k
         model.train()
-        return total / count
+        return ranks.sum(total, "validation") / ranks.sum(count, "validation")
 
     model.train()
     for step in range(1, tc.steps + 1):
-        idx = next(batches)
+        idx = next(batches)[ranks.rank::ranks.world]  # this process's share of the batch
         batch = collate([train[i] for i in idx], pad, cfg.pack, model.cfg.max_seq_len)
+        k = int((batch["labels"] != IGNORE).sum())
+        weight, all_tokens = token_weight(k, ranks)
         with opt.autocast():
-            loss = response_loss(model, batch, device)
-        if not math.isfinite(loss.item()):
-            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
-        loss.backward()
+            loss = response_loss(fwd, batch, device)
+        step_loss = ranks.sum(loss.item() * k, "the step's loss") / all_tokens if ranks.active else loss.item()
+        if not math.isfinite(step_loss):
+            raise LmlabError(f"loss became {step_loss} at step {step}; lower train.lr (now {tc.lr})")
+        (loss * weight).backward()
         lr, norm = opt.apply()
         tokens += batch["tokens"]
         flops += train_flops_per_token(model.cfg, batch["ids"].shape[1]) * batch["tokens"]
-        response_tokens += int((batch["labels"] != IGNORE).sum())
+        response_tokens += k
         if step % tc.log_interval == 0 or step == tc.steps:
-            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, "tokens": tokens})
+            log.write({"step": step, "loss": step_loss, "lr": lr, "grad_norm": norm, "tokens": tokens})
         if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
             val_loss = validate()
             log.write({"step": step, "eval": True, "val_loss": val_loss})
-            if on_eval is not None:
+            if on_eval is not None and ranks.main:
                 model.eval()
                 with torch.no_grad():
                     on_eval(step, model, val_loss)
                 model.train()
     log.close()
     wall = time.perf_counter() - t0
-    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path, reads=[cfg.init], verb="sft",
-                            meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
-    after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
+    tokens = int(ranks.sum(tokens, "counting tokens"))
+    response_tokens = int(ranks.sum(response_tokens, "counting tokens"))
+    flops = ranks.sum(flops, "counting FLOPs")
     summary = {"steps": tc.steps, "conversations": len(train), "val_conversations": len(val),
                "train_tokens": tokens, "response_tokens": response_tokens, "val_loss": val_loss,
                "wall_s": round(wall, 2), "train_flops": flops, "pack": cfg.pack,
-               "checkpoint": str(out / "checkpoint")}
+               "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    if not ranks.main:
+        ranks.barrier("waiting for rank 0 to write the checkpoint")
+        return summary
+    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path, reads=[cfg.init], verb="sft",
+                            meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
+    ranks.barrier("waiting for rank 0 to write the checkpoint")
+    after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
     if before is not None and after is not None:
         summary["before"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in before.items()}
         summary["after"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in after.items()}

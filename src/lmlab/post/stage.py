@@ -18,7 +18,8 @@ from lmlab.errors import LmlabError
 from lmlab.model import autotune
 from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.transformer import Transformer
-from lmlab.train.metrics import MetricsLog
+from lmlab.train import distributed
+from lmlab.train.metrics import MetricsLog, NullLog
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import Precision
 
@@ -51,8 +52,16 @@ class PostTrainConfig:
     """Evaluate held-out loss every this many steps (and at the end); 0 = only at the end."""
     log_interval: int = 10
     """Write a metrics.jsonl line every this many steps."""
+    parallel: str = "none"
+    """Under torchrun: 'ddp' (each process its share of every batch's examples, the loss weighted by
+    response tokens over all processes: the one-process run), or 'none' (one process). `lmlab sft` only
+    so far."""
+    dist_timeout: float = 300.0
+    """Seconds a process waits on the others before it fails with an error saying a peer died or hangs."""
 
     def __post_init__(self) -> None:
+        if self.parallel not in ("none", "ddp"):
+            raise LmlabError(f"train.parallel must be 'none' or 'ddp' for post-training, got {self.parallel!r}")
         for key in ("steps", "batch_size", "log_interval"):
             if getattr(self, key) < 1:
                 raise LmlabError(f"train.{key} must be >= 1, got {getattr(self, key)}")
@@ -153,6 +162,22 @@ def setup(tc: PostTrainConfig) -> torch.device:
     return pick_device(tc.device)
 
 
+def stage_ranks(tc: PostTrainConfig, device: torch.device) -> tuple[distributed.Ranks, torch.device]:
+    """This process's place under torchrun (alone: rank 0 of 1) and the device it trains on."""
+    ranks = distributed.setup(tc.parallel, device, tc.dist_timeout)
+    if tc.batch_size < ranks.world:
+        raise LmlabError(f"train.batch_size={tc.batch_size} is smaller than the {ranks.world} processes: each "
+                         f"needs at least one example per step")
+    return ranks, distributed.device_for(ranks, device)
+
+
+def token_weight(count: int, ranks: distributed.Ranks) -> tuple[float, float]:
+    """(weight of this process's mean loss, the tokens of all processes) for a loss that is a mean over
+    tokens: weighted so, the gradient averaged over the processes is the mean over all of them."""
+    total = ranks.sum(count, "counting the step's tokens")
+    return (ranks.world * count / total if total else 0.0), total
+
+
 class Log(MetricsLog):
     """A stage's metrics.jsonl, written afresh; its last line says which implementation each op took, how
     often and why (`ops`)."""
@@ -168,7 +193,8 @@ class Log(MetricsLog):
 
 
 def stage_loop(model: torch.nn.Module, tc: PostTrainConfig, device: torch.device, out: Path,
-               n_examples: int) -> tuple[Optimizer, Log, Iterator[list[int]]]:
-    """What a stage's training loop runs on: the optimizer, the metrics log, the endless shuffled batches."""
-    return (Optimizer(model, tc, device), Log(out / "metrics.jsonl"),
+               n_examples: int, main: bool = True) -> tuple[Optimizer, Log | NullLog, Iterator[list[int]]]:
+    """What a stage's training loop runs on: the optimizer, the metrics log (rank 0's alone under torchrun),
+    the endless shuffled batches."""
+    return (Optimizer(model, tc, device), Log(out / "metrics.jsonl") if main else NullLog(),
             shuffled_batches(n_examples, tc.batch_size, tc.seed + 1))

@@ -86,9 +86,15 @@ class Ranks:
         """The mean of a number over the ranks (a logged loss)."""
         if not self.active:
             return value
+        return self.sum(value, what) / self.world
+
+    def sum(self, value: float, what: str) -> float:
+        """The sum of a number over the ranks (token counts, loss sums)."""
+        if not self.active:
+            return value
         t = torch.tensor([value], dtype=torch.float64)
         collective(self, what, dist.all_reduce, t, op=dist.ReduceOp.SUM)
-        return float(t[0]) / self.world
+        return float(t[0])
 
     def no_sync(self, model: Any, last: bool) -> AbstractContextManager:
         """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but a step's last micro-batch."""

@@ -78,3 +78,13 @@ def plot_loss(metrics: str | Path, out: str | Path, title: str = "pretraining lo
     ax.grid(alpha=0.3)
     ax.legend()
     return save_png(fig, out)
+
+
+class NullLog:
+    """The metrics log of a process other than rank 0 under torchrun: it writes nothing."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

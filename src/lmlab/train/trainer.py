@@ -35,7 +35,7 @@ from lmlab.rundir import PRETRAIN_OUT, locked_run
 from lmlab.summary import update_summary
 from lmlab.train import distributed
 from lmlab.train.hardware import matmul_peak, tune_cpu_allocator
-from lmlab.train.metrics import MetricsLog, plot_loss
+from lmlab.train.metrics import MetricsLog, NullLog, plot_loss
 from lmlab.train.objectives import MaskingConfig, causal_lm_loss, corrupt, masked_lm_loss
 from lmlab.train.optim import lr_at, make_adamw, param_groups
 from lmlab.train.precision import MODES, Precision
@@ -433,7 +433,7 @@ class Trainer:
         tokens = int(self.state_extra.get("tokens", 0))
         wall_before = float(self.state_extra.get("wall_s", 0.0))
         main = self.ranks.main  # only rank 0 writes: the log, the progress bar, checkpoints, the summary
-        log = MetricsLog(self.out / "metrics.jsonl", self.step) if main else _NoLog()
+        log = MetricsLog(self.out / "metrics.jsonl", self.step) if main else NullLog()
         autotune.reset()  # count this run's op paths alone
         peak = (tc.peak_tflops * 1e12 if tc.peak_tflops
                 else matmul_peak(self.prec.compute_dtype, self.device))
@@ -525,16 +525,6 @@ class Trainer:
         if not self.ranks.active:
             return self.train_step()
         return distributed.collective(self.ranks, f"step {self.step + 1}'s gradient all-reduce", self.train_step)
-
-
-class _NoLog:
-    """The metrics log of a process other than rank 0: it writes nothing."""
-
-    def write(self, row: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 @locked_run
