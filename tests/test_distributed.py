@@ -140,8 +140,11 @@ def test_a_dead_peer_is_a_clear_error_within_the_timeout(tiny_data, tmp_path):
     assert ck.trainer_state["step"] % 3 == 0 and ck.trainer_state["step"] >= 3
 
 
-def _sft(nproc: int, model: Path, world: Path, out: Path) -> dict[int, float]:
-    args = ["sft", "--init", str(model), "--data", str(world), "--out", str(out), "--set", "eval_questions=4",
+STAGE_ARGS = {"sft": ["--set", "eval_questions=4"], "dpo": ["--set", "eval_questions=4"], "rm": []}
+
+
+def _stage(verb: str, nproc: int, model: Path, world: Path, out: Path) -> dict[int, float]:
+    args = [verb, "--init", str(model), "--data", str(world), "--out", str(out), *STAGE_ARGS[verb],
             "--set", "train.steps=5", "--set", "train.batch_size=6", "--set", "train.device=cpu",
             "--set", "train.threads=1", "--set", "train.log_interval=1", "--set", "train.eval_interval=0",
             "--set", "train.lr=3e-3", "--set", "train.warmup_steps=1"]
@@ -152,25 +155,30 @@ def _sft(nproc: int, model: Path, world: Path, out: Path) -> dict[int, float]:
                "-m", "lmlab.cli", *args, "--set", "train.parallel=ddp"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("checkpoint") >= 1  # rank 0 printed the report, once
     return _losses(out)
 
 
-def test_sft_on_two_processes_is_the_one_process_sft(tiny_data, tiny_model, tmp_path):
-    """Conversations differ in length: each process weighs its loss by its response tokens over both
-    processes', so the update is the one-process update on the whole batch."""
+@pytest.mark.parametrize("verb", ["sft", "rm", "dpo"])
+def test_post_training_on_two_processes_is_the_one_process_run(tiny_data, tiny_model, tmp_path, verb):
+    """Conversations differ in length: each process weighs its loss by its share of the batch's response
+    tokens (sft) or pairs (rm, dpo), so the update is the one-process update on the whole batch."""
     import torch
 
     from lmlab.model.checkpoint import load_checkpoint
 
     world = tiny_data.parent / "world"
-    one = _sft(1, tiny_model, world, tmp_path / "one")
-    two = _sft(2, tiny_model, world, tmp_path / "two")
+    one = _stage(verb, 1, tiny_model, world, tmp_path / "one")
+    two = _stage(verb, 2, tiny_model, world, tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
     a = load_checkpoint(tmp_path / "one" / "checkpoint").weights
     b = load_checkpoint(tmp_path / "two" / "checkpoint").weights
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())["sft"]
-    assert summary["processes"] == 2 and "after" in summary  # rank 0 evaluated and wrote
+    # Adam divides by the gradient's own scale, so an element whose gradient is at rounding level can move by
+    # up to lr a step either way: every weight within steps x lr, nearly all within 1e-5.
+    diffs = torch.cat([(b[name].float() - a[name].float()).abs().flatten() for name in a])
+    assert float(diffs.max()) <= 5 * 3e-3
+    assert float((diffs > 1e-5).float().mean()) < 1e-3
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())[verb]
+    assert summary["processes"] == 2  # rank 0 wrote it

@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # the reader went away while the verb was printing (`lmlab chat | head`)
         return _stdout_closed()
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 prints the run's result
+        return 0
     try:
         print_result(result, args.json, formatter)
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit

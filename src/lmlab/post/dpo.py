@@ -29,9 +29,20 @@ from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import sequence_logprobs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
-from lmlab.post.stage import PostTrainConfig, load_policy, setup, stage_loop, stage_output, tokenizer_of
+from lmlab.post.stage import (
+    PostTrainConfig,
+    load_policy,
+    setup,
+    shared_means,
+    stage_loop,
+    stage_output,
+    stage_ranks,
+    token_weight,
+    tokenizer_of,
+)
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
+from lmlab.train import distributed
 
 LOSSES = ("sigmoid", "ipo", "ipo-mean", "hinge")
 
@@ -112,8 +123,18 @@ class DPOConfig:
 
 @locked_run
 def dpo(cfg: DPOConfig) -> dict[str, Any]:
+    """Under torchrun (train.parallel=ddp) each process takes its share of every batch's pairs, weighted by
+    its share of the pairs, so the update is the one-process update; rank 0 alone evaluates and writes."""
     tc = cfg.train
-    device = setup(tc)
+    ranks, device = stage_ranks(tc, setup(tc))
+    try:
+        return _dpo(cfg, ranks, device)
+    finally:
+        ranks.close()
+
+
+def _dpo(cfg: DPOConfig, ranks, device: torch.device) -> dict[str, Any]:
+    tc = cfg.train
     policy, ck = load_policy(cfg.init, device)
     ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
@@ -124,20 +145,22 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
     max_len = policy.cfg.max_seq_len
     for p in train:  # fail before training, naming the pair, rather than mid-run
         pair_batch(tok, [p], max_len, pad)
-    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed) if ranks.main else None
     ref_scores = None
     if cfg.precompute_ref:
         with torch.no_grad():
             ref_scores = torch.cat([pair_scores(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device, cfg.loss)
                                     .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
     out = stage_output(cfg, "dpo")
-    opt, log, batches = stage_loop(policy, tc, device, out, len(train))
+    opt, log, batches = stage_loop(policy, tc, device, out, len(train), ranks.main)
+    fwd = distributed.wrap(policy, ranks, device)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     policy.train()
     for step in range(1, tc.steps + 1):
-        idx = next(batches)
+        idx = next(batches)[ranks.rank::ranks.world]  # this process's share of the pairs
         batch = pair_batch(tok, [train[i] for i in idx], max_len, pad)
         n = len(idx)
+        weight, pairs = token_weight(n, ranks)
         if ref_scores is not None:
             ref_c, ref_r = ref_scores[idx, 0], ref_scores[idx, 1]
         else:
@@ -145,31 +168,39 @@ def dpo(cfg: DPOConfig) -> dict[str, Any]:
                 r = pair_scores(ref, batch, device, cfg.loss)
             ref_c, ref_r = r[:n], r[n:]
         with opt.autocast():
-            lp = pair_scores(policy, batch, device, cfg.loss)
+            lp = pair_scores(fwd, batch, device, cfg.loss)
         loss, metrics = dpo_loss(lp[:n], lp[n:], ref_c, ref_r, cfg.beta, cfg.loss)
         if cfg.nll_weight:
             chosen_tokens = (batch["labels"][:n, 1:] != IGNORE).sum(1).clamp(min=1).to(lp.device)
             nll = (-lp[:n] / (1 if cfg.loss == "ipo-mean" else chosen_tokens)).mean()
             loss = loss + cfg.nll_weight * nll
             metrics["nll/chosen"] = nll.item()
-        if not math.isfinite(loss.item()):
-            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
-        loss.backward()
+        metrics = shared_means({"loss": loss.item(), **metrics}, n, pairs, ranks)
+        step_loss = metrics.pop("loss")
+        if not math.isfinite(step_loss):
+            raise LmlabError(f"loss became {step_loss} at step {step}; lower train.lr (now {tc.lr})")
+        (loss * weight).backward()
         lr, norm = opt.apply()
         n_tok = int(batch["mask"].sum())
         tokens += n_tok
         flops += train_flops_per_token(policy.cfg, batch["ids"].shape[1]) * n_tok
         if step % tc.log_interval == 0 or step == tc.steps:
-            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **metrics})
+            log.write({"step": step, "loss": step_loss, "lr": lr, "grad_norm": norm, **metrics})
     log.close()
     wall = time.perf_counter() - t0
-    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(policy), policy.cfg, ck.tokenizer_path,
-                            reads=[cfg.init], verb="dpo",
-                            meta={"stage": "dpo", "init": str(cfg.init), "beta": cfg.beta, "loss": cfg.loss})
-    after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     summary = {"steps": tc.steps, "pairs": len(train), "beta": cfg.beta, "loss": cfg.loss,
-               "final": metrics, "train_tokens": tokens, "train_flops": flops, "wall_s": round(wall, 2),
-               "checkpoint": str(out / "checkpoint"), "before": before, "after": after}
+               "final": metrics, "train_tokens": int(ranks.sum(tokens, "counting tokens")),
+               "train_flops": ranks.sum(flops, "counting FLOPs"), "wall_s": round(wall, 2),
+               "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    if ranks.main:
+        ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(policy), policy.cfg, ck.tokenizer_path,
+                                reads=[cfg.init], verb="dpo",
+                                meta={"stage": "dpo", "init": str(cfg.init), "beta": cfg.beta, "loss": cfg.loss})
+    ranks.barrier("waiting for rank 0 to write the checkpoint")
+    if not ranks.main:
+        return summary
+    summary["before"] = before
+    summary["after"] = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     update_summary(out / "summary.json", "dpo", summary)
     return summary
 

@@ -28,9 +28,21 @@ from lmlab.model import checkpoint as ckpt_io
 from lmlab.model.logprobs import token_logprobs
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
-from lmlab.post.stage import Optimizer, PostTrainConfig, load_policy, setup, stage_loop, stage_output, tokenizer_of
+from lmlab.post.stage import (
+    Optimizer,
+    PostTrainConfig,
+    load_policy,
+    setup,
+    shared_means,
+    stage_loop,
+    stage_output,
+    stage_ranks,
+    token_weight,
+    tokenizer_of,
+)
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
+from lmlab.train import distributed
 
 
 class RewardModel(nn.Module):
@@ -120,12 +132,13 @@ def reply_batch(tok: Tokenizer, items: list[tuple[dict[str, Any], str]], max_len
 
 
 def score_pairs(model: RewardModel, tok: Tokenizer, pairs: list[dict[str, Any]], device: torch.device,
-                pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen scores, rejected scores) of a batch of pairs, one forward pass over both."""
+                pad: int, fwd: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen scores, rejected scores) of a batch of pairs, one forward pass over both (through `fwd`, the
+    model as DDP wraps it, when training under torchrun)."""
     items = [(p, p[k]) for k in ("chosen", "rejected") for p in pairs]
     where = [p.get("where", "pair") for p in pairs] * 2
     ids, mask, reply = reply_batch(tok, items, model.backbone.cfg.max_seq_len, where, pad)
-    r = model(ids.to(device), mask.to(device), reply.to(device)).float()
+    r = (fwd or model)(ids.to(device), mask.to(device), reply.to(device)).float()
     return r[: len(pairs)], r[len(pairs):]
 
 
@@ -191,8 +204,18 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
 
 @locked_run
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
+    """Under torchrun (train.parallel=ddp) each process takes its share of every batch's pairs, weighted by
+    its share of the pairs, so the update is the one-process update; rank 0 alone evaluates and writes."""
     tc = cfg.train
-    device = setup(tc)
+    ranks, device = stage_ranks(tc, setup(tc))
+    try:
+        return _train_rm(cfg, ranks, device)
+    finally:
+        ranks.close()
+
+
+def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:
+    tc = cfg.train
     backbone, ck = load_policy(cfg.init, device)
     tok, pad = tokenizer_of(ck)
     model = RewardModel(backbone, cfg.logprob_feature).to(device)
@@ -200,38 +223,48 @@ def train_rm(cfg: RMConfig) -> dict[str, Any]:
     if not train:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
     out = stage_output(cfg, "rm")
-    opt, log, batches = stage_loop(model, tc, device, out, len(train))
+    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks.main)
+    # Without the log-probability feature an untied backbone's output layer gets no gradient.
+    fwd = distributed.wrap(model, ranks, device, unused=True)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
+    ev: dict[str, Any] = {}
     model.train()
     for step in range(1, tc.steps + 1):
-        idx = next(batches)
-        pairs = [train[i] for i in idx]
+        pairs = [train[i] for i in next(batches)[ranks.rank::ranks.world]]  # this process's share
+        weight, n_pairs = token_weight(len(pairs), ranks)
         with opt.autocast():
-            c, r = score_pairs(model, tok, pairs, device, pad)
+            c, r = score_pairs(model, tok, pairs, device, pad, fwd)
         margin = torch.tensor([float(p.get("margin", 0.0)) for p in pairs], device=device) if cfg.margin else 0.0
         loss = bradley_terry_loss(c, r, margin, cfg.centring)
-        if not math.isfinite(loss.item()):
-            raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
-        loss.backward()
+        logged = shared_means({"loss": loss.item(), "accuracy": (c > r).float().mean().item(),
+                               "margin": (c - r).mean().item()}, len(pairs), n_pairs, ranks)
+        if not math.isfinite(logged["loss"]):
+            raise LmlabError(f"loss became {logged['loss']} at step {step}; lower train.lr (now {tc.lr})")
+        (loss * weight).backward()
         lr, norm = opt.apply()
         n_tok = sum(len(pair_ids(tok, p, p[k])) for p in pairs for k in ("chosen", "rejected"))
         tokens += n_tok
         flops += train_flops_per_token(backbone.cfg, backbone.cfg.max_seq_len // 4) * n_tok
         if step % tc.log_interval == 0 or step == tc.steps:
-            log.write({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm,
-                       "accuracy": (c > r).float().mean().item(), "margin": (c - r).mean().item()})
-        if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
+            log.write({"step": step, "loss": logged["loss"], "lr": lr, "grad_norm": norm,
+                       "accuracy": logged["accuracy"], "margin": logged["margin"]})
+        if ranks.main and ((tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps):
             ev = {name: evaluate(model, tok, pairs_, device, pad) for name, pairs_ in heldout.items()}
             log.write({"step": step, "eval": True, **{f"{k}_accuracy": v["accuracy"] for k, v in ev.items()}})
     log.close()
     wall = time.perf_counter() - t0
-    save_reward_model(out / "checkpoint", model, opt, ck.tokenizer_path,
-                      {"init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
+    summary = {"steps": tc.steps, "pairs": len(train), "train_tokens": int(ranks.sum(tokens, "counting tokens")),
+               "train_flops": ranks.sum(flops, "counting FLOPs"), "wall_s": round(wall, 2),
+               "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    if ranks.main:
+        save_reward_model(out / "checkpoint", model, opt, ck.tokenizer_path,
+                          {"init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
+    ranks.barrier("waiting for rank 0 to write the checkpoint")
+    if not ranks.main:
+        return summary
     train_eval = evaluate(model, tok, train[:500], device, pad)
-    summary = {"steps": tc.steps, "pairs": len(train), "train_accuracy": train_eval["accuracy"],
-               "heldout_accuracy": ev["heldout"]["accuracy"], "heldout_margin": ev["heldout"]["margin"],
-               "heldout": ev, "train_tokens": tokens, "train_flops": flops, "wall_s": round(wall, 2),
-               "checkpoint": str(out / "checkpoint")}
+    summary.update({"train_accuracy": train_eval["accuracy"], "heldout_accuracy": ev["heldout"]["accuracy"],
+                    "heldout_margin": ev["heldout"]["margin"], "heldout": ev})
     update_summary(out / "summary.json", "rm", summary)
     return summary
 

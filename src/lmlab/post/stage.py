@@ -53,9 +53,8 @@ class PostTrainConfig:
     log_interval: int = 10
     """Write a metrics.jsonl line every this many steps."""
     parallel: str = "none"
-    """Under torchrun: 'ddp' (each process its share of every batch's examples, the loss weighted by
-    response tokens over all processes: the one-process run), or 'none' (one process). `lmlab sft` only
-    so far."""
+    """Under torchrun: 'ddp' (each process its share of every batch's examples, its loss weighted by its
+    share of the batch's response tokens (sft) or pairs (rm, dpo): the one-process run), or 'none'."""
     dist_timeout: float = 300.0
     """Seconds a process waits on the others before it fails with an error saying a peer died or hangs."""
 
@@ -169,6 +168,13 @@ def stage_ranks(tc: PostTrainConfig, device: torch.device) -> tuple[distributed.
         raise LmlabError(f"train.batch_size={tc.batch_size} is smaller than the {ranks.world} processes: each "
                          f"needs at least one example per step")
     return ranks, distributed.device_for(ranks, device)
+
+
+def shared_means(metrics: dict[str, float], count: int, total: float, ranks: distributed.Ranks) -> dict[str, float]:
+    """Per-process means over `count` examples made means over all `total` (what one process would log)."""
+    if not ranks.active:
+        return metrics
+    return {k: ranks.sum(v * count, "averaging metrics") / total for k, v in metrics.items()}
 
 
 def token_weight(count: int, ranks: distributed.Ranks) -> tuple[float, float]:

@@ -144,16 +144,18 @@ def device_for(ranks: Ranks, device: torch.device) -> torch.device:
     return device
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, unused: bool | None = None) -> torch.nn.Module:
     """The model DDP trains: gradients averaged over the ranks during backward; rank 0's weights to all.
-    (An FSDP model was sharded in place by `shard` and is returned as it is.)"""
+    (An FSDP model was sharded in place by `shard` and is returned as it is.) `unused`: some parameters may
+    get no gradient in a step (default: a mixture of experts, whose unrouted experts get none)."""
     if not ranks.active or is_sharded(model):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # Experts a step routed no token to have no gradient: DDP must be told to expect that.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(model.cfg.moe))
+    if unused is None:
+        unused = bool(model.cfg.moe)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
 def _fully_shard():
