@@ -150,6 +150,8 @@ RUNS: dict[str, Callable[[Any], list[str]]] = {
                                          "--people", "2", "--prefixes", "1", "--context", "0", "--max_new_tokens",
                                          "24", "--device", "cpu"],
     "doctor": lambda e: ["doctor", "--measure", "false", "--peaks", "false"],
+    "ledger": lambda e: ["ledger", "--size", "tiny", "--only", "temperature-entropy", "--out", str(e.tmp / "ledger"),
+                         "--work", str(e.tmp / "ledger_work")],
     "sampling explain": lambda e: ["sampling", "explain", "--checkpoint", e.ckpt, "--prompt", "Question:",
                                    "--out", str(e.tmp / "explain.png")],
 }

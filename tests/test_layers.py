@@ -19,7 +19,7 @@ LAYERS = [
     {"lmlab.model", "lmlab.plan"},
     {"lmlab.train", "lmlab.infer"},
     {"lmlab.post", "lmlab.testtime", "lmlab.evals", "lmlab.scale", "lmlab.doctor"},
-    {"lmlab.report", "lmlab.serve", "lmlab.quickstart", "lmlab.cli"},
+    {"lmlab.report", "lmlab.serve", "lmlab.ledger", "lmlab.quickstart", "lmlab.cli"},
 ]
 """Bottom to top, after the issue that set them: data -> model (checkpoints beside it) -> train / infer ->
 post, testtime, evals -> report, serve, quickstart, cli. A module may import its own layer and those below."""

@@ -102,6 +102,8 @@ VERBS: dict[str, tuple[str, str]] = {
                              "format_report"),
     "serve": ("an OpenAI-compatible server with continuous batching, /metrics and a sampling playground "
               "(`lmlab serve CKPT`)", "lmlab.serve.run:ServeConfig:run_serve"),
+    "ledger": ("test claims about language models by measurement: docs/LEDGER.md and docs/ledger.json, "
+               "each row with its interval, verdict and command", "lmlab.ledger.run:LedgerConfig:ledger:format_ledger"),
     "sampling explain": ("show the next-token distribution under temperatures, top-k, top-p, min-p (+ PNG)",
                          "lmlab.infer.explain:ExplainConfig:run_explain:format_explain"),
 }

@@ -1,0 +1,113 @@
+"""`lmlab ledger` at the tiny size: every claim gives a row with a value, an interval, a verdict and its command;
+the markdown and the JSON agree; finished claims come from the cache; `--only` keeps the other rows."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from lmlab.errors import LmlabError
+from lmlab.ledger.claims import Row
+from lmlab.ledger.run import CLAIMS, LedgerConfig, ledger
+
+
+def _cfg(tmp_path, **kw) -> LedgerConfig:
+    return LedgerConfig(size="tiny", out=str(tmp_path / "docs"), work=str(tmp_path / "work"), **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ledger")
+    result = ledger(_cfg(tmp))
+    return tmp, result, json.loads((tmp / "docs" / "ledger.json").read_text())
+
+
+def test_every_claim_has_a_measured_row(tiny):
+    tmp, result, data = tiny
+    assert result["ran"] == [c.id for c in CLAIMS] and not result["left_for_next_run"]
+    assert [r["id"] for r in data["rows"]] == [c.id for c in CLAIMS]
+    for r in data["rows"]:
+        assert r["low"] <= r["value"] <= r["high"], r["id"]
+        assert r["verdict"] in ("holds", "does not hold", "holds only") and r["unit"] and r["interval"]
+        assert r["command"].startswith(f"lmlab ledger --only {r['id']}")
+        assert r["source"] and r["test"] and r["measured"]
+        assert (tmp / "docs" / r["plot"]).stat().st_size > 1000  # the plot it links was drawn
+    assert data["generated_by"] == "lmlab ledger" and data["size"] == "tiny"
+
+
+def test_the_markdown_and_the_json_agree(tiny):
+    tmp, _, data = tiny
+    md = (tmp / "docs" / "LEDGER.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| [")]
+    assert len(table) == len(data["rows"])
+    for line, r in zip(table, data["rows"]):
+        assert f"(#{r['id']})" in line and r["unit"] in line
+        assert (r["verdict"] if r["verdict"] != "holds only" else "holds only") in line
+        low, high = re.search(r"\[([-\d.e+,]+), ([-\d.e+,]+)\]", line).groups()
+        assert float(low.replace(",", "")) == pytest.approx(r["low"], rel=5e-3, abs=1e-9)
+        assert float(high.replace(",", "")) == pytest.approx(r["high"], rel=5e-3, abs=1e-9)
+        assert f"`{r['command']}`" in md and f"![{r['id']}]({r['plot']})" in md
+
+
+def test_unchanged_claims_come_from_the_cache_and_only_keeps_the_others(tiny, tmp_path):
+    tmp, _, first = tiny
+    again = ledger(_cfg(tmp))
+    assert again["ran"] == [] and again["cached"] == [c.id for c in CLAIMS]
+    forced = ledger(_cfg(tmp, only=["top-p-adapts"], force=True))
+    assert forced["ran"] == ["top-p-adapts"]
+    rows = json.loads((tmp / "docs" / "ledger.json").read_text())["rows"]
+    assert [r["id"] for r in rows] == [r["id"] for r in first["rows"]]  # the others kept their rows
+    cache = tmp / "work" / "cache" / "temperature-entropy.json"
+    stale = json.loads(cache.read_text())
+    stale["fingerprint"] = "changed-code"
+    cache.write_text(json.dumps(stale))
+    assert ledger(_cfg(tmp))["ran"] == ["temperature-entropy"]  # its code "changed": measured again
+
+
+def test_math_that_must_hold_holds_on_any_model(tiny):
+    """Entropy rises with temperature and falls with k for every distribution: a theorem, so every prompt."""
+    _, _, data = tiny
+    by_id = {r["id"]: r for r in data["rows"]}
+    assert by_id["temperature-entropy"]["value"] == 1.0 and by_id["temperature-entropy"]["verdict"] == "holds"
+
+
+def test_bad_settings_and_rows_are_refused(tmp_path):
+    with pytest.raises(LmlabError, match="unknown claim"):
+        _cfg(tmp_path, only=["no-such-claim"])
+    with pytest.raises(LmlabError, match="size"):
+        LedgerConfig(size="huge")
+    with pytest.raises(ValueError, match="outside its interval"):
+        Row(value=2, low=0, high=1, unit="x", verdict="holds", measured="m", interval="i")
+    with pytest.raises(ValueError, match="condition"):
+        Row(value=0.5, low=0, high=1, unit="x", verdict="holds only", measured="m", interval="i")
+
+
+def test_each_sampling_claim_on_distributions_whose_answer_is_known(tmp_path):
+    """Hand-made logits: entropy falls with k and rises with T for both; top-p = 0.9 keeps 1 token of the sure
+    one and all 30 of the flat one, so the nucleus spread is the full 30x."""
+    import torch
+
+    from lmlab.ledger import sampling_claims as sc
+    from lmlab.ledger.run import Context
+
+    class Fixed:
+        def get(self):
+            sure = torch.full((30,), -10.0)
+            sure[0] = 10.0
+            flat = torch.zeros(30)
+            skewed = torch.log(torch.tensor([0.5, 0.3, 0.2] + [1e-9] * 27))
+            return torch.stack([sure, flat, skewed] * 4), "three hand-made distributions"
+
+        def model_id(self):
+            return "fixed"
+
+    (tmp_path / "ledger").mkdir()
+    ctx = Context("tiny", 0, str(tmp_path), Fixed())
+    assert sc.smaller_k_is_more_predictable(ctx).value == 1.0
+    assert sc.temperature_entropy(ctx).verdict == "holds"
+    spread = sc.top_p_adapts(ctx)
+    assert spread.value == 30.0 and spread.verdict == "holds"
+    greedy = sc.temperature_zero_is_greedy(ctx)  # the flat rows have no single argmax: greedy only with a gap
+    assert greedy.verdict == "holds only" and greedy.details["prompts_below_0.99"] == 4
