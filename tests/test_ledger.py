@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,7 @@ def test_every_claim_has_a_measured_row(tiny):
     assert data["generated_by"] == "lmlab ledger" and data["size"] == "tiny"
 
 
-def test_the_markdown_and_the_json_agree(tiny):
-    tmp, _, data = tiny
-    md = (tmp / "docs" / "LEDGER.md").read_text()
+def _agree(md: str, data: dict) -> None:
     table = [line for line in md.splitlines() if line.startswith("| [")]
     assert len(table) == len(data["rows"])
     for line, r in zip(table, data["rows"]):
@@ -49,6 +48,22 @@ def test_the_markdown_and_the_json_agree(tiny):
         assert float(low.replace(",", "")) == pytest.approx(r["low"], rel=5e-3, abs=1e-9)
         assert float(high.replace(",", "")) == pytest.approx(r["high"], rel=5e-3, abs=1e-9)
         assert f"`{r['command']}`" in md and f"![{r['id']}]({r['plot']})" in md
+        assert r["command"].startswith(f"lmlab ledger --only {r['id']}")
+
+
+def test_the_markdown_and_the_json_agree(tiny):
+    tmp, _, data = tiny
+    _agree((tmp / "docs" / "LEDGER.md").read_text(), data)
+
+
+def test_the_ledger_in_the_repository_is_lmlab_ledger_output():
+    """docs/LEDGER.md and docs/ledger.json are written together by `lmlab ledger`, never by hand."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    data = json.loads((docs / "ledger.json").read_text())
+    assert data["generated_by"] == "lmlab ledger" and data["size"] == "full"
+    _agree((docs / "LEDGER.md").read_text(), data)
+    for r in data["rows"]:
+        assert (docs / r["plot"]).is_file(), r["plot"]
 
 
 def test_unchanged_claims_come_from_the_cache_and_only_keeps_the_others(tiny, tmp_path):
