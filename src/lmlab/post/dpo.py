@@ -32,11 +32,10 @@ from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.stage import (
     PostTrainConfig,
     load_policy,
-    setup,
     shared_means,
     stage_loop,
     stage_output,
-    stage_ranks,
+    stage_processes,
     token_weight,
     tokenizer_of,
 )
@@ -125,12 +124,8 @@ class DPOConfig:
 def dpo(cfg: DPOConfig) -> dict[str, Any]:
     """Under torchrun (train.parallel=ddp) each process takes its share of every batch's pairs, weighted by
     its share of the pairs, so the update is the one-process update; rank 0 alone evaluates and writes."""
-    tc = cfg.train
-    ranks, device = stage_ranks(tc, setup(tc))
-    try:
+    with stage_processes(cfg.train) as (ranks, device):
         return _dpo(cfg, ranks, device)
-    finally:
-        ranks.close()
 
 
 def _dpo(cfg: DPOConfig, ranks, device: torch.device) -> dict[str, Any]:

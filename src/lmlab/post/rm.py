@@ -32,11 +32,10 @@ from lmlab.post.stage import (
     Optimizer,
     PostTrainConfig,
     load_policy,
-    setup,
     shared_means,
     stage_loop,
     stage_output,
-    stage_ranks,
+    stage_processes,
     token_weight,
     tokenizer_of,
 )
@@ -204,14 +203,10 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
 
 @locked_run
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
-    """Under torchrun (train.parallel=ddp) each process takes its share of every batch's pairs, weighted by
-    its share of the pairs, so the update is the one-process update; rank 0 alone evaluates and writes."""
-    tc = cfg.train
-    ranks, device = stage_ranks(tc, setup(tc))
-    try:
+    """Train the reward model. Under torchrun (train.parallel=ddp) the processes split each batch's pairs and
+    weigh their Bradley-Terry losses by their shares: the one-process update. Rank 0 evaluates and writes."""
+    with stage_processes(cfg.train) as (ranks, device):
         return _train_rm(cfg, ranks, device)
-    finally:
-        ranks.close()
 
 
 def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:

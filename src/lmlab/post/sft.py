@@ -30,10 +30,9 @@ from lmlab.post.stage import (
     PostTrainConfig,
     add_chat_tokens,
     load_policy,
-    setup,
     stage_loop,
     stage_output,
-    stage_ranks,
+    stage_processes,
     token_weight,
     tokenizer_of,
 )
@@ -102,12 +101,8 @@ def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], 
     Under torchrun (train.parallel=ddp) each process trains on its share of every batch's conversations and
     weighs its loss by its response tokens over all processes', so the update is the one-process update;
     rank 0 alone evaluates, logs and writes."""
-    tc = cfg.train
-    ranks, device = stage_ranks(tc, setup(tc))
-    try:
+    with stage_processes(cfg.train) as (ranks, device):
         return _sft(cfg, on_eval, ranks, device)
-    finally:
-        ranks.close()
 
 
 def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]:

@@ -3,6 +3,7 @@ optimizer step with lmlab's precision modes, schedule, logging and checkpoints."
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,6 +160,16 @@ def setup(tc: PostTrainConfig) -> torch.device:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     return pick_device(tc.device)
+
+
+@contextlib.contextmanager
+def stage_processes(tc: PostTrainConfig) -> Iterator[tuple[distributed.Ranks, torch.device]]:
+    """The stage's place under torchrun and its device (set up as `setup` does); the group is closed after."""
+    ranks, device = stage_ranks(tc, setup(tc))
+    try:
+        yield ranks, device
+    finally:
+        ranks.close()
 
 
 def stage_ranks(tc: PostTrainConfig, device: torch.device) -> tuple[distributed.Ranks, torch.device]:
