@@ -86,6 +86,9 @@ def test_math_that_must_hold_holds_on_any_model(tiny):
     _, _, data = tiny
     by_id = {r["id"]: r for r in data["rows"]}
     assert by_id["temperature-entropy"]["value"] == 1.0 and by_id["temperature-entropy"]["verdict"] == "holds"
+    # An MoE's weights are its total parameters', its FLOPs its active ones' (plus a router): at any size.
+    assert by_id["moe-memory-follows-total"]["verdict"] == by_id["moe-compute-follows-active"]["verdict"] == "holds"
+    assert by_id["moe-compute-follows-active"]["details"]["moe_over_dense_total_width"] < 0.5
 
 
 def test_bad_settings_and_rows_are_refused(tmp_path):

@@ -26,10 +26,11 @@ from lmlab.io import write_json
 from lmlab.ledger import model as logits_module
 from lmlab.ledger.claims import Claim
 from lmlab.ledger.model import LogitsSource
+from lmlab.ledger.moe_claims import CLAIMS as MOE
 from lmlab.ledger.sampling_claims import CLAIMS as SAMPLING
 from lmlab.ledger.write import write_markdown
 
-CLAIMS: list[Claim] = [*SAMPLING]
+CLAIMS: list[Claim] = [*SAMPLING, *MOE]
 
 
 @dataclass
@@ -71,6 +72,8 @@ class Context:
     out_dir: str
     logits_source: LogitsSource
     cpu: str = field(default_factory=lambda: _cpu_name())
+    memo: dict[str, Any] = field(default_factory=dict)
+    """Measurements several claims share (made by the first claim that needs them)."""
 
     def next_token_logits(self) -> tuple[torch.Tensor, str]:
         return self.logits_source.get()
