@@ -89,6 +89,7 @@ def test_math_that_must_hold_holds_on_any_model(tiny):
     # An MoE's weights are its total parameters', its FLOPs its active ones' (plus a router): at any size.
     assert by_id["moe-memory-follows-total"]["verdict"] == by_id["moe-compute-follows-active"]["verdict"] == "holds"
     assert by_id["moe-compute-follows-active"]["details"]["moe_over_dense_total_width"] < 0.5
+    assert by_id["moe-memory-follows-total"]["details"]["moe_over_dense_active_width"] > 2
 
 
 def test_bad_settings_and_rows_are_refused(tmp_path):

@@ -52,32 +52,28 @@ def _plot(ctx: Any, claim_id: str, key: str, label: str) -> str:
     return link
 
 
-def _exact(value: float, unit: str, holds: bool, measured: str, link: str, details: dict) -> Row:
-    return Row(value=value, low=value, high=value, unit=unit, verdict="holds" if holds else "does not hold",
-               measured=measured, interval="none needed: exact counts of one forward pass and of the weights' bytes",
-               plot=link, details=details)
+def _follows(ctx: Any, claim_id: str, key: str, reference: str, other: str, tolerance: float, what: str,
+             label: str) -> Row:
+    """The MoE's `key` over the `reference` dense model's: the claim holds within `tolerance` of 1."""
+    m = _measure(ctx)
+    ratio = m["moe"][key] / m[reference][key]
+    link = _plot(ctx, claim_id, key, label)
+    beside = "moe_over_" + other.replace(", ", "_").replace(" ", "_")
+    return Row(value=ratio, low=ratio, high=ratio, unit=f"MoE {what} / those of the dense model of its "
+               f"{reference.split(', ')[1]}", verdict="holds" if abs(ratio - 1) < tolerance else "does not hold",
+               measured=f"{what} of a {EXPERTS}-expert top-{ACTIVE} MoE and two dense models ({ctx.size} size)",
+               interval="none needed: exact counts of one forward pass and of the weights' bytes", plot=link,
+               details={beside: round(m["moe"][key] / m[other][key], 3), **{k: v[key] for k, v in m.items()}})
 
 
 def moe_memory_follows_total(ctx: Any) -> Row:
-    m = _measure(ctx)
-    ratio = m["moe"]["weight_bytes"] / m["dense, total width"]["weight_bytes"]
-    vs_active = m["moe"]["weight_bytes"] / m["dense, active width"]["weight_bytes"]
-    link = _plot(ctx, "moe-memory-follows-total", "weight_bytes", "bytes of weights")
-    return _exact(ratio, "MoE weights / weights of the dense model of its total width", abs(ratio - 1) < 0.02,
-                  f"fp32 weight bytes of a {EXPERTS}-expert top-{ACTIVE} MoE and two dense models ({ctx.size} size)",
-                  link, {"moe_over_dense_active_width": round(vs_active, 3),
-                         **{k: v["weight_bytes"] for k, v in m.items()}})
+    return _follows(ctx, "moe-memory-follows-total", "weight_bytes", "dense, total width", "dense, active width",
+                    0.02, "fp32 weight bytes", "bytes of weights")
 
 
 def moe_compute_follows_active(ctx: Any) -> Row:
-    m = _measure(ctx)
-    ratio = m["moe"]["forward_flops"] / m["dense, active width"]["forward_flops"]
-    vs_total = m["moe"]["forward_flops"] / m["dense, total width"]["forward_flops"]
-    link = _plot(ctx, "moe-compute-follows-active", "forward_flops", "FLOPs of one forward pass")
-    return _exact(ratio, "MoE forward FLOPs / FLOPs of the dense model of its active width", abs(ratio - 1) < 0.05,
-                  f"FLOPs of a forward pass counted by torch.utils.flop_counter, the same {EXPERTS}-expert "
-                  f"top-{ACTIVE} MoE and dense models", link,
-                  {"moe_over_dense_total_width": round(vs_total, 3), **{k: v["forward_flops"] for k, v in m.items()}})
+    return _follows(ctx, "moe-compute-follows-active", "forward_flops", "dense, active width", "dense, total width",
+                    0.05, "forward FLOPs (torch.utils.flop_counter)", "FLOPs of one forward pass")
 
 
 CLAIMS = [

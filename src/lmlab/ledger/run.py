@@ -119,7 +119,7 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
     selected = [c for c in CLAIMS if not cfg.only or c.id in cfg.only]
     rows: dict[str, dict[str, Any]] = {r["id"]: r for r in _previous(out / "ledger.json")}
     ran, cached, left = [], [], []
-    start = time.perf_counter()
+    start, commit = time.perf_counter(), _commit()
     for claim in selected:
         fp = fingerprint(claim, cfg, source.model_id())
         hit = _read(cache / f"{claim.id}.json")
@@ -132,13 +132,13 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
             continue
         t0 = time.perf_counter()
         row = claim.run(ctx)
-        entry = claim.entry(row, command(claim, cfg), time.perf_counter() - t0)
+        entry = {**claim.entry(row, command(claim, cfg), time.perf_counter() - t0), "commit": commit}
         write_json(cache / f"{claim.id}.json", {"fingerprint": fp, "entry": entry})
         rows[claim.id] = entry
         ran.append(claim.id)
     order = [c.id for c in CLAIMS]
     entries = [rows[i] for i in order if i in rows]
-    meta = {"generated_by": "lmlab ledger", "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+    meta = {"generated_by": "lmlab ledger", "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
             time.gmtime()), "machine": ctx.cpu, "size": cfg.size}
     write_json(out / "ledger.json", {**meta, "rows": entries})
     write_markdown(out / "LEDGER.md", meta, entries)

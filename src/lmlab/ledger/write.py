@@ -26,7 +26,7 @@ def verdict_text(r: dict[str, Any]) -> str:
 def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     lines = ["# The ledger: claims about language models, tested", "",
              f"Written by `lmlab ledger` ({meta['size']} size) on {meta['date']} at commit {meta['commit']}, on "
-             f"{meta['machine']}. Do not edit by hand: run the command in a row to reproduce it, or "
+             f"{meta['machine']}; each row names the commit it was measured at. Do not edit by hand: run the command in a row to reproduce it, or "
              "`lmlab ledger` for all of them. Intervals are 95%.", "",
              "| claim | verdict | measured | unit |", "|---|---|---|---|"]
     lines += [f"| [{r['claim']}](#{r['id']}) | {verdict_text(r)} | {value_text(r)} | {r['unit']} |" for r in rows]
@@ -34,7 +34,8 @@ def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]])
         lines += ["", f"## {r['id']}", "", f"**Claim.** {r['claim']}", "", f"**Source.** {r['source']}", "",
                   f"**Test.** {r['test']} Measured: {r['measured']}.", "",
                   f"**Result.** {value_text(r)} ({r['unit']}); interval: {r['interval']}.", "",
-                  f"**Verdict.** {verdict_text(r)}.", "", f"Command: `{r['command']}` ({r['seconds']} s)."]
+                  f"**Verdict.** {verdict_text(r)}.", "",
+                  f"Command: `{r['command']}` ({r['seconds']} s, at commit {r.get('commit')})."]
         if r.get("plot"):
             lines += ["", f"![{r['id']}]({r['plot']})"]
     write_text(path, "\n".join(lines) + "\n")
