@@ -168,8 +168,10 @@ def stage_processes(tc: PostTrainConfig) -> Iterator[tuple[distributed.Ranks, to
     ranks, device = stage_ranks(tc, setup(tc))
     try:
         yield ranks, device
-    finally:
-        ranks.close()
+    except BaseException:
+        ranks.close(clean=False)
+        raise
+    ranks.close()
 
 
 def stage_ranks(tc: PostTrainConfig, device: torch.device) -> tuple[distributed.Ranks, torch.device]:

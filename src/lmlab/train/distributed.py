@@ -105,9 +105,18 @@ class Ranks:
             return nullcontext()
         return model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group. After a clean run the processes first wait for each other, so that none
+        tears the group down while another still uses it (gloo aborts a process that does); after an error
+        they do not wait (a peer may be dead)."""
+        if not (self.active and dist.is_initialized()):
+            return
+        if clean:
+            try:
+                dist.barrier()
+            except (RuntimeError, dist.DistError):
+                pass
+        dist.destroy_process_group()
 
 
 def collective(ranks: Ranks, what: str, fn, *args, **kwargs) -> Any:

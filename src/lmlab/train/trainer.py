@@ -533,8 +533,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     trainer = Trainer(cfg)
     try:
         summary = trainer.fit()
-    finally:
-        trainer.ranks.close()
+    except BaseException:
+        trainer.ranks.close(clean=False)
+        raise
+    trainer.ranks.close()
     if trainer.ranks.main:
         plot_loss(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "loss.png")
     return summary
