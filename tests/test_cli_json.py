@@ -151,7 +151,7 @@ RUNS: dict[str, Callable[[Any], list[str]]] = {
                                          "24", "--device", "cpu"],
     "doctor": lambda e: ["doctor", "--measure", "false", "--peaks", "false"],
     "ledger": lambda e: ["ledger", "--size", "tiny", "--only", "temperature-entropy", "--out", str(e.tmp / "ledger"),
-                         "--work", str(e.tmp / "ledger_work")],
+                         "--work", str(e.tmp / "ledger_work"), "--readme", "null"],
     "sampling explain": lambda e: ["sampling", "explain", "--checkpoint", e.ckpt, "--prompt", "Question:",
                                    "--out", str(e.tmp / "explain.png")],
 }

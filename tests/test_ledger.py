@@ -12,9 +12,11 @@ import pytest
 from lmlab.errors import LmlabError
 from lmlab.ledger.claims import Row
 from lmlab.ledger.run import CLAIMS, LedgerConfig, ledger
+from lmlab.ledger.write import END, START, update_readme, verdict_table
 
 
 def _cfg(tmp_path, **kw) -> LedgerConfig:
+    kw.setdefault("readme", None)  # never the repository's README
     return LedgerConfig(size="tiny", out=str(tmp_path / "docs"), work=str(tmp_path / "work"), **kw)
 
 
@@ -64,6 +66,21 @@ def test_the_ledger_in_the_repository_is_lmlab_ledger_output():
     _agree((docs / "LEDGER.md").read_text(), data)
     for r in data["rows"]:
         assert (docs / r["plot"]).is_file(), r["plot"]
+    readme = (docs.parent / "README.md").read_text()
+    assert verdict_table(data["rows"]) in readme  # the README's table is the ledger's
+
+
+def test_the_readme_table_is_rewritten_between_its_markers(tiny, tmp_path):
+    _, _, data = tiny
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold table\n{END}\nrest\n")
+    assert update_readme(readme, data["rows"])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old table" not in text
+    assert verdict_table(data["rows"]) in text
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not update_readme(plain, data["rows"]) and plain.read_text() == "no markers\n"
 
 
 def test_unchanged_claims_come_from_the_cache_and_only_keeps_the_others(tiny, tmp_path):

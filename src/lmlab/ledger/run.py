@@ -28,7 +28,7 @@ from lmlab.ledger.claims import Claim
 from lmlab.ledger.model import LogitsSource
 from lmlab.ledger.moe_claims import CLAIMS as MOE
 from lmlab.ledger.sampling_claims import CLAIMS as SAMPLING
-from lmlab.ledger.write import write_markdown
+from lmlab.ledger.write import update_readme, write_markdown
 
 CLAIMS: list[Claim] = [*SAMPLING, *MOE]
 
@@ -51,6 +51,8 @@ class LedgerConfig:
     """Seed of every sampled thing (prompts, bootstrap resamples, random logits)."""
     force: bool = False
     """Run every selected claim again, cached or not."""
+    readme: str | None = "README.md"
+    """A README whose verdict table (between the ledger's markers) is rewritten; null: none."""
 
     def __post_init__(self) -> None:
         if self.size not in ("full", "tiny"):
@@ -101,11 +103,15 @@ def command(claim: Claim, cfg: LedgerConfig) -> str:
 
 
 def _commit() -> str | None:
+    """The commit the code ran at, '+dirty' when lmlab's sources differ from it (None outside git)."""
     try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                               timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip() or None
+    commit = head.stdout.strip()
+    return (commit + ("+dirty" if dirty.stdout.strip() else "")) if commit else None
 
 
 def ledger(cfg: LedgerConfig) -> dict[str, Any]:
@@ -142,6 +148,8 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
             time.gmtime()), "machine": ctx.cpu, "size": cfg.size}
     write_json(out / "ledger.json", {**meta, "rows": entries})
     write_markdown(out / "LEDGER.md", meta, entries)
+    if cfg.readme:
+        update_readme(Path(cfg.readme), entries)
     return {"rows": len(entries), "ran": ran, "cached": cached, "left_for_next_run": left,
             "wall_s": round(time.perf_counter() - start, 1), "json": str(out / "ledger.json"),
             "markdown": str(out / "LEDGER.md")}

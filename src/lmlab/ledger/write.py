@@ -39,3 +39,26 @@ def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]])
         if r.get("plot"):
             lines += ["", f"![{r['id']}]({r['plot']})"]
     write_text(path, "\n".join(lines) + "\n")
+
+
+START, END = "<!-- ledger:start (written by lmlab ledger) -->", "<!-- ledger:end -->"
+
+
+def verdict_table(rows: list[dict[str, Any]], link: str = "docs/LEDGER.md") -> str:
+    """The README's table of verdicts, each claim linked to its section of the ledger."""
+    lines = ["| claim | verdict | measured |", "|---|---|---|"]
+    lines += [f"| [{r['claim']}]({link}#{r['id']}) | {verdict_text(r)} | {value_text(r)} {r['unit']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, rows: list[dict[str, Any]]) -> bool:
+    """Replace the table between the README's ledger markers; False (and nothing written) without markers."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_text(path, f"{head}{START}\n{verdict_table(rows)}\n{END}{tail}")
+    return True
