@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from lmlab import cbuild
 
 VOCAB = 50257
 
@@ -130,7 +131,7 @@ def main() -> None:
 
         figures["gpu"] = torch.cuda.get_device_name(0)
     figures["generate"] = generate(args.device, args.smoke)
-    figures["cpu"] = os.uname().machine
+    figures["cpu"], figures["cpu_flags"] = cbuild.cpu_info()["model"], cbuild.cpu_info()["flags"]
     print(json.dumps(figures))
 
 

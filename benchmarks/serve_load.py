@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from lmlab import cbuild
 
 PROMPTS = ["Question: Where was", "Question: What did", "Question: Which company", "Question: In which year",
            "Question: Where does", "Question: Who", "Question: What is the", "Question: When"]
@@ -173,16 +174,6 @@ def start_server(checkpoint: str, port: int, threads: int) -> subprocess.Popen:
     raise SystemExit("lmlab serve did not answer /health within 60 s")
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="runs/quickstart/checkpoint")
@@ -211,7 +202,8 @@ def main() -> None:
     engine = [direct(args.checkpoint, c, args.seconds / 2, args.max_tokens, threads) for c in levels]
     by = {s["clients"]: s for s in served}
     figures = {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "engine_threads": threads, "checkpoint": args.checkpoint,
+        "cpu": cbuild.cpu_info()["model"], "cpu_flags": cbuild.cpu_info()["flags"], "cores": os.cpu_count(),
+        "engine_threads": threads, "checkpoint": args.checkpoint,
         "max_tokens": args.max_tokens,
         "seconds": args.seconds, "served": served, "engine_direct": engine,
         "batching_gain_16_over_1": round(by[16]["tokens_per_s"] / by[1]["tokens_per_s"], 2)

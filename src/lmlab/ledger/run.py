@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lmlab import cbuild
 from lmlab.errors import LmlabError
 from lmlab.io import write_json
 from lmlab.ledger import model as logits_module
@@ -73,22 +73,12 @@ class Context:
     seed: int
     out_dir: str
     logits_source: LogitsSource
-    cpu: str = field(default_factory=lambda: _cpu_name())
+    cpu: str = field(default_factory=lambda: cbuild.cpu_info()["model"])
     memo: dict[str, Any] = field(default_factory=dict)
     """Measurements several claims share (made by the first claim that needs them)."""
 
     def next_token_logits(self) -> tuple[torch.Tensor, str]:
         return self.logits_source.get()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fingerprint(claim: Claim, cfg: LedgerConfig, model_id: str) -> str:
@@ -145,7 +135,7 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
     order = [c.id for c in CLAIMS]
     entries = [rows[i] for i in order if i in rows]
     meta = {"generated_by": "lmlab ledger", "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
-            time.gmtime()), "machine": ctx.cpu, "size": cfg.size}
+            time.gmtime()), "machine": ctx.cpu, "cpu_flags": cbuild.cpu_info()["flags"], "size": cfg.size}
     write_json(out / "ledger.json", {**meta, "rows": entries})
     write_markdown(out / "LEDGER.md", meta, entries)
     if cfg.readme:

@@ -26,7 +26,8 @@ def verdict_text(r: dict[str, Any]) -> str:
 def write_markdown(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     lines = ["# The ledger: claims about language models, tested", "",
              f"Written by `lmlab ledger` ({meta['size']} size) on {meta['date']} at commit {meta['commit']}, on "
-             f"{meta['machine']}; each row names the commit it was measured at. Do not edit by hand: run the "
+             f"{meta['machine']} ({', '.join(meta.get('cpu_flags') or []) or 'no listed vector flags'}); "
+             "each row names the commit it was measured at. Do not edit by hand: run the "
              "command in a row to reproduce it, or `lmlab ledger` for all of them. Intervals are 95%.", "",
              "| claim | verdict | measured | unit |", "|---|---|---|---|"]
     lines += [f"| [{r['claim']}](#{r['id']}) | {verdict_text(r)} | {value_text(r)} | {r['unit']} |" for r in rows]
