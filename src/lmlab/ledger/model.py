@@ -23,6 +23,35 @@ from lmlab.quickstart import QuickstartConfig, quickstart
 
 PER_GROUP = 150
 
+TINY_QUICKSTART = ["world.people=24", "world.unknown=4", "world.arithmetic=20", "world.arithmetic_test=5",
+                   "tokenizer.vocab_size=300", "pretrain.train.steps=30", "pretrain.train.batch_size=4",
+                   "pretrain.train.eval_interval=15", "pretrain.train.eval_batches=2", "pretrain.train.progress=false",
+                   "pretrain.model.d_model=32", "pretrain.model.n_layers=1", "pretrain.model.n_heads=2",
+                   "pretrain.model.max_seq_len=320", "probe_questions=3", "samples=2", "masked_lm_steps=20",
+                   "bidirectional_people=5", "solver.train.steps=10", "verifier.problems=15", "verifier.train.steps=4",
+                   "testtime.n=[1,2]", "testtime.time_problems=1", "testtime.max_tokens=24", "verifier.max_tokens=24",
+                   "hallucination.questions=4", "hallucination.samples=2"]
+"""A quickstart of seconds (the one tests/test_quickstart.py runs): every stage's outputs, none of its quality."""
+
+
+def quickstart_run(size: str, path: str | Path, work: str | Path) -> Path:
+    """The quickstart run whose models and summary the claims measure: at full size `path` (the quickstart
+    runs first if it has not), at tiny size a seconds-long one under `work` (made once, then reused)."""
+    from lmlab.config import load
+
+    if size == "tiny":
+        out = Path(work) / "tiny_quickstart"
+        if not (out / "summary.json").is_file() or "testtime" not in json.loads((out / "summary.json").read_text()):
+            quickstart(load(QuickstartConfig, None, TINY_QUICKSTART + [f"out={out}"]))
+        return out
+    out = Path(path)
+    summary = out / "summary.json"
+    if not (out / "checkpoint" / "meta.json").is_file() or not summary.is_file() or \
+            "testtime" not in json.loads(summary.read_text()):
+        print(f"ledger: no finished quickstart run in {out}; running it first", flush=True)
+        quickstart(QuickstartConfig(out=str(out)))
+    return out
+
 
 class LogitsSource:
     def __init__(self, size: str, quickstart: str, seed: int) -> None:
@@ -53,10 +82,8 @@ class LogitsSource:
         return logits, "a random 2-layer model (vocabulary 96) on 60 random prompts (tiny size)"
 
     def _quickstart(self) -> tuple[torch.Tensor, str]:
-        ckpt, world_dir = self.quickstart / "checkpoint", self.quickstart / "world"
-        if not (ckpt / "meta.json").is_file() or not (world_dir / "world.json").is_file():
-            print(f"ledger: no quickstart run in {self.quickstart}; running it first", flush=True)
-            quickstart(QuickstartConfig(out=str(self.quickstart)))
+        run = quickstart_run("full", self.quickstart, "")
+        ckpt, world_dir = run / "checkpoint", run / "world"
         engine = Engine.from_checkpoint(ckpt, device="cpu")
         world = load_world(world_dir)
         rng = random.Random(self.seed)

@@ -25,12 +25,17 @@ from lmlab.errors import LmlabError
 from lmlab.io import write_json
 from lmlab.ledger import model as logits_module
 from lmlab.ledger.claims import Claim
-from lmlab.ledger.model import LogitsSource
+from lmlab.ledger.masked_claims import CLAIMS as MASKED
+from lmlab.ledger.memory_claims import CLAIMS as MEMORY
+from lmlab.ledger.model import LogitsSource, quickstart_run
 from lmlab.ledger.moe_claims import CLAIMS as MOE
+from lmlab.ledger.post_claims import CLAIMS as POST
 from lmlab.ledger.sampling_claims import CLAIMS as SAMPLING
+from lmlab.ledger.scale_claims import CLAIMS as SCALE
+from lmlab.ledger.testtime_claims import CLAIMS as TESTTIME
 from lmlab.ledger.write import update_readme, write_markdown
 
-CLAIMS: list[Claim] = [*SAMPLING, *MOE]
+CLAIMS: list[Claim] = [*MASKED, *MEMORY, *MOE, *SCALE, *POST, *SAMPLING, *TESTTIME]
 
 
 @dataclass
@@ -76,6 +81,20 @@ class Context:
     cpu: str = field(default_factory=lambda: cbuild.cpu_info()["model"])
     memo: dict[str, Any] = field(default_factory=dict)
     """Measurements several claims share (made by the first claim that needs them)."""
+    quickstart: str = "runs/quickstart"
+    work: str = "runs/ledger"
+    """Where claims keep what they train (under work/<claim id>/), so an interrupted ledger can resume it."""
+
+    def quickstart_run(self) -> Path:
+        """The quickstart run (full size: the real one, run first if missing; tiny: a seconds-long one)."""
+        if "quickstart_run" not in self.memo:
+            self.memo["quickstart_run"] = quickstart_run(self.size, self.quickstart, self.work)
+        return self.memo["quickstart_run"]
+
+    def workdir(self, claim_id: str) -> Path:
+        path = Path(self.work) / claim_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def next_token_logits(self) -> tuple[torch.Tensor, str]:
         return self.logits_source.get()
@@ -92,16 +111,25 @@ def command(claim: Claim, cfg: LedgerConfig) -> str:
     return f"lmlab ledger --only {claim.id}" + (" --size tiny" if cfg.size == "tiny" else "")
 
 
-def _commit() -> str | None:
-    """The commit the code ran at, '+dirty' when lmlab's sources differ from it (None outside git)."""
+def _git(*args: str) -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
-                               timeout=10)
+        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = head.stdout.strip()
-    return (commit + ("+dirty" if dirty.stdout.strip() else "")) if commit else None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _commit(claim: Claim) -> str | None:
+    """The commit the claim ran at, '+dirty' when a tracked source file it may use differs from that commit
+    (None outside git). Other claims' modules do not count: their code is not this claim's."""
+    head = (_git("rev-parse", "--short", "HEAD") or "").strip()
+    if not head:
+        return None
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "src") or ""
+    own = Path(inspect.getfile(claim.run)).name
+    others = {Path(inspect.getfile(c.run)).name for c in CLAIMS} - {own}
+    changed = [line[3:].strip() for line in status.splitlines() if line.strip()]
+    return head + ("+dirty" if any(Path(f).name not in others for f in changed) else "")
 
 
 def ledger(cfg: LedgerConfig) -> dict[str, Any]:
@@ -111,11 +139,11 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
     cache = Path(cfg.work) / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     source = LogitsSource(cfg.size, cfg.quickstart, cfg.seed)
-    ctx = Context(cfg.size, cfg.seed, str(out), source)
+    ctx = Context(cfg.size, cfg.seed, str(out), source, quickstart=cfg.quickstart, work=cfg.work)
     selected = [c for c in CLAIMS if not cfg.only or c.id in cfg.only]
     rows: dict[str, dict[str, Any]] = {r["id"]: r for r in _previous(out / "ledger.json")}
     ran, cached, left = [], [], []
-    start, commit = time.perf_counter(), _commit()
+    start = time.perf_counter()
     for claim in selected:
         fp = fingerprint(claim, cfg, source.model_id())
         hit = _read(cache / f"{claim.id}.json")
@@ -128,13 +156,14 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
             continue
         t0 = time.perf_counter()
         row = claim.run(ctx)
-        entry = {**claim.entry(row, command(claim, cfg), time.perf_counter() - t0), "commit": commit}
+        entry = {**claim.entry(row, command(claim, cfg), time.perf_counter() - t0), "commit": _commit(claim)}
         write_json(cache / f"{claim.id}.json", {"fingerprint": fp, "entry": entry})
         rows[claim.id] = entry
         ran.append(claim.id)
     order = [c.id for c in CLAIMS]
     entries = [rows[i] for i in order if i in rows]
-    meta = {"generated_by": "lmlab ledger", "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+    meta = {"generated_by": "lmlab ledger", "commit": (_git("rev-parse", "--short", "HEAD") or "").strip() or None,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC",
             time.gmtime()), "machine": ctx.cpu, "cpu_flags": cbuild.cpu_info()["flags"], "size": cfg.size}
     write_json(out / "ledger.json", {**meta, "rows": entries})
     write_markdown(out / "LEDGER.md", meta, entries)

@@ -1,0 +1,5 @@
+"""Claims about masked (being written)."""
+
+from lmlab.ledger.claims import Claim
+
+CLAIMS: list[Claim] = []
