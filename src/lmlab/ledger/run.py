@@ -25,6 +25,7 @@ from lmlab.errors import LmlabError
 from lmlab.io import write_json
 from lmlab.ledger import model as logits_module
 from lmlab.ledger.claims import Claim
+from lmlab.ledger.hallucination_claims import CLAIMS as HALLUCINATION
 from lmlab.ledger.masked_claims import CLAIMS as MASKED
 from lmlab.ledger.memory_claims import CLAIMS as MEMORY
 from lmlab.ledger.model import LogitsSource, quickstart_run
@@ -35,7 +36,7 @@ from lmlab.ledger.scale_claims import CLAIMS as SCALE
 from lmlab.ledger.testtime_claims import CLAIMS as TESTTIME
 from lmlab.ledger.write import update_readme, write_markdown
 
-CLAIMS: list[Claim] = [*MASKED, *MEMORY, *MOE, *SCALE, *POST, *SAMPLING, *TESTTIME]
+CLAIMS: list[Claim] = [*MASKED, *MEMORY, *MOE, *SCALE, *POST, *SAMPLING, *TESTTIME, *HALLUCINATION]
 
 
 @dataclass

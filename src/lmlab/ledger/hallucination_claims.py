@@ -1,0 +1,5 @@
+"""Claims about hallucination (being written)."""
+
+from lmlab.ledger.claims import Claim
+
+CLAIMS: list[Claim] = []
