@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,34 @@ def cli_model(tiny_data, tmp_path_factory) -> Path:
                  "--set", "train.precision=fp32", "--set", "train.eval_batches=1", "--set", "train.threads=1"])
     assert code == 0
     return out / "checkpoint"
+
+
+@pytest.fixture(scope="session")
+def artifact_dir() -> Path:
+    """Where tests keep what a person may want to look at afterwards (screenshots): $LMLAB_ARTIFACTS, or
+    runs/test-artifacts in the repository (ignored by git, kept after the run)."""
+    path = Path(os.environ.get("LMLAB_ARTIFACTS") or Path(__file__).resolve().parents[1] / "runs" / "test-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright, or a skip that says why this machine cannot run one."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("no `chromium` executable on PATH (Debian: apt-get install chromium)")
+    pw = sync_api.sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
+    except Exception as e:  # noqa: BLE001 -- any launch failure means this machine cannot run the test
+        pw.stop()
+        pytest.skip(f"headless Chromium ({exe}) could not be launched: {str(e).splitlines()[0]}")
+    yield b
+    b.close()
+    pw.stop()

@@ -8,11 +8,10 @@ is kept across reloads, Generate streams n samples side by side with coloured to
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
+pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
 pytest.importorskip("fastapi", reason="lmlab serve needs FastAPI")
 pytest.importorskip("uvicorn", reason="lmlab serve needs uvicorn")
 
@@ -21,26 +20,6 @@ pytestmark = pytest.mark.slow
 API_KEY = "playground-test-key"
 PROMPT = "Question: Where does"
 TIMEOUT_MS = 60_000  # generous: the CPU may be shared with other work
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("no `chromium` executable on PATH (Debian: apt-get install chromium)")
-    pw = sync_api.sync_playwright().start()
-    try:
-        b = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_ARGS)
-    except Exception as e:  # noqa: BLE001 -- any launch failure means this machine cannot run the test
-        pw.stop()
-        pytest.skip(f"headless Chromium ({exe}) could not be launched: {str(e).splitlines()[0]}")
-    yield b
-    b.close()
-    pw.stop()
-
-
 @pytest.fixture(scope="module")
 def base_url(tiny_model):
     from lmlab.infer.engine import Engine
@@ -171,10 +150,10 @@ def exercise(page, url: str, api_key: str, shot) -> None:
 
 
 @pytest.mark.slow
-def test_playground_in_a_browser(browser, base_url, tmp_path):
+def test_playground_in_a_browser(browser, base_url, artifact_dir):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        shot = tmp_path / "playground.png"
+        shot = artifact_dir / "playground.png"
         exercise(context.new_page(), base_url, API_KEY, shot)
         assert shot.is_file() and shot.stat().st_size > 0
     finally:

@@ -85,6 +85,10 @@ def test_quickstart_end_to_end(tmp_path):
         assert heading in report
     assert "![loss curve](loss.png)" in report and (out / "loss.png").is_file()
     assert result["report"] == str(out / "report.md")
+    card = (out / "report.html").read_text()
+    assert result["report_html"] == str(out / "report.html") and card.count("data:image/png;base64,") >= 4
+    te = summary["probe"]["knowledge"]["test"]
+    assert te["ci95"][0] <= te["accuracy"] <= te["ci95"][1]
 
     # Rerun: nothing changed, so nothing is retrained; then a changed world retrains from scratch.
     again = quickstart(cfg)

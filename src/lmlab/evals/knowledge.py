@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lmlab.data.world import format_qa
+from lmlab.evals.binary import wilson
 from lmlab.infer.engine import Engine
 from lmlab.infer.sampling import SamplingParams
 
@@ -45,10 +46,13 @@ def probe(engine: Engine, world: dict[str, Any], per_group: int = 60, seed: int 
         key = group.replace("qa_", "")
         if group == "qa_unknown":
             # No abstention exists yet, so any non-empty answer about an unknown person is made up.
-            results[key] = {"n": len(items), "fabrication_rate": sum(bool(a) for a in got) / n}
+            made_up = sum(bool(a) for a in got)
+            results[key] = {"n": len(items), "fabrication_rate": made_up / n,
+                            "ci95": list(wilson(made_up, len(items))) if items else None}
         else:
             correct = sum(a == it["answer"] for it, a in zip(items, got))
             results[key] = {"n": len(items), "accuracy": correct / n,
+                            "ci95": list(wilson(correct, len(items))) if items else None,
                             "by_attribute": {k: v[0] / v[1] for k, v in sorted(by_attr.items())}}
     results["examples"] = examples
     return results

@@ -20,6 +20,12 @@ def _fmt(x: float | int | None, spec: str = ",") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _ci(r: dict) -> str:
+    """' [lo, hi]' in percent when the probe stored a 95% interval (runs before it did have none)."""
+    ci = r.get("ci95")
+    return f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+
+
 def _mean_chance(world_stats: dict) -> float | None:
     chance = world_stats.get("chance")
     if isinstance(chance, dict) and chance:
@@ -86,10 +92,10 @@ def write_report(out: Path, samples: list[str]) -> Path:
             "| group | questions | result |",
             "|---|---|---|",
             f"| QA-train people (QA format seen in pretraining) | {tr.get('n')} | "
-            f"{_fmt(tr.get('accuracy'), '.1%')} correct |",
-            f"| QA-test people (facts only in biographies) | {te.get('n')} | {_fmt(te.get('accuracy'), '.1%')} "
-            f"correct |",
-            f"| unknown people (never seen) | {un.get('n')} | {_fmt(un.get('fabrication_rate'), '.0%')} "
+            f"{_fmt(tr.get('accuracy'), '.1%')}{_ci(tr)} correct |",
+            f"| QA-test people (facts only in biographies) | {te.get('n')} | {_fmt(te.get('accuracy'), '.1%')}"
+            f"{_ci(te)} correct |",
+            f"| unknown people (never seen) | {un.get('n')} | {_fmt(un.get('fabrication_rate'), '.1%')}{_ci(un)} "
             f"fabricated an answer |",
             f"| chance (uniform guess, mean over attributes) | | {_fmt(_mean_chance(w), '.1%')} |",
             "",
