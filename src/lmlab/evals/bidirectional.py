@@ -107,5 +107,7 @@ def compare(causal: Transformer, masked: Transformer, tok: Tokenizer, items: lis
             by_attr.setdefault(items[n]["attribute"], []).append(ok)
         out[name] = {"token_accuracy": sum(right) / max(1, len(right)),
                      "value_accuracy": sum(per_item.values()) / max(1, len(per_item)),
-                     "value_accuracy_by_attribute": {a: sum(v) / len(v) for a, v in sorted(by_attr.items())}}
+                     "value_accuracy_by_attribute": {a: sum(v) / len(v) for a, v in sorted(by_attr.items())},
+                     # per snippet: whether every value token was right (None: nothing to predict), for intervals
+                     "per_snippet": [per_item.get(n) for n in range(len(items))]}
     return out
