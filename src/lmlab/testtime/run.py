@@ -238,7 +238,7 @@ def _scores(cfg: TestTimeConfig, task: Task, g: Generation, methods: list[str]
     return scores, extra_flops, extra_wall
 
 
-def _accuracies(method: str, n: int, correct, answers, scores, cfg: TestTimeConfig) -> np.ndarray:
+def per_problem_accuracy(method: str, n: int, correct, answers, scores, cfg: TestTimeConfig) -> np.ndarray:
     """Per-problem expected accuracy of one method at N = n."""
     M = len(correct[0])
     per = []
@@ -289,7 +289,7 @@ def run_testtime(cfg: TestTimeConfig) -> dict[str, Any]:
         dec = np.array([np.mean([fl.decode(p, s.tokens) for s in row]) for p, row in zip(g.prompt_tokens, g.samples)])
         for method in sampled:
             for n in ([1] if method == "sample" else ns):
-                per = _accuracies(method, n, correct, answers, scores, cfg)
+                per = per_problem_accuracy(method, n, correct, answers, scores, cfg)
                 # Paired with greedy on the same problems: the difference and its standard error.
                 diff = None if greedy_ok is None else per - greedy_ok
                 rows.append({"method": method, "n": n, "accuracy": float(per.mean()),
