@@ -58,6 +58,8 @@ class LRTransferConfig:
     """CPU threads for torch (None = torch's default)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    seed: int = 1337
+    """Seed of every run's initialisation and batch order (the trainer's default)."""
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or any(w < self.n_heads or w % self.n_heads for w in self.widths):
@@ -154,7 +156,7 @@ def lr_transfer(cfg: LRTransferConfig) -> dict[str, Any]:
         lr, t = 2.0 ** x, time.perf_counter()
         try:
             s = pretrain_run(data, out / "runs" / f"{par}_w{width}_lr{x:g}", model, cfg.steps, cfg.batch_size,
-                             cfg.block_size, lr, cfg.eval_batches, cfg.threads, cfg.device)
+                             cfg.block_size, lr, cfg.eval_batches, cfg.threads, cfg.device, cfg.seed)
             loss, train_loss = s["val_loss"], s["train_loss"]
         except LmlabError as e:  # a diverged run ("loss became nan") is a result, not a failure
             if "loss became" not in str(e):

@@ -67,6 +67,8 @@ class SweepConfig:
     """CPU threads for torch (None = torch's default)."""
     device: str = "auto"
     """'auto', 'cpu' or 'cuda'."""
+    seed: int = 1337
+    """Seed of every run's initialisation and batch order (the trainer's default)."""
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -158,22 +160,24 @@ def write_rows(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] 
 
 
 def pretrain_run(data: Path, out: Path, model: dict[str, Any], steps: int, batch_size: int, block_size: int,
-                 lr: float, eval_batches: int, threads: int | None = None, device: str = "auto") -> dict[str, Any]:
+                 lr: float, eval_batches: int, threads: int | None = None, device: str = "auto",
+                 seed: int = 1337) -> dict[str, Any]:
     """One short pretraining run as the scaling experiments make them: warmup over 5% of the steps, cosine
-    decay to lr/10 at the last step, weight decay 0.1, evaluation only at the end. Returns its summary."""
+    decay to lr/10 at the last step, weight decay 0.1, evaluation only at the end. Returns its summary.
+    `seed` sets the initialisation, the batch order and the validation windows."""
     pcfg = from_dict(PretrainConfig, {
         "data": str(data), "out": str(out), "model": {k: v for k, v in model.items() if k != "vocab_size"},
         "train": dict(steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, min_lr=lr / 10,
                       warmup_steps=max(1, steps // 20), eval_interval=0, eval_batches=eval_batches,
                       ckpt_interval=max(50, steps // 4), log_interval=25, weight_decay=0.1, threads=threads,
-                      device=device, progress=False, peak_tflops=1.0)})
+                      device=device, progress=False, peak_tflops=1.0, seed=seed)})
     return Trainer(pcfg).fit()
 
 
 def train_one(cfg: SweepConfig, run: dict[str, Any], data: Path) -> dict[str, Any]:
     t = time.perf_counter()
     summary = pretrain_run(data, Path(cfg.out) / "runs" / run["name"], run["model"], run["steps"], cfg.batch_size,
-                           cfg.block_size, cfg.lr, cfg.eval_batches, cfg.threads, cfg.device)
+                           cfg.block_size, cfg.lr, cfg.eval_batches, cfg.threads, cfg.device, cfg.seed)
     return {**{k: v for k, v in run.items() if k != "model"}, "loss": summary["val_loss"],
             "train_loss": summary["train_loss"], "wall_s": round(time.perf_counter() - t, 2),
             "tokens_per_s": round(summary["tokens_per_s"] or 0.0, 1)}
