@@ -147,3 +147,19 @@ def test_each_sampling_claim_on_distributions_whose_answer_is_known(tmp_path):
     assert spread.value == 30.0 and spread.verdict == "holds"
     greedy = sc.temperature_zero_is_greedy(ctx)  # the flat rows have no single argmax: greedy only with a gap
     assert greedy.verdict == "holds only" and greedy.details["prompts_below_0.99"] == 4
+
+
+def test_a_failing_claim_is_named_and_the_others_are_written(tmp_path, monkeypatch):
+    from lmlab.ledger import run as ledger_run
+    from lmlab.ledger.claims import Claim
+
+    def broken(ctx):
+        raise RuntimeError("the experiment broke")
+
+    good = next(c for c in CLAIMS if c.id == "temperature-entropy")
+    bad = Claim("broken-claim", "A claim whose experiment fails.", "a test", "raises", broken)
+    monkeypatch.setattr(ledger_run, "CLAIMS", [bad, good])
+    with pytest.raises(LmlabError, match="broken-claim: RuntimeError: the experiment broke"):
+        ledger(_cfg(tmp_path, only=["broken-claim", "temperature-entropy"]))
+    data = json.loads((tmp_path / "docs" / "ledger.json").read_text())
+    assert [r["id"] for r in data["rows"]] == ["temperature-entropy"]

@@ -14,6 +14,7 @@ import inspect
 import json
 import subprocess
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
     ctx = Context(cfg.size, cfg.seed, str(out), source, quickstart=cfg.quickstart, work=cfg.work)
     selected = [c for c in CLAIMS if not cfg.only or c.id in cfg.only]
     rows: dict[str, dict[str, Any]] = {r["id"]: r for r in _previous(out / "ledger.json")}
-    ran, cached, left = [], [], []
+    ran, cached, left, failed = [], [], [], []
     start = time.perf_counter()
     for claim in selected:
         fp = fingerprint(claim, cfg, source.model_id())
@@ -156,7 +157,12 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
             left.append(claim.id)
             continue
         t0 = time.perf_counter()
-        row = claim.run(ctx)
+        try:
+            row = claim.run(ctx)
+        except Exception as e:  # noqa: BLE001 -- one broken experiment must not cost the others' hour
+            traceback.print_exc()
+            failed.append(f"{claim.id}: {type(e).__name__}: {e}")
+            continue
         entry = {**claim.entry(row, command(claim, cfg), time.perf_counter() - t0), "commit": _commit(claim)}
         write_json(cache / f"{claim.id}.json", {"fingerprint": fp, "entry": entry})
         rows[claim.id] = entry
@@ -170,6 +176,9 @@ def ledger(cfg: LedgerConfig) -> dict[str, Any]:
     write_markdown(out / "LEDGER.md", meta, entries)
     if cfg.readme:
         update_readme(Path(cfg.readme), entries)
+    if failed:
+        raise LmlabError(f"{len(failed)} claim(s) failed (the ledger was written with the others; their tracebacks "
+                         "are above): " + "; ".join(failed))
     return {"rows": len(entries), "ran": ran, "cached": cached, "left_for_next_run": left,
             "wall_s": round(time.perf_counter() - start, 1), "json": str(out / "ledger.json"),
             "markdown": str(out / "LEDGER.md")}
