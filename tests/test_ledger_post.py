@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+from lmlab.evals.binary import newcombe
+from lmlab.evals.bootstrap import t_interval
 from lmlab.ledger import post_claims as pc
 from lmlab.ledger.claims import Row
 from lmlab.ledger.model import TINY_QUICKSTART, LogitsSource
@@ -113,16 +115,16 @@ def test_finished_stages_are_reused_not_retrained(rows, quick, monkeypatch):
 
 
 def test_over_seeds_is_the_student_t_interval():
-    mean, lo, hi = pc.over_seeds([1.0, 2.0, 3.0])
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
-    assert pc.over_seeds([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+    assert t_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
 
 
 def test_rise_interval_matches_newcombe():
     # Newcombe (1998), table II, example (a): 56/70 against 48/80 -> difference 0.2, interval 0.0524 to 0.3339
-    d, lo, hi = pc.rise_interval(48, 80, 56, 70)
+    d, lo, hi = newcombe(56, 70, 48, 80)
     assert (d, lo, hi) == pytest.approx((0.2, 0.0524, 0.3339), abs=1e-4)
-    d, lo, hi = pc.rise_interval(0, 300, 900, 900)  # never stopped -> always stops: a rise near 1, inside [-1, 1]
+    d, lo, hi = newcombe(900, 900, 0, 300)  # never stopped -> always stops: a rise near 1, inside [-1, 1]
     assert d == 1 and 0.98 < lo < 1 and hi == pytest.approx(1)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lmlab.evals.bootstrap import t_interval
 from lmlab.ledger import scale_claims as sc
 from lmlab.ledger.run import LedgerConfig, ledger
 from lmlab.scale.sweep import read_rows, write_rows
@@ -80,10 +81,10 @@ def test_transfer_verdict():
 
 
 def test_t_interval_of_three_seeds():
-    mean, lo, hi = sc.t_interval([1.0, 2.0, 3.0])
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     # sd 1, t(0.975, 2 dof) = 4.303: half-width 4.303 / sqrt(3) = 2.484
     assert mean == 2.0 and hi - mean == pytest.approx(2.484, abs=1e-3) and mean - lo == pytest.approx(2.484, abs=1e-3)
-    assert sc.t_interval([0.5]) == (0.5, 0.5, 0.5)
+    assert t_interval([0.5]) == (0.5, 0.5, 0.5)
 
 
 def test_base_width_rows_are_copied_once(tmp_path):

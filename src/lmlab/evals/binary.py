@@ -36,6 +36,18 @@ def rate(k: int, n: int) -> dict[str, float | int | list[float] | None]:
     return {"k": k, "n": n, "rate": k / n, "ci95": list(wilson(k, n))}
 
 
+def newcombe(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
+    """(p1 - p0, low, high): the difference of two independent rates with Newcombe's hybrid score interval
+    (Newcombe 1998, method 10), built from each rate's Wilson interval; it stays inside [-1, 1] at rates of
+    0 and 1. With nothing counted on either side nothing was measured: 0 in the widest interval."""
+    if n1 <= 0 or n0 <= 0:
+        return 0.0, -1.0, 1.0
+    p1, p0 = k1 / n1, k0 / n0
+    (l1, u1), (l0, u0) = wilson(k1, n1), wilson(k0, n0)
+    d = p1 - p0
+    return d, d - math.hypot(p1 - l1, u0 - p0), d + math.hypot(u1 - p1, p0 - l0)
+
+
 def format_rate(r: dict[str, Any]) -> str:
     """A `rate` as 'xx.x% [lo, hi]' in percent, padded so that columns of them line up; '-' when n = 0."""
     if r["rate"] is None:

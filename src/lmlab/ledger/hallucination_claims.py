@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import random
 import shutil
 from collections.abc import Callable
@@ -47,8 +46,9 @@ from typing import Any
 import numpy as np
 
 from lmlab.data.world import load_world
-from lmlab.evals.binary import auroc, percent_bars, rate, wilson
-from lmlab.evals.bootstrap import bootstrap_interval
+from lmlab.evals.binary import auroc, percent_bars, rate
+from lmlab.evals.binary import newcombe as binary_newcombe
+from lmlab.evals.bootstrap import bootstrap_interval, t_interval
 from lmlab.evals.grounded import RetrievalConfig, retrieval_experiment
 from lmlab.evals.snowball import SnowballConfig, snowball
 from lmlab.evals.unknown_sft import UnknownSFTConfig, known_facts, mixes, pretrained_engine, run_share, split_pools
@@ -59,8 +59,6 @@ from lmlab.ledger.claims import Claim, Row, plot_path
 from lmlab.post.stage import PostTrainConfig
 
 SEEDS = 3
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-"""Student's t, two-sided 95%, by degrees of freedom (lmlab does not depend on scipy)."""
 PENALTY = 1.0
 """The wrong-answer penalty tested: the policy should answer only when P(right) > 1/2."""
 
@@ -73,14 +71,8 @@ def merge(*rates: dict[str, Any]) -> dict[str, Any]:
 
 
 def newcombe(after: dict[str, Any], before: dict[str, Any]) -> tuple[float, float, float]:
-    """after - before of two independent `rate`s with Newcombe's hybrid Wilson interval (1998, method 10).
-    With no questions on either side nothing was measured: 0 in the widest interval."""
-    if not after["n"] or not before["n"]:
-        return 0.0, -1.0, 1.0
-    p1, p2 = after["k"] / after["n"], before["k"] / before["n"]
-    (l1, u1), (l2, u2) = wilson(after["k"], after["n"]), wilson(before["k"], before["n"])
-    d = p1 - p2
-    return d, d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
+    """after - before of two independent `rate`s, with Newcombe's interval (`lmlab.evals.binary.newcombe`)."""
+    return binary_newcombe(after["k"], after["n"], before["k"], before["n"])
 
 
 def seeds_difference(afters: list[dict[str, Any]], befores: list[dict[str, Any]]) -> dict[str, Any]:
@@ -89,7 +81,8 @@ def seeds_difference(afters: list[dict[str, Any]], befores: list[dict[str, Any]]
     d, lo, hi = newcombe(merge(*afters), merge(*befores))
     per_seed = [newcombe(a, b)[0] for a, b in zip(afters, befores)]
     if len(per_seed) > 1:
-        half = T975[len(per_seed) - 1] * float(np.std(per_seed, ddof=1)) / math.sqrt(len(per_seed))
+        mean, t_lo, _ = t_interval(per_seed)
+        half = mean - t_lo
         lo, hi = min(lo, d - half), max(hi, d + half)
     return {"value": d, "low": lo, "high": hi, "per_seed": [round(x, 4) for x in per_seed]}
 

@@ -24,7 +24,6 @@ of the quality.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,8 +34,8 @@ import numpy as np
 from lmlab.config import to_dict
 from lmlab.data.world import load_world
 from lmlab.data.world_chat import ABSTAIN, gold_reward, normalise, preference_pairs
-from lmlab.evals.binary import wilson
-from lmlab.evals.bootstrap import bootstrap_interval
+from lmlab.evals.binary import newcombe, wilson
+from lmlab.evals.bootstrap import bootstrap_interval, t_interval
 from lmlab.evals.chat import chat_answers
 from lmlab.figures import pyplot, save_png
 from lmlab.infer.engine import Engine
@@ -158,27 +157,6 @@ def _graded(ctx: Any, seed: int, policy: str) -> dict[str, list[float]]:
 
 # -- statistics --------------------------------------------------------------------------------------------
 
-def over_seeds(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the Student-t 95% interval of the mean of per-seed values."""
-    from scipy.stats import t
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
-def rise_interval(k0: int, n0: int, k1: int, n1: int) -> tuple[float, float, float]:
-    """(p1 - p0, low, high): Newcombe's hybrid score interval for a difference of two rates (Newcombe 1998,
-    method 10), built from each rate's Wilson interval; it stays inside [-1, 1] at rates of 0 and 1."""
-    p0, p1 = k0 / n0, k1 / n1
-    (l0, u0), (l1, u1) = wilson(k0, n0), wilson(k1, n1)
-    d = p1 - p0
-    return d, d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
-
-
 def share_verdict(low: float, high: float) -> str:
     """Within a factor FACTOR of TARGET_SHARE: the whole interval in [2%/2, 2% x 2]."""
     return "holds" if low >= TARGET_SHARE / FACTOR and high <= TARGET_SHARE * FACTOR else "does not hold"
@@ -223,7 +201,7 @@ def sft_teaches_format(ctx: Any) -> Row:
     k0, n0 = _stops(runs[ctx.seed]["before"])  # the pretrained model, greedy: the same for every seed
     after = {s: _stops(r["after"]) for s, r in runs.items()}
     k1, n1 = sum(k for k, _ in after.values()), sum(n for _, n in after.values())
-    d, lo, hi = rise_interval(k0, n0, k1, n1)
+    d, lo, hi = newcombe(k1, n1, k0, n0)
     verdict, condition = format_verdict(lo, wilson(k1, n1)[0])
     path, link = plot_path(ctx, "sft-teaches-format")
     plt = pyplot()
@@ -317,7 +295,7 @@ def _reward_change(ctx: Any, claim_id: str, policy: str, what: str) -> Row:
     before = {s: _graded(ctx, s, "sft") for s in seeds}
     after = {s: _graded(ctx, s, policy) for s in seeds}
     change = {key: [float(np.mean(after[s][key]) - np.mean(before[s][key])) for s in seeds] for key in ("gold", "rm")}
-    gold, rm = over_seeds(change["gold"]), over_seeds(change["rm"])
+    gold, rm = t_interval(change["gold"]), t_interval(change["rm"])
     verdict, condition = reward_verdict(gold[1:], rm[1:])
     link = _plot_rewards(ctx, claim_id, seeds, before, after, policy)
     fell = sum(c < 0 for c in change["gold"])
@@ -421,7 +399,7 @@ def post_training_share(ctx: Any) -> Row:
                  "dpo": _dpo(ctx, s)["train_flops"], "rl": _rl(ctx, s)["train_flops"]} for s in seeds}
     shares = [sum(f[k] for k in PIPELINE) / pre for f in flops.values()]
     dpo_shares = [(f["sft"] + f["dpo"]) / pre for f in flops.values()]
-    mean, lo, hi = over_seeds(shares)
+    mean, lo, hi = t_interval(shares)
     quick = sum(summary[k]["train_flops"] for k in ("sft", "rm", "dpo") if k in summary) / pre
     tokens = np.mean([_sft(ctx, s)["train_tokens"] for s in seeds]) / summary["pretrain"]["train_tokens"]
     link = _plot_share(ctx, flops, pre, quick)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.evals.bootstrap import t_interval
 from lmlab.figures import pyplot, save_png
 from lmlab.ledger.claims import Claim, Row, plot_path
 from lmlab.scale.fit import FitConfig, fit
@@ -134,18 +135,6 @@ def _copy_base_width(csv: Path, width: int) -> None:
 
 
 # ---- statistics and verdict rules --------------------------------------------------------------------
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the Student-t 95% interval of the mean of per-seed values."""
-    from scipy.stats import t
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
 
 def ratio_verdict(low: float, high: float, target: float = RULE_TOKENS_PER_PARAM) -> tuple[str, str]:
     """(verdict, condition) for the compute-optimal ratio's interval against the rule's 20."""
