@@ -66,6 +66,25 @@ def cli_model(tiny_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_quickstart(tmp_path_factory) -> Path:
+    """The ledger's tiny quickstart (every stage, about 10 s), built once for the tests that read it: read-only."""
+    from lmlab.ledger.model import quickstart_run
+
+    return quickstart_run("tiny", "", tmp_path_factory.mktemp("tiny_quickstart"))
+
+
+def ledger_context(tmp: Path, quickstart: Path | None = None):
+    """A tiny-size ledger Context writing under `tmp` (docs/, work/), on `quickstart` when given."""
+    from lmlab.ledger.model import LogitsSource
+    from lmlab.ledger.run import Context
+
+    ctx = Context("tiny", 0, str(tmp / "docs"), LogitsSource("tiny", "", 0), work=str(tmp / "work"))
+    if quickstart is not None:
+        ctx.memo["quickstart_run"] = quickstart
+    return ctx
+
+
+@pytest.fixture(scope="session")
 def artifact_dir() -> Path:
     """Where tests keep what a person may want to look at afterwards (screenshots): $LMLAB_ARTIFACTS, or
     runs/test-artifacts in the repository (ignored by git, kept after the run)."""

@@ -9,41 +9,22 @@ import json
 import numpy as np
 import pytest
 
+from conftest import ledger_context
 from lmlab.evals.binary import auroc, rate
 from lmlab.ledger import hallucination_claims as hc
 from lmlab.ledger.claims import VERDICTS, Row
-from lmlab.ledger.model import TINY_QUICKSTART, LogitsSource
-from lmlab.ledger.run import CLAIMS, Context
+from lmlab.ledger.run import CLAIMS
 
 IDS = ["hallucinations-snowball", "unknown-facts-teach-hallucination", "abstention-training",
        "confidence-detects-hallucination", "retrieval-reduces-hallucination",
        "wrong-answer-penalty-reduces-hallucination"]
 
 
-def _context(tmp, qs=None) -> Context:
-    ctx = Context("tiny", 0, str(tmp / "docs"), LogitsSource("tiny", "", 0), work=str(tmp / "work"))
-    if qs is not None:
-        ctx.memo["quickstart_run"] = qs
-    return ctx
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The tiny quickstart up to its hallucination stage (no masked model, no test-time compute)."""
-    from lmlab.config import load
-    from lmlab.quickstart import QuickstartConfig, quickstart
-
-    out = tmp_path_factory.mktemp("qs") / "run"
-    quickstart(load(QuickstartConfig, None, TINY_QUICKSTART + [f"out={out}", "masked_lm=false",
-                                                               "test_time_compute=false"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def rows(quick, tmp_path_factory):
+def rows(tiny_quickstart, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hallucination")
     (tmp / "docs" / "ledger").mkdir(parents=True)
-    ctx = _context(tmp, quick)
+    ctx = ledger_context(tmp, tiny_quickstart)
     claims = {c.id: c for c in hc.CLAIMS}
     return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
 
@@ -72,9 +53,9 @@ def test_training_claims_ran_three_seeds_then_forgot_them(rows):
         assert not (tmp / "work" / cid).exists(), cid
 
 
-def test_abstention_reads_the_quickstarts_own_figures(rows, quick):
+def test_abstention_reads_the_quickstarts_own_figures(rows, tiny_quickstart):
     _, _, got = rows
-    h = json.loads((quick / "summary.json").read_text())["hallucination"]
+    h = json.loads((tiny_quickstart / "summary.json").read_text())["hallucination"]
     row = got["abstention-training"]
     assert row.value == pytest.approx(h["unknown_hallucination_rate_after"]["rate"]
                                       - h["unknown_hallucination_rate_before"]["rate"])
@@ -123,7 +104,7 @@ def test_snowball_verdict_rule():
 
 
 def test_a_seed_is_kept_under_its_settings(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = ledger_context(tmp_path)
     calls = []
 
     def run(out):
@@ -137,7 +118,7 @@ def test_a_seed_is_kept_under_its_settings(tmp_path):
 
 
 def test_an_interrupted_claim_keeps_its_seeds(tmp_path):
-    ctx = _context(tmp_path)
+    ctx = ledger_context(tmp_path)
 
     @hc.forgets_seeds("c")
     def claim(ctx):

@@ -10,39 +10,21 @@ import os
 import numpy as np
 import pytest
 
+from conftest import ledger_context
 from lmlab.evals.binary import newcombe
 from lmlab.evals.bootstrap import t_interval
 from lmlab.ledger import post_claims as pc
 from lmlab.ledger.claims import Row
-from lmlab.ledger.model import TINY_QUICKSTART, LogitsSource
-from lmlab.ledger.run import CLAIMS, Context
+from lmlab.ledger.run import CLAIMS
 
 IDS = ["sft-teaches-format", "reward-model-ranks", "dpo-raises-reward", "rlhf-raises-reward",
        "post-training-share-of-compute"]
 
 
-def _context(tmp, qs) -> Context:
-    ctx = Context("tiny", 0, str(tmp / "docs"), LogitsSource("tiny", "", 0), work=str(tmp / "work"))
-    ctx.memo["quickstart_run"] = qs
-    return ctx
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The tiny quickstart's world, tokenizer and pretrained model, without the stages these claims retrain."""
-    from lmlab.config import load
-    from lmlab.quickstart import QuickstartConfig, quickstart
-
-    out = tmp_path_factory.mktemp("qs") / "run"
-    quickstart(load(QuickstartConfig, None, TINY_QUICKSTART + [
-        f"out={out}", "masked_lm=false", "post_training=false", "test_time_compute=false"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def rows(quick, tmp_path_factory):
+def rows(tiny_quickstart, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("post")
-    ctx = _context(tmp, quick)
+    ctx = ledger_context(tmp, tiny_quickstart)
     claims = {c.id: c for c in pc.CLAIMS}
     return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
 
@@ -95,14 +77,14 @@ def test_rows_follow_their_rules(rows):
         assert got["dpo-raises-reward"].details["gold_before"][s] == pytest.approx(before, abs=1e-3)
 
 
-def test_finished_stages_are_reused_not_retrained(rows, quick, monkeypatch):
+def test_finished_stages_are_reused_not_retrained(rows, tiny_quickstart, monkeypatch):
     tmp, ctx, _ = rows
 
     def refuse(cfg):
         raise AssertionError(f"retrained {cfg.out}")
     for name in ("sft", "train_rm", "dpo", "rl"):
         monkeypatch.setattr(pc, name, refuse)
-    again = _context(tmp, quick)  # a new ledger run over the same work directory
+    again = ledger_context(tmp, tiny_quickstart)  # a new ledger run over the same work directory
     assert pc._rl(again, 1)["checkpoint"] == ctx.memo["post"]["rl1"]["checkpoint"]
     assert pc._dpo(again, 2)["train_flops"] == ctx.memo["post"]["dpo2"]["train_flops"]
     # a retrained reward model (a newer checkpoint) means the RL run that read it is stale: trained again
@@ -110,7 +92,7 @@ def test_finished_stages_are_reused_not_retrained(rows, quick, monkeypatch):
     stat = meta.stat()
     os.utime(meta, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     with pytest.raises(AssertionError, match="retrained .*seed1/rl"):
-        pc._rl(_context(tmp, quick), 1)
+        pc._rl(ledger_context(tmp, tiny_quickstart), 1)
     os.utime(meta, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 

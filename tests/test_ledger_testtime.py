@@ -9,35 +9,18 @@ import math
 import numpy as np
 import pytest
 
+from conftest import ledger_context
 from lmlab.ledger import testtime_claims as tc
 from lmlab.ledger.claims import Row
-from lmlab.ledger.model import TINY_QUICKSTART, LogitsSource
-from lmlab.ledger.run import CLAIMS, Context
+from lmlab.ledger.run import CLAIMS
 
 IDS = ["best-of-n-logprob", "majority-vote", "best-of-n-reward-model", "reward-over-optimisation"]
 
 
-def _context(tmp, qs) -> Context:
-    ctx = Context("tiny", 0, str(tmp / "docs"), LogitsSource("tiny", "", 0), work=str(tmp / "work"))
-    ctx.memo["quickstart_run"] = qs
-    return ctx
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The tiny quickstart (solver, reward model, its test-time stage), without the masked LM."""
-    from lmlab.config import load
-    from lmlab.quickstart import QuickstartConfig, quickstart
-
-    out = tmp_path_factory.mktemp("qs") / "run"
-    quickstart(load(QuickstartConfig, None, TINY_QUICKSTART + [f"out={out}", "masked_lm=false"]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def rows(quick, tmp_path_factory):
+def rows(tiny_quickstart, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tt")
-    ctx = _context(tmp, quick)
+    ctx = ledger_context(tmp, tiny_quickstart)
     claims = {c.id: c for c in tc.CLAIMS}
     return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
 
@@ -99,9 +82,9 @@ def test_rows_follow_their_rules(rows):
     assert rm.details["verifier"]["trained"] is False and "pairs" in rm.details["verifier"]["why"]
 
 
-def test_a_finished_verifier_is_reused(rows, quick, monkeypatch):
+def test_a_finished_verifier_is_reused(rows, tiny_quickstart, monkeypatch):
     tmp, _, _ = rows
-    ctx = _context(tmp, quick)
+    ctx = ledger_context(tmp, tiny_quickstart)
 
     def fail(cfg):
         raise AssertionError("retrained")

@@ -12,10 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from lmlab.ledger.model import quickstart_run
-
-    return quickstart_run("tiny", "", tmp_path_factory.mktemp("report"))
+def tiny_run(tiny_quickstart):
+    return tiny_quickstart
 
 
 def test_the_card_has_a_row_per_stage_with_its_interval(tiny_run):
