@@ -164,3 +164,30 @@ def test_a_failing_claim_is_named_and_the_others_are_written(tmp_path, monkeypat
         ledger(_cfg(tmp_path, only=["broken-claim", "temperature-entropy"]))
     data = json.loads((tmp_path / "docs" / "ledger.json").read_text())
     assert [r["id"] for r in data["rows"]] == ["temperature-entropy"]
+
+
+def test_full_size_makes_the_quickstart_before_keying_the_cache(tmp_path, monkeypatch):
+    """The rows' cache keys name the quickstart's checkpoint: made before them, a second run finds the row cached
+    even when the claim itself was the first to need the quickstart."""
+    from lmlab.ledger import run as ledger_run
+    from lmlab.ledger.claims import Claim
+
+    qs = tmp_path / "qs"
+
+    def fake_quickstart(size, path, work):  # stands in for the minutes-long quickstart: made once, then found
+        if not (qs / "checkpoint" / "meta.json").is_file():
+            (qs / "checkpoint").mkdir(parents=True)
+            (qs / "checkpoint" / "meta.json").write_text('{"step": 7}')
+        return qs
+
+    def reads_the_quickstart(ctx):
+        ctx.quickstart_run()
+        return Row(value=1.0, low=1.0, high=1.0, unit="u", verdict="holds", measured="m", interval="exact",
+                   plot=None)
+
+    monkeypatch.setattr(ledger_run, "quickstart_run", fake_quickstart)
+    monkeypatch.setattr(ledger_run, "CLAIMS", [Claim("reads-quickstart", "c", "s", "t", reads_the_quickstart)])
+    cfg = LedgerConfig(size="full", quickstart=str(qs), readme=None, out=str(tmp_path / "docs"),
+                       work=str(tmp_path / "work"))
+    assert ledger(cfg)["ran"] == ["reads-quickstart"]
+    assert ledger(cfg)["cached"] == ["reads-quickstart"]
