@@ -382,6 +382,16 @@ def test_low_temperature_converges_to_argmax_and_entropy_falls_with_temperature(
     assert abs(h2.item() - math.log(2)) < 1e-4
 
 
+@pytest.mark.parametrize("t", [1e-40, 1e-45, 1e-30])
+def test_a_temperature_too_small_for_float32_is_greedy_not_an_error(t):
+    """logits / T overflows to +inf below about 1e-38 (found by the server's fuzz test): the greedy limit, not a
+    softmax of inf - inf; above that the division is exact and sampling is already certain."""
+    x = torch.randn(4, V, generator=torch.Generator().manual_seed(0))
+    x[1, :3] = -math.inf  # tokens already filtered stay filtered
+    got = sample_from(process_logits(x, SamplingParams(temperature=t)), [None] * 4)
+    assert torch.equal(got, x.argmax(-1))
+
+
 def draw_counts(x, p, n):
     toks = sample_tokens(x.expand(n, V), p, [torch.Generator().manual_seed(100 + i) for i in range(n)])
     return torch.bincount(toks, minlength=V)

@@ -221,6 +221,9 @@ def apply_temperature(logits: torch.Tensor, temperature: Scalars) -> torch.Tenso
     t = _column(temperature, x.shape[0], x.device)
     greedy = (t == 0).reshape(-1)
     out = x / torch.where(t == 0, torch.ones_like(t), t)
+    # A temperature so small that logits / T overflows to +inf (below about 1e-38 in float32) is the greedy
+    # limit in all but arithmetic: take it, rather than a softmax of inf - inf.
+    greedy |= torch.isposinf(out).any(dim=-1) & ~torch.isposinf(x).any(dim=-1)
     if greedy.any():
         out[greedy] = apply_greedy(x[greedy])
     return out
