@@ -392,6 +392,20 @@ def test_a_temperature_too_small_for_float32_is_greedy_not_an_error(t):
     assert torch.equal(got, x.argmax(-1))
 
 
+@pytest.mark.parametrize("r", [1e-45, 1e-40])
+def test_a_repetition_penalty_near_zero_samples_among_the_overflowing_tokens(r):
+    """Positive logits of seen tokens divided by r overflow float32 (found by the server's fuzz test): the row's
+    softmax is then shared among them, the limit as r -> 0, instead of NaN and an error."""
+    x = torch.randn(3, V, generator=torch.Generator().manual_seed(1)).abs() + 0.1
+    counts = torch.zeros(3, V, dtype=torch.long)
+    counts[:, :3] = 1
+    p = SamplingParams(repetition_penalty=r, frequency_penalty=0.25)
+    probs = torch.softmax(process_logits(x, p, counts=counts).double(), dim=-1)
+    assert torch.allclose(probs[:, :3].sum(-1), torch.ones(3, dtype=torch.float64))
+    got = sample_from(process_logits(x, p, counts=counts), [torch.Generator().manual_seed(i) for i in range(3)])
+    assert bool((got < 3).all())
+
+
 def draw_counts(x, p, n):
     toks = sample_tokens(x.expand(n, V), p, [torch.Generator().manual_seed(100 + i) for i in range(n)])
     return torch.bincount(toks, minlength=V)

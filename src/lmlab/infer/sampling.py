@@ -329,6 +329,9 @@ def process_logits(logits: torch.Tensor, params: SamplingParams | Sequence[Sampl
                 raise ValueError("repetition_penalty needs the token history: pass seen (or counts)")
             seen = counts > 0
         x = apply_repetition_penalty(x, seen, rep)
+        # A penalty near 0 divides positive logits past float32's range: +inf, whose softmax is NaN. Held at
+        # the largest float, the row's softmax is the limit: shared among the tokens that overflowed.
+        x = x.clamp(max=torch.finfo(torch.float32).max)
     pres = [p.presence_penalty for p in plist]
     freq = [p.frequency_penalty for p in plist]
     if any(v != 0 for v in pres + freq):
