@@ -223,7 +223,8 @@ def apply_temperature(logits: torch.Tensor, temperature: Scalars) -> torch.Tenso
     out = x / torch.where(t == 0, torch.ones_like(t), t)
     # A temperature so small that logits / T overflows to +inf (below about 1e-38 in float32) is the greedy
     # limit in all but arithmetic: take it, rather than a softmax of inf - inf.
-    greedy |= torch.isposinf(out).any(dim=-1) & ~torch.isposinf(x).any(dim=-1)
+    if bool(torch.isposinf(out).any()):  # one check per step; the rare overflow is found row by row
+        greedy |= torch.isposinf(out).any(dim=-1) & ~torch.isposinf(x).any(dim=-1)
     if greedy.any():
         out[greedy] = apply_greedy(x[greedy])
     return out
@@ -331,7 +332,8 @@ def process_logits(logits: torch.Tensor, params: SamplingParams | Sequence[Sampl
         x = apply_repetition_penalty(x, seen, rep)
         # A penalty near 0 divides positive logits past float32's range: +inf, whose softmax is NaN. Held at
         # the largest float, the row's softmax is the limit: shared among the tokens that overflowed.
-        x = x.clamp(max=torch.finfo(torch.float32).max)
+        if min(rep) < 1:  # only a penalty below 1 divides (enlarges) positive logits
+            x = x.clamp(max=torch.finfo(torch.float32).max)
     pres = [p.presence_penalty for p in plist]
     freq = [p.frequency_penalty for p in plist]
     if any(v != 0 for v in pres + freq):
