@@ -84,6 +84,14 @@ def ledger_context(tmp: Path, quickstart: Path | None = None):
     return ctx
 
 
+def run_claims(tmp: Path, quickstart: Path, claims: list, ids: list[str]):
+    """(tmp, the context, {id: Row}): the named claims of one ledger module run at tiny size on `quickstart`."""
+    (tmp / "docs" / "ledger").mkdir(parents=True, exist_ok=True)
+    ctx = ledger_context(tmp, quickstart)
+    by_id = {c.id: c for c in claims}
+    return tmp, ctx, {i: by_id[i].run(ctx) for i in ids}
+
+
 @pytest.fixture(scope="session")
 def artifact_dir() -> Path:
     """Where tests keep what a person may want to look at afterwards (screenshots): $LMLAB_ARTIFACTS, or

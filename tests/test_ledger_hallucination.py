@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ledger_context
+from conftest import ledger_context, run_claims
 from lmlab.evals.binary import auroc, rate
 from lmlab.ledger import hallucination_claims as hc
 from lmlab.ledger.claims import VERDICTS, Row
@@ -22,11 +22,7 @@ IDS = ["hallucinations-snowball", "unknown-facts-teach-hallucination", "abstenti
 
 @pytest.fixture(scope="module")
 def rows(tiny_quickstart, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hallucination")
-    (tmp / "docs" / "ledger").mkdir(parents=True)
-    ctx = ledger_context(tmp, tiny_quickstart)
-    claims = {c.id: c for c in hc.CLAIMS}
-    return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
+    return run_claims(tmp_path_factory.mktemp("hallucination"), tiny_quickstart, hc.CLAIMS, IDS)
 
 
 def test_the_claims_are_registered():

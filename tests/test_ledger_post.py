@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ledger_context
+from conftest import ledger_context, run_claims
 from lmlab.evals.binary import newcombe
 from lmlab.evals.bootstrap import t_interval
 from lmlab.ledger import post_claims as pc
@@ -23,10 +23,7 @@ IDS = ["sft-teaches-format", "reward-model-ranks", "dpo-raises-reward", "rlhf-ra
 
 @pytest.fixture(scope="module")
 def rows(tiny_quickstart, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("post")
-    ctx = ledger_context(tmp, tiny_quickstart)
-    claims = {c.id: c for c in pc.CLAIMS}
-    return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
+    return run_claims(tmp_path_factory.mktemp("post"), tiny_quickstart, pc.CLAIMS, IDS)
 
 
 def test_the_claims_are_registered():

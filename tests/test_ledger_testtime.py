@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import ledger_context
+from conftest import ledger_context, run_claims
 from lmlab.ledger import testtime_claims as tc
 from lmlab.ledger.claims import Row
 from lmlab.ledger.run import CLAIMS
@@ -19,10 +19,7 @@ IDS = ["best-of-n-logprob", "majority-vote", "best-of-n-reward-model", "reward-o
 
 @pytest.fixture(scope="module")
 def rows(tiny_quickstart, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tt")
-    ctx = ledger_context(tmp, tiny_quickstart)
-    claims = {c.id: c for c in tc.CLAIMS}
-    return tmp, ctx, {i: claims[i].run(ctx) for i in IDS}
+    return run_claims(tmp_path_factory.mktemp("tt"), tiny_quickstart, tc.CLAIMS, IDS)
 
 
 def test_the_claims_are_registered():
