@@ -114,7 +114,7 @@ def test_logprob_feature_adds_the_backbones_mean_reply_logprob(tiny_data, tiny_m
         assert g == pytest.approx(want, abs=1e-4)
     rm.logprob_scale.data.fill_(0.5)
     opt = Optimizer(rm, PostTrainConfig(precision="fp32", device="cpu"), torch.device("cpu"))
-    save_reward_model(tmp_path / "ck", rm, opt, tiny_model / "tokenizer.json", {})
+    save_reward_model(tmp_path / "ck", opt.weights(rm), rm.backbone.cfg, tiny_model / "tokenizer.json", {})
     back, _ = load_reward_model(tmp_path / "ck")
     assert back.logprob_scale.item() == 0.5
     assert back.score(tok, prompts, replies) == pytest.approx([0.5 * g + 0 for g in got], abs=1e-4)

@@ -31,13 +31,16 @@ from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.stage import (
     PostTrainConfig,
+    final_weights,
     load_policy,
+    policy_from,
     shared_means,
     stage_loop,
     stage_output,
     stage_processes,
     token_weight,
     tokenizer_of,
+    whole_model,
 )
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
@@ -122,8 +125,12 @@ class DPOConfig:
 
 @locked_run
 def dpo(cfg: DPOConfig) -> dict[str, Any]:
-    """Under torchrun (train.parallel=ddp) each process takes its share of every batch's pairs, weighted by
-    its share of the pairs, so the update is the one-process update; rank 0 alone evaluates and writes."""
+    """Under torchrun (train.parallel=ddp or fsdp) each process takes its share of every batch's pairs, weighted
+    by its share of the pairs, so the update is the one-process update; rank 0 alone evaluates (under FSDP a copy
+    with the gathered weights) and writes. Under FSDP the reference is scored once before training
+    (precompute_ref), so that no process holds a whole frozen model while it trains."""
+    if cfg.train.parallel == "fsdp" and not cfg.precompute_ref:
+        raise LmlabError("train.parallel=fsdp scores the reference once before training: set precompute_ref=true")
     with stage_processes(cfg.train) as (ranks, device):
         return _dpo(cfg, ranks, device)
 
@@ -147,7 +154,9 @@ def _dpo(cfg: DPOConfig, ranks, device: torch.device) -> dict[str, Any]:
             ref_scores = torch.cat([pair_scores(ref, pair_batch(tok, train[i:i + 64], max_len, pad), device, cfg.loss)
                                     .view(2, -1).T for i in range(0, len(train), 64)])  # (pairs, 2)
     out = stage_output(cfg, "dpo")
-    opt, log, batches = stage_loop(policy, tc, device, out, len(train), ranks.main)
+    if not ranks.main and cfg.precompute_ref:
+        ref = None  # rank 0 alone keeps it, for the report after training
+    opt, log, batches = stage_loop(policy, tc, device, out, len(train), ranks)
     fwd = distributed.wrap(policy, ranks, device)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
     policy.train()
@@ -187,15 +196,17 @@ def _dpo(cfg: DPOConfig, ranks, device: torch.device) -> dict[str, Any]:
                "final": metrics, "train_tokens": int(ranks.sum(tokens, "counting tokens")),
                "train_flops": ranks.sum(flops, "counting FLOPs"), "wall_s": round(wall, 2),
                "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    weights = final_weights(policy, opt, ranks)
     if ranks.main:
-        ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(policy), policy.cfg, ck.tokenizer_path,
+        ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path,
                                 reads=[cfg.init], verb="dpo",
                                 meta={"stage": "dpo", "init": str(cfg.init), "beta": cfg.beta, "loss": cfg.loss})
     ranks.barrier("waiting for rank 0 to write the checkpoint")
     if not ranks.main:
         return summary
     summary["before"] = before
-    summary["after"] = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    summary["after"] = policy_report(whole_model(policy, weights, policy_from(policy.cfg), device), ref, tok, cfg.data,
+                                     cfg.eval_questions, device, tc.seed)
     update_summary(out / "summary.json", "dpo", summary)
     return summary
 

@@ -11,6 +11,10 @@ policy on those rollouts for a few epochs:
   std for every token of a reply, no value model; the KL to the reference (k3) is a loss term.
 
 KL per token: k1 = log pi - log ref, k3 = r - 1 - log r with r = ref / pi (Schulman 2020).
+
+Under torchrun (`--set train.parallel=ddp`) each process samples and trains on every K-th prompt of a step
+(GRPO's groups stay whole), its losses weighted by its share of the response tokens and PPO's advantages
+whitened over all processes' tokens, so the run is the one-process run.
 """
 
 from __future__ import annotations
@@ -40,9 +44,20 @@ from lmlab.model.logprobs import batch_logprobs, gather_logprobs, log_probs
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.evaluate import policy_report, report_lines
 from lmlab.post.rm import load_reward_model
-from lmlab.post.stage import Log, Optimizer, PostTrainConfig, load_policy, setup, stage_output
+from lmlab.post.stage import (
+    Log,
+    Optimizer,
+    PostTrainConfig,
+    load_policy,
+    shared_means,
+    stage_output,
+    stage_processes,
+    token_weight,
+)
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
+from lmlab.train import distributed
+from lmlab.train.metrics import NullLog
 from lmlab.usercode import call_user
 
 ALGOS = ("ppo", "grpo")
@@ -273,9 +288,21 @@ def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, s
 @locked_run
 def rl(cfg: RLConfig, reward_fn: Callable[[list[str], list[str]], list[float]] | None = None) -> dict[str, Any]:
     """Train `cfg.init` on `cfg.reward`, or on `reward_fn` (prompts, replies -> rewards) when a caller in
-    Python passes one: a reward that needs more than a prompt and a reply (a task's own grading)."""
+    Python passes one: a reward that needs more than a prompt and a reply (a task's own grading).
+
+    Under torchrun (train.parallel=ddp) every process draws the step's prompts, samples and trains on every
+    K-th of them, its loss weighted by its share of the step's response tokens: the one-process run. Rank 0
+    alone evaluates, logs and writes."""
+    if cfg.train.parallel == "fsdp":  # refused here whatever PostTrainConfig accepts, and at any world size
+        raise LmlabError("rl cannot run with train.parallel=fsdp: every process samples its rollouts from the "
+                         "whole policy, which FSDP shards; use train.parallel=ddp")
+    # a step splits its prompts (checked against the processes in _rl), not train.batch_size
+    with stage_processes(cfg.train, cfg.prompts_per_step) as (ranks, device):
+        return _rl(cfg, reward_fn, ranks, device)
+
+
+def _rl(cfg: RLConfig, reward_fn, ranks: distributed.Ranks, device: torch.device) -> dict[str, Any]:
     tc = cfg.train
-    device = setup(tc)
     policy, ck = load_policy(cfg.init, device)
     ref = load_policy(cfg.ref, device)[0] if cfg.ref else copy.deepcopy(policy)
     ref.eval().requires_grad_(False)
@@ -284,43 +311,48 @@ def rl(cfg: RLConfig, reward_fn: Callable[[list[str], list[str]], list[float]] |
     if reward_fn is None:
         reward_fn = load_reward(cfg.reward, cfg.data, device, cfg.wrong_penalty)
     prompts = load_prompts(cfg.data, tc.seed, cfg.prompts)
-    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
+    if min(cfg.prompts_per_step, len(prompts)) < ranks.world:
+        raise LmlabError(f"rl on {ranks.world} processes needs at least one prompt per process each step, but a step "
+                         f"has {min(cfg.prompts_per_step, len(prompts))} (prompts_per_step={cfg.prompts_per_step}, "
+                         f"{len(prompts)} prompts): raise prompts_per_step or run fewer processes")
+    before = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed) if ranks.main else None
     model = PolicyWithValue(policy).to(device)
+    if cfg.algo == "grpo":  # no value model: frozen, so neither the optimizer nor DDP tracks a head no loss uses
+        model.value_head.requires_grad_(False)
     # one optimizer step per epoch of each rollout round: the schedule spans them all
     opt = Optimizer(model, replace(tc, steps=tc.steps * cfg.epochs, warmup_steps=tc.warmup_steps * cfg.epochs),
                     device)
+    fwd = distributed.wrap(model, ranks, device, unused=bool(policy.cfg.moe))
     out = stage_output(cfg, "rl")
-    log = Log(out / "metrics.jsonl")
+    log = Log(out / "metrics.jsonl") if ranks.main else NullLog()
     rng = random.Random(tc.seed + 1)
     tokens, flops, t0, row = 0, 0.0, time.perf_counter(), {}
     for step in range(1, tc.steps + 1):
+        # every process draws the same prompts and samples its share: the engine seeds each reply by the step's
+        # seed and its index among the prompt's replies, so a prompt's replies do not depend on the process
         batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
-        batch, replies, row_prompts = rollouts(policy, tok, batch_prompts, cfg, device, tc.seed * 100_003 + step)
+        batch, replies, row_prompts = rollouts(policy, tok, batch_prompts[ranks.rank::ranks.world], cfg, device,
+                                               tc.seed * 100_003 + step)
         mask = (batch["labels"][:, 1:] != IGNORE).to(device)
         rewards = torch.tensor(reward_fn(row_prompts, replies), dtype=torch.float32, device=device)
         if rewards.shape != (len(replies),):
             raise LmlabError(f"the reward gave {rewards.numel()} values for {len(replies)} replies")
+        n_resp = int(mask.sum())
+        weight, all_resp = token_weight(n_resp, ranks)
         with torch.no_grad():
             model.eval()
             old_logp, _, old_v = model(batch, device)
             ref_logp = batch_logprobs(ref, batch, device)[0]
             kl = kl_per_token(old_logp, ref_logp, cfg.kl_estimator, mask) * mask
             if cfg.algo == "ppo":
-                last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
-                token_rewards = -cfg.kl_coef * kl
-                token_rewards[torch.arange(len(rewards)), last] += rewards
-                adv, returns = gae(token_rewards, old_v * mask, mask, cfg.gamma, cfg.lam)
-                m = mask.float()
-                mean = (adv * m).sum() / m.sum()
-                std = (((adv - mean) ** 2 * m).sum() / m.sum()).sqrt()
-                adv = (adv - mean) / (std + 1e-8) * m
+                adv, returns = ppo_advantages(rewards, kl, old_v, mask, cfg, ranks, all_resp)
             else:
-                adv = grpo_advantages(rewards, cfg.group_size)[:, None] * mask
+                adv, returns = grpo_advantages(rewards, cfg.group_size)[:, None] * mask, None
         model.train()
         stats = []
         for _ in range(cfg.epochs):
             with opt.autocast():
-                logp, entropy, v = model(batch, device)
+                logp, entropy, v = fwd(batch, device)
             pg, clipped = ppo_policy_loss(logp, old_logp, adv, mask, cfg.clip)
             loss = pg
             if cfg.algo == "ppo":
@@ -329,32 +361,58 @@ def rl(cfg: RLConfig, reward_fn: Callable[[list[str], list[str]], list[float]] |
             else:
                 vl = torch.zeros(())
                 m = mask.float()
-                loss = loss + cfg.kl_coef * ((kl_per_token(logp, ref_logp, "k3", mask) * m).sum() / m.sum())
-            if not math.isfinite(loss.item()):
-                raise LmlabError(f"loss became {loss.item()} at step {step}; lower train.lr (now {tc.lr})")
-            loss.backward()
+                leash = (kl_per_token(logp, ref_logp, "k3", mask) * m).sum() / m.sum().clamp(min=1)
+                loss = loss + cfg.kl_coef * leash
+            step_loss = ranks.sum(loss.item() * n_resp, "the step's loss") / all_resp if ranks.active else loss.item()
+            if not math.isfinite(step_loss):  # the loss of all processes: they stop together
+                raise LmlabError(f"loss became {step_loss} at step {step}; lower train.lr (now {tc.lr})")
+            (loss * weight).backward()
             lr, norm = opt.apply()
-            stats.append((pg.item(), vl.item(), clipped, (entropy * mask).sum().item() / mask.sum().item()))
+            stats.append((pg.item(), vl.item(), clipped, (entropy * mask).sum().item() / max(n_resp, 1)))
         n_tok = int(batch["mask"].sum())
         tokens += n_tok * cfg.epochs
         flops += train_flops_per_token(policy.cfg, batch["ids"].shape[1]) * n_tok * (cfg.epochs + 2 / 3)
         if step % tc.log_interval == 0 or step == tc.steps:
-            row = {"step": step, "reward": rewards.mean().item(), "kl": (kl.sum(1)).mean().item(),
-                   "policy_loss": stats[-1][0], "value_loss": stats[-1][1], "clip_fraction": stats[-1][2],
-                   "entropy": stats[-1][3], "lr": lr, "grad_norm": norm,
-                   "reply_tokens": mask.sum().item() / len(rewards)}
+            rows, all_rows = len(rewards), ranks.sum(len(rewards), "counting the step's replies")
+            per_row = shared_means({"reward": rewards.mean().item(), "kl": kl.sum(1).mean().item(),
+                                    "reply_tokens": n_resp / max(rows, 1)}, rows, all_rows, ranks)
+            per_token = shared_means(dict(zip(("policy_loss", "value_loss", "clip_fraction", "entropy"), stats[-1])),
+                                     n_resp, all_resp, ranks)
+            row = {"step": step, "reward": per_row["reward"], "kl": per_row["kl"], **per_token, "lr": lr,
+                   "grad_norm": norm, "reply_tokens": per_row["reply_tokens"]}
             log.write(row)
     log.close()
     wall = time.perf_counter() - t0
+    summary = {"algo": cfg.algo, "reward": reward_name, "steps": tc.steps, "final": row,
+               "train_tokens": int(ranks.sum(tokens, "counting tokens")),
+               "train_flops": ranks.sum(flops, "counting FLOPs"), "wall_s": round(wall, 2),
+               "checkpoint": str(out / "checkpoint"), "processes": ranks.world, "before": before, "after": None}
+    if not ranks.main:
+        ranks.barrier("waiting for rank 0 to write the checkpoint")
+        return summary
     weights = {k.removeprefix("policy."): v for k, v in opt.weights(model).items() if not k.startswith("value_head")}
     ckpt_io.save_checkpoint(out / "checkpoint", weights, policy.cfg, ck.tokenizer_path, reads=[cfg.init], verb="rl",
                             meta={"stage": "rl", "algo": cfg.algo, "init": str(cfg.init), "reward": reward_name})
-    after = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
-    summary = {"algo": cfg.algo, "reward": reward_name, "steps": tc.steps, "final": row, "train_tokens": tokens,
-               "train_flops": flops, "wall_s": round(wall, 2), "checkpoint": str(out / "checkpoint"),
-               "before": before, "after": after}
+    ranks.barrier("waiting for rank 0 to write the checkpoint")
+    summary["after"] = policy_report(policy, ref, tok, cfg.data, cfg.eval_questions, device, tc.seed)
     update_summary(out / "summary.json", "rl", summary)
     return summary
+
+
+def ppo_advantages(rewards: torch.Tensor, kl: torch.Tensor, old_v: torch.Tensor, mask: torch.Tensor, cfg: RLConfig,
+                   ranks: distributed.Ranks, all_resp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's (advantages, returns): per-token rewards -kl_coef x KL plus the reply's reward on its last token,
+    GAE, then advantages whitened by the mean and std over the response tokens of all processes (`all_resp`
+    of them), as one process whitens the whole batch."""
+    last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
+    token_rewards = -cfg.kl_coef * kl
+    token_rewards[torch.arange(len(rewards)), last] += rewards
+    adv, returns = gae(token_rewards, old_v * mask, mask, cfg.gamma, cfg.lam)
+    m = mask.float()
+    n = max(all_resp, 1)
+    mean = ranks.sum((adv * m).sum().item(), "whitening advantages") / n
+    std = math.sqrt(ranks.sum(((adv - mean) ** 2 * m).sum().item(), "whitening advantages") / n)
+    return (adv - mean) / (std + 1e-8) * m, returns
 
 
 def format_rl(s: dict[str, Any]) -> str:

@@ -25,19 +25,22 @@ from lmlab.data.tokenizer import Tokenizer
 from lmlab.device import pick_device
 from lmlab.errors import LmlabError
 from lmlab.model import checkpoint as ckpt_io
+from lmlab.model.config import ModelConfig
 from lmlab.model.logprobs import token_logprobs
 from lmlab.model.transformer import Transformer
 from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.stage import (
-    Optimizer,
     PostTrainConfig,
+    final_weights,
     load_policy,
+    model_for_rank0,
     shared_means,
     stage_loop,
     stage_output,
     stage_processes,
     token_weight,
     tokenizer_of,
+    whole_model,
 )
 from lmlab.rundir import locked_run
 from lmlab.summary import update_summary
@@ -60,7 +63,8 @@ class RewardModel(nn.Module):
         self.value_head = nn.Linear(backbone.cfg.d_model, 1)
         nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(backbone.cfg.d_model))
         nn.init.zeros_(self.value_head.bias)
-        self.logprob_scale = nn.Parameter(torch.ones(())) if logprob_feature else None
+        # shape (1,), not a scalar: FSDP shards only tensors with a dimension
+        self.logprob_scale = nn.Parameter(torch.ones(1)) if logprob_feature else None
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, reply_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(ids, attn_mask=mask, return_hidden=True)
@@ -178,33 +182,48 @@ class RMConfig:
     """Optimisation settings (batch_size counts pairs)."""
 
 
-def save_reward_model(path: Path, model: RewardModel, opt: Optimizer, tokenizer: Path, meta: dict) -> None:
-    """One safetensors file: the backbone's weights as usual plus value_head.weight and value_head.bias."""
-    weights = {k.removeprefix("backbone."): v for k, v in opt.weights(model).items()}
+def save_reward_model(path: Path, weights: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer: Path,
+                      meta: dict) -> None:
+    """One safetensors file: the backbone's weights as usual plus value_head.weight and value_head.bias (and
+    logprob_scale); `weights` as the RewardModel names them."""
+    weights = {k.removeprefix("backbone."): v for k, v in weights.items()}
     reads = [meta["init"]] if "init" in meta else []
-    ckpt_io.save_checkpoint(path, weights, model.backbone.cfg, tokenizer, reads=reads, verb="rm",
-                            meta={"stage": "rm", **meta})
+    ckpt_io.save_checkpoint(path, weights, cfg, tokenizer, reads=reads, verb="rm", meta={"stage": "rm", **meta})
+
+
+def reward_model_from_state(cfg: ModelConfig, weights: dict[str, torch.Tensor], where: str | Path) -> RewardModel:
+    """A RewardModel from a reward-model checkpoint's weights: the backbone's, value_head.*, maybe logprob_scale."""
+    weights = dict(weights)
+    head = {k: weights.pop(k) for k in ("value_head.weight", "value_head.bias") if k in weights}
+    if len(head) != 2:
+        raise LmlabError(f"{where} is not a reward model (no value_head.* weights); train one with `lmlab rm`")
+    scale = weights.pop("logprob_scale", None)
+    model = RewardModel(ckpt_io.model_from_state(cfg, weights, where), logprob_feature=scale is not None)
+    model.value_head.load_state_dict({k.split(".")[1]: v for k, v in head.items()})
+    if scale is not None:
+        model.logprob_scale.data.copy_(scale.reshape(1))  # earlier checkpoints hold a scalar
+    return model
 
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
     ck = ckpt_io.load_checkpoint(path)
-    head = {k: ck.weights.pop(k) for k in ("value_head.weight", "value_head.bias") if k in ck.weights}
-    if len(head) != 2:
-        raise LmlabError(f"{path} is not a reward model (no value_head.* weights); train one with `lmlab rm`")
-    scale = ck.weights.pop("logprob_scale", None)
-    model = RewardModel(ckpt_io.build_model(ck), logprob_feature=scale is not None)
-    model.value_head.load_state_dict({k.split(".")[1]: v for k, v in head.items()})
-    if scale is not None:
-        model.logprob_scale.data.copy_(scale)
+    model = reward_model_from_state(ck.config, ck.weights, path)
     if ck.tokenizer_path is None:
         raise LmlabError(f"{path} has no tokenizer.json")
     return model.to(device).eval(), Tokenizer.load(ck.tokenizer_path)
 
 
+def rebuilt(cfg: ModelConfig):
+    """`whole_model`'s builder for a reward model whose backbone has config `cfg`."""
+    return lambda weights: reward_model_from_state(cfg, {k.removeprefix("backbone."): v for k, v in weights.items()},
+                                                   "the gathered weights")
+
+
 @locked_run
 def train_rm(cfg: RMConfig) -> dict[str, Any]:
-    """Train the reward model. Under torchrun (train.parallel=ddp) the processes split each batch's pairs and
-    weigh their Bradley-Terry losses by their shares: the one-process update. Rank 0 evaluates and writes."""
+    """Train the reward model. Under torchrun (train.parallel=ddp or fsdp) the processes split each batch's pairs
+    and weigh their Bradley-Terry losses by their shares: the one-process update. Rank 0 evaluates (under FSDP a
+    copy with the gathered weights) and writes."""
     with stage_processes(cfg.train) as (ranks, device):
         return _train_rm(cfg, ranks, device)
 
@@ -218,7 +237,7 @@ def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:
     if not train:
         raise LmlabError(f"{cfg.data}: no preference pairs to train on")
     out = stage_output(cfg, "rm")
-    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks.main)
+    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks)
     # Without the log-probability feature an untied backbone's output layer gets no gradient.
     fwd = distributed.wrap(model, ranks, device, unused=True)
     tokens, flops, t0 = 0, 0.0, time.perf_counter()
@@ -243,21 +262,24 @@ def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:
         if step % tc.log_interval == 0 or step == tc.steps:
             log.write({"step": step, "loss": logged["loss"], "lr": lr, "grad_norm": norm,
                        "accuracy": logged["accuracy"], "margin": logged["margin"]})
-        if ranks.main and ((tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps):
-            ev = {name: evaluate(model, tok, pairs_, device, pad) for name, pairs_ in heldout.items()}
-            log.write({"step": step, "eval": True, **{f"{k}_accuracy": v["accuracy"] for k, v in ev.items()}})
+        if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
+            whole = model_for_rank0(model, opt, ranks, rebuilt(backbone.cfg), device)
+            if whole is not None:
+                ev = {name: evaluate(whole, tok, pairs_, device, pad) for name, pairs_ in heldout.items()}
+                log.write({"step": step, "eval": True, **{f"{k}_accuracy": v["accuracy"] for k, v in ev.items()}})
     log.close()
     wall = time.perf_counter() - t0
     summary = {"steps": tc.steps, "pairs": len(train), "train_tokens": int(ranks.sum(tokens, "counting tokens")),
                "train_flops": ranks.sum(flops, "counting FLOPs"), "wall_s": round(wall, 2),
                "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    weights = final_weights(model, opt, ranks)
     if ranks.main:
-        save_reward_model(out / "checkpoint", model, opt, ck.tokenizer_path,
+        save_reward_model(out / "checkpoint", weights, backbone.cfg, ck.tokenizer_path,
                           {"init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
     ranks.barrier("waiting for rank 0 to write the checkpoint")
     if not ranks.main:
         return summary
-    train_eval = evaluate(model, tok, train[:500], device, pad)
+    train_eval = evaluate(whole_model(model, weights, rebuilt(backbone.cfg), device), tok, train[:500], device, pad)
     summary.update({"train_accuracy": train_eval["accuracy"], "heldout_accuracy": ev["heldout"]["accuracy"],
                     "heldout_margin": ev["heldout"]["margin"], "heldout": ev})
     update_summary(out / "summary.json", "rm", summary)

@@ -29,12 +29,16 @@ from lmlab.plan.flops import train_flops_per_token
 from lmlab.post.stage import (
     PostTrainConfig,
     add_chat_tokens,
+    final_weights,
     load_policy,
+    model_for_rank0,
+    policy_from,
     stage_loop,
     stage_output,
     stage_processes,
     token_weight,
     tokenizer_of,
+    whole_model,
 )
 from lmlab.rundir import DEFAULT_CHECKPOINT, locked_run
 from lmlab.summary import update_summary
@@ -92,15 +96,26 @@ def evaluate_chat(model, tok: Tokenizer, world: dict[str, Any] | None, n: int, d
     return result
 
 
+def call_on_eval(on_eval, step: int, model: torch.nn.Module, opt, ranks, device, val_loss: float | None) -> None:
+    """Hand rank 0's model, in eval mode, to `on_eval` (under FSDP a gathered copy: every process gathers)."""
+    whole = model_for_rank0(model, opt, ranks, policy_from(model.cfg), device)
+    if whole is None:
+        return
+    whole.eval()
+    with torch.no_grad():
+        on_eval(step, whole, val_loss)
+    model.train()
+
+
 @locked_run
 def sft(cfg: SFTConfig, on_eval: Callable[[int, torch.nn.Module, float | None], Any] | None = None) -> dict[str, Any]:
     """Fine-tune; `on_eval(step, model, val_loss)`, if given, runs at every evaluation (experiments that follow
     a model through training use it, e.g. `lmlab hallucination unknown-sft`). The model is in eval mode
     during the call and goes back to training after it.
 
-    Under torchrun (train.parallel=ddp) each process trains on its share of every batch's conversations and
-    weighs its loss by its response tokens over all processes', so the update is the one-process update;
-    rank 0 alone evaluates, logs and writes."""
+    Under torchrun (train.parallel=ddp or fsdp) each process trains on its share of every batch's conversations
+    and weighs its loss by its response tokens over all processes', so the update is the one-process update;
+    rank 0 alone evaluates (under FSDP a copy with the gathered weights), logs and writes."""
     with stage_processes(cfg.train) as (ranks, device):
         return _sft(cfg, on_eval, ranks, device)
 
@@ -120,8 +135,9 @@ def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]
     if not train:
         raise LmlabError(f"{cfg.data}: no conversations left to train on after holding out {n_val}")
     before = evaluate_chat(model, tok, world, cfg.eval_questions, device) if ranks.main else None
-    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks.main)
+    opt, log, batches = stage_loop(model, tc, device, out, len(train), ranks)
     fwd = distributed.wrap(model, ranks, device)
+    lockstep = distributed.is_sharded(model)  # every process runs every forward: FSDP gathers weights in each
     tokens = response_tokens = 0
     flops = 0.0
     t0 = time.perf_counter()
@@ -134,11 +150,12 @@ def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]
         total = count = 0.0
         with torch.no_grad(), opt.autocast():
             for i in range(0, len(val), tc.batch_size):
-                mine = val[i:i + tc.batch_size][ranks.rank::ranks.world]
-                if not mine:
+                chunk = val[i:i + tc.batch_size]
+                mine = chunk[ranks.rank::ranks.world]
+                if not mine and not lockstep:
                     continue
-                b = collate(mine, pad, cfg.pack, model.cfg.max_seq_len)
-                k = int((b["labels"] != IGNORE).sum())
+                b = collate(mine or chunk[:1], pad, cfg.pack, model.cfg.max_seq_len)  # a stand-in counts 0
+                k = int((b["labels"] != IGNORE).sum()) if mine else 0
                 total += response_loss(model, b, device).item() * k
                 count += k
         model.train()
@@ -165,11 +182,8 @@ def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]
         if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
             val_loss = validate()
             log.write({"step": step, "eval": True, "val_loss": val_loss})
-            if on_eval is not None and ranks.main:
-                model.eval()
-                with torch.no_grad():
-                    on_eval(step, model, val_loss)
-                model.train()
+            if on_eval is not None:
+                call_on_eval(on_eval, step, model, opt, ranks, device, val_loss)
     log.close()
     wall = time.perf_counter() - t0
     tokens = int(ranks.sum(tokens, "counting tokens"))
@@ -179,13 +193,15 @@ def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]
                "train_tokens": tokens, "response_tokens": response_tokens, "val_loss": val_loss,
                "wall_s": round(wall, 2), "train_flops": flops, "pack": cfg.pack,
                "checkpoint": str(out / "checkpoint"), "processes": ranks.world}
+    weights = final_weights(model, opt, ranks)
     if not ranks.main:
         ranks.barrier("waiting for rank 0 to write the checkpoint")
         return summary
-    ckpt_io.save_checkpoint(out / "checkpoint", opt.weights(model), model.cfg, tok_path, reads=[cfg.init], verb="sft",
+    ckpt_io.save_checkpoint(out / "checkpoint", weights, model.cfg, tok_path, reads=[cfg.init], verb="sft",
                             meta={"stage": "sft", "init": str(cfg.init), "data": str(cfg.data), "steps": tc.steps})
     ranks.barrier("waiting for rank 0 to write the checkpoint")
-    after = evaluate_chat(model, tok, world, cfg.eval_questions, device)
+    after = evaluate_chat(whole_model(model, weights, policy_from(model.cfg), device), tok, world,
+                          cfg.eval_questions, device)
     if before is not None and after is not None:
         summary["before"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in before.items()}
         summary["after"] = {g: {k: v for k, v in r.items() if k != "examples"} for g, r in after.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,13 +55,15 @@ class PostTrainConfig:
     """Write a metrics.jsonl line every this many steps."""
     parallel: str = "none"
     """Under torchrun: 'ddp' (each process its share of every batch's examples, its loss weighted by its
-    share of the batch's response tokens (sft) or pairs (rm, dpo): the one-process run), or 'none'."""
+    share of the batch's response tokens (sft) or pairs (rm, dpo): the one-process run), 'fsdp' (the same
+    split, with weights, gradients and optimizer state sharded over the processes; rank 0 evaluates a gathered
+    copy), or 'none'."""
     dist_timeout: float = 300.0
     """Seconds a process waits on the others before it fails with an error saying a peer died or hangs."""
 
     def __post_init__(self) -> None:
-        if self.parallel not in ("none", "ddp"):
-            raise LmlabError(f"train.parallel must be 'none' or 'ddp' for post-training, got {self.parallel!r}")
+        if self.parallel not in distributed.MODES:
+            raise LmlabError(f"train.parallel must be one of {', '.join(distributed.MODES)}, got {self.parallel!r}")
         for key in ("steps", "batch_size", "log_interval"):
             if getattr(self, key) < 1:
                 raise LmlabError(f"train.{key} must be >= 1, got {getattr(self, key)}")
@@ -132,7 +134,9 @@ class Optimizer:
 
     def __init__(self, model: torch.nn.Module, tc: PostTrainConfig, device: torch.device) -> None:
         self.tc, self.step = tc, 0
-        self.prec = Precision(model, tc.precision, device)
+        sharded = distributed.is_sharded(model)
+        self.prec = Precision(model, distributed.fsdp_precision(tc.precision, device) if sharded else tc.precision,
+                              device)
         named = list(zip([n for n, p in model.named_parameters() if p.requires_grad], self.prec.master))
         self.opt = make_adamw(param_groups(named, tc.weight_decay, False), tc.lr, (0.9, 0.95), 1e-8, device)
 
@@ -149,7 +153,10 @@ class Optimizer:
         return lr, norm
 
     def weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """fp32 weights for a checkpoint (the masters under bf16-master)."""
+        """fp32 weights for a checkpoint (the masters under bf16-master). A sharded model's are gathered: every
+        process must call this, and rank 0 alone gets them."""
+        if distributed.is_sharded(model):
+            return distributed.full_weights(model)
         out = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
         out.update({k: v for k, v in ckpt_io.model_state(model).items() if k not in out})
         return out
@@ -163,9 +170,11 @@ def setup(tc: PostTrainConfig) -> torch.device:
 
 
 @contextlib.contextmanager
-def stage_processes(tc: PostTrainConfig) -> Iterator[tuple[distributed.Ranks, torch.device]]:
-    """The stage's place under torchrun and its device (set up as `setup` does); the group is closed after."""
-    ranks, device = stage_ranks(tc, setup(tc))
+def stage_processes(tc: PostTrainConfig, per_step: int | None = None
+                    ) -> Iterator[tuple[distributed.Ranks, torch.device]]:
+    """The stage's place under torchrun and its device (set up as `setup` does); the group is closed after.
+    `per_step`: the examples a step splits over the processes (default train.batch_size)."""
+    ranks, device = stage_ranks(tc, setup(tc), per_step)
     try:
         yield ranks, device
     except BaseException:
@@ -174,10 +183,11 @@ def stage_processes(tc: PostTrainConfig) -> Iterator[tuple[distributed.Ranks, to
     ranks.close()
 
 
-def stage_ranks(tc: PostTrainConfig, device: torch.device) -> tuple[distributed.Ranks, torch.device]:
+def stage_ranks(tc: PostTrainConfig, device: torch.device, per_step: int | None = None
+                ) -> tuple[distributed.Ranks, torch.device]:
     """This process's place under torchrun (alone: rank 0 of 1) and the device it trains on."""
     ranks = distributed.setup(tc.parallel, device, tc.dist_timeout)
-    if tc.batch_size < ranks.world:
+    if per_step is None and tc.batch_size < ranks.world:
         raise LmlabError(f"train.batch_size={tc.batch_size} is smaller than the {ranks.world} processes: each "
                          f"needs at least one example per step")
     return ranks, distributed.device_for(ranks, device)
@@ -212,8 +222,37 @@ class Log(MetricsLog):
 
 
 def stage_loop(model: torch.nn.Module, tc: PostTrainConfig, device: torch.device, out: Path,
-               n_examples: int, main: bool = True) -> tuple[Optimizer, Log | NullLog, Iterator[list[int]]]:
-    """What a stage's training loop runs on: the optimizer, the metrics log (rank 0's alone under torchrun),
-    the endless shuffled batches."""
-    return (Optimizer(model, tc, device), Log(out / "metrics.jsonl") if main else NullLog(),
+               n_examples: int, ranks: distributed.Ranks) -> tuple[Optimizer, Log | NullLog, Iterator[list[int]]]:
+    """What a stage's training loop runs on: the optimizer (over the model sharded first, under FSDP), the
+    metrics log (rank 0's alone under torchrun), the endless shuffled batches."""
+    if tc.parallel == "fsdp":
+        distributed.shard(model, ranks)
+    return (Optimizer(model, tc, device), Log(out / "metrics.jsonl") if ranks.main else NullLog(),
             shuffled_batches(n_examples, tc.batch_size, tc.seed + 1))
+
+
+def final_weights(model: torch.nn.Module, opt: Optimizer, ranks: distributed.Ranks) -> dict[str, torch.Tensor]:
+    """The trained weights rank 0 writes (gathered from every process under FSDP; other ranks get {})."""
+    return opt.weights(model) if ranks.main or distributed.is_sharded(model) else {}
+
+
+def whole_model(model: torch.nn.Module, weights: dict[str, torch.Tensor], build: Callable[[dict], torch.nn.Module],
+                device: torch.device) -> torch.nn.Module:
+    """What rank 0 evaluates: the model itself, or under FSDP a plain copy that `build` makes from the gathered
+    `weights` (generation and evaluation then need no other process)."""
+    if not distributed.is_sharded(model):
+        return model
+    return build(weights).to(device).eval()
+
+
+def model_for_rank0(model: torch.nn.Module, opt: Optimizer, ranks: distributed.Ranks,
+                    build: Callable[[dict], torch.nn.Module], device: torch.device) -> torch.nn.Module | None:
+    """Mid-training, the model rank 0 evaluates (`whole_model`); every process must call this under FSDP, where
+    it gathers the weights. Other ranks get None."""
+    weights = opt.weights(model) if distributed.is_sharded(model) else {}
+    return whole_model(model, weights, build, device) if ranks.main else None
+
+
+def policy_from(cfg: Any) -> Callable[[dict], Transformer]:
+    """`whole_model`'s builder for a plain policy of config `cfg`."""
+    return lambda weights: ckpt_io.model_from_state(cfg, weights, "the gathered weights")

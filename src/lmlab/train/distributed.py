@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 
 from lmlab.errors import LmlabError
+from lmlab.model.checkpoint import model_state_keys
+from lmlab.model.transformer import Block
 
 MODES = ("none", "ddp", "fsdp")
 
@@ -177,14 +179,25 @@ def _fully_shard():
 
 def shard(model: torch.nn.Module, ranks: Ranks) -> None:
     """FSDP2 in place: each transformer block is one unit (its weights gathered just before it runs, freed after),
-    and the root holds the rest (embeddings, final norm, head). Before the optimizer is made: it must see the
-    sharded parameters."""
+    and the root holds the rest (embeddings, final norm, head, and a wrapper's own heads: a reward model's value
+    head). Before the optimizer is made: it must see the sharded parameters."""
     if not ranks.active:
         return
     fully_shard = _fully_shard()
-    for block in model.blocks:
+    for block in [m for m in model.modules() if isinstance(m, Block)]:
         fully_shard(block)
     fully_shard(model)
+
+
+def fsdp_precision(mode: str, device: torch.device) -> str:
+    """The precision mode a sharded model trains in: FSDP keeps its own sharded fp32 weights, so bf16 comes
+    through autocast, never as bf16 weights with fp32 masters ('auto': bf16 autocast where the GPU has bf16)."""
+    if mode == "bf16-master":
+        raise LmlabError("train.parallel=fsdp needs train.precision fp32 or bf16-autocast (FSDP shards fp32 "
+                         "weights itself); bf16-master is for one process or ddp")
+    if mode == "auto":
+        return "bf16-autocast" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return mode
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -207,14 +220,24 @@ def load_optimizer(model: torch.nn.Module, opt: torch.optim.Optimizer, state: di
     set_optimizer_state_dict(model, opt, by_name, options=StateDictOptions(full_state_dict=True))
 
 
-def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """A sharded model's full weights and optimizer state (index-keyed, as one process saves it), on rank 0's
-    CPU; every process must call this (it gathers), and the others get empty dicts."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded model's full weights as a checkpoint holds them (fp32 on rank 0's CPU, a tied head once,
+    persistent buffers); every process must call this (it gathers), and the others get an empty dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    by_name = get_optimizer_state_dict(model, opt, options=options)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    keys = model_state_keys(model)
+    return {n: (t.detach().float() if t.is_floating_point() else t).cpu().contiguous()
+            for n, t in full.items() if n in keys}
+
+
+def full_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """A sharded model's full weights (as `full_weights`) and optimizer state (index-keyed, as one process saves
+    it), on rank 0's CPU; every process must call this (it gathers), and the others get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    weights = full_weights(model)
+    by_name = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not by_name:
         return weights, by_name
     index = {n: i for i, n in enumerate(optimizer_names(model, opt))}

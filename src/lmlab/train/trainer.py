@@ -252,7 +252,7 @@ class Trainer:
         self.model_cfg = mc
         precision = tc.precision
         if tc.parallel == "fsdp":
-            precision = self._fsdp_precision()
+            precision = distributed.fsdp_precision(precision, self.device)
             distributed.shard(self.model, self.ranks)  # before the optimizer: it must hold the shards
         self.prec = Precision(self.model, precision, self.device)
         named = list(zip([n for n, _ in self.model.named_parameters()], self.prec.master))
@@ -282,16 +282,6 @@ class Trainer:
     def eval_fwd(self):
         """What evaluates: under torchrun the model itself, as evaluation needs no gradient all-reduce."""
         return self.model if self.ranks.active else self.fwd
-
-    def _fsdp_precision(self) -> str:
-        """FSDP keeps its own sharded fp32 weights: bf16 through autocast, not bf16 weights with fp32 masters."""
-        mode = self.cfg.train.precision
-        if mode == "bf16-master":
-            raise LmlabError("train.parallel=fsdp needs train.precision fp32 or bf16-autocast (FSDP shards fp32 "
-                             "weights itself); bf16-master is for one process or ddp")
-        if mode == "auto":
-            return "bf16-autocast" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        return mode
 
     def _init_masking(self) -> None:
         if not self.tokenizer:
@@ -396,12 +386,9 @@ class Trainer:
     def save(self, evals: list[dict[str, Any]], tokens: int, wall: float) -> None:
         """Rank 0 writes the checkpoint; under FSDP every process calls this, to gather the full state."""
         if distributed.is_sharded(self.model):
-            full, opt_state = distributed.full_state(self.model, self.opt)
+            weights, opt_state = distributed.full_state(self.model, self.opt)
             if not self.ranks.main:
                 return
-            keys = ckpt_io.model_state_keys(self.model)  # a tied head once, persistent buffers
-            weights = {n: t.detach().float().cpu().contiguous() if t.is_floating_point() else t.cpu().contiguous()
-                       for n, t in full.items() if n in keys}
         else:
             weights = {n: t.detach().float().cpu().contiguous() for n, t in self.prec.named_master()}
             weights.update({k: v for k, v in ckpt_io.model_state(self.model).items() if k not in weights})
