@@ -376,3 +376,24 @@ def test_activation_checkpointing_recomputes_blocks_and_changes_nothing():
     with torch.no_grad():
         model(x)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_compile_traces_the_model_once(dtype):
+    """Training under torch.compile makes one graph and keeps it: nothing the model calls (the op counters, the
+    native kernels' lazy loading) may split the graph or make the compiler guard on a value that changes between
+    calls, which would compile again at every step until the compiler gave up and ran eagerly."""
+    import torch._dynamo
+
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = build().to(dtype)
+    step = torch.compile(lambda x: model(x).float().square().mean(), backend=count)
+    for seed in range(4):
+        step(tokens(seed)).backward()
+    assert len(graphs) == 1

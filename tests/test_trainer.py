@@ -197,3 +197,18 @@ def test_a_default_compile_that_fails_falls_back_to_eager(tiny_data, tmp_path):
     asked.fwd = broken  # asked for explicitly: the error is the user's to see
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         asked.fit()
+
+
+def test_a_compiled_model_trains_and_evaluates(tiny_data, tmp_path):
+    """With train.compile the run goes through torch.compile's wrapper (here with its 'eager' backend: the
+    wrapper without a C++ compile), evaluations included, to the eager run's losses."""
+    import torch
+
+    from lmlab.train.trainer import Trainer
+
+    eager = Trainer(tiny_cfg(tiny_data, tmp_path / "eager", steps=4, compile=False, eval_interval=2)).fit()
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "compiled", steps=4, compile=False, eval_interval=2))
+    trainer.fwd, trainer.compiled = torch.compile(trainer.wrapped, backend="eager"), True
+    summary = trainer.fit()
+    assert trainer.compiled
+    assert summary["val_loss"] == pytest.approx(eager["val_loss"], abs=1e-5)

@@ -135,6 +135,8 @@ def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
     """Why the kernels cannot stand in for PyTorch's ops on these tensors, or None when they can: all on the
     CPU in one dtype (fp32 or bf16), no autocast, no torch.compile tracing or dispatch mode (such as FLOP
     counting), and the library built. (Called for every op: kept cheap, and the reasons are a fixed set.)"""
+    if torch.compiler.is_compiling():  # first: the compiler must not trace the library's loading
+        return "torch.compile"
     dtype = tensors[0].dtype
     for t in tensors:
         if t is not None and t.device.type != "cpu":
@@ -148,8 +150,6 @@ def unusable_reason(*tensors: torch.Tensor | None) -> str | None:
         return missing
     if _autocast_on():
         return "autocast"
-    if torch.compiler.is_compiling():
-        return "torch.compile"
     if _mode_active():
         return "dispatch mode"
     return None

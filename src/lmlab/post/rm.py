@@ -141,7 +141,7 @@ def score_pairs(model: RewardModel, tok: Tokenizer, pairs: list[dict[str, Any]],
     items = [(p, p[k]) for k in ("chosen", "rejected") for p in pairs]
     where = [p.get("where", "pair") for p in pairs] * 2
     ids, mask, reply = reply_batch(tok, items, model.backbone.cfg.max_seq_len, where, pad)
-    r = (fwd or model)(ids.to(device), mask.to(device), reply.to(device)).float()
+    r = (model if fwd is None else fwd)(ids.to(device), mask.to(device), reply.to(device)).float()
     return r[: len(pairs)], r[len(pairs):]
 
 

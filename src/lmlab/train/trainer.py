@@ -296,7 +296,7 @@ class Trainer:
     def loss(self, x: torch.Tensor, y: torch.Tensor, seed: int, rows: slice = slice(None), fwd=None) -> torch.Tensor:
         """The objective's loss on `rows` of one batch; `seed` fixes the masked objective's corruption (drawn
         for the whole batch, so a row is masked alike whatever process trains on it)."""
-        fwd = fwd or self.fwd
+        fwd = self.fwd if fwd is None else fwd  # not `or`: a compiled module has no truth value
         if self.cfg.objective == "causal":
             return causal_lm_loss(fwd, self._to_device(x[rows]), self._to_device(y[rows]))
         inputs, labels = corrupt(x, self.cfg.mlm, self.mask_id, self.model_cfg.vocab_size, seed, self.protected)
