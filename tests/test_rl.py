@@ -164,5 +164,31 @@ def test_a_python_reward_function_overrides_the_spec_on_plain_prompts(tiny_data,
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()][:-1]
     first, last = sum(r["reward"] for r in rows[:5]) / 5, sum(r["reward"] for r in rows[-5:]) / 5
     assert last > first + 0.1, (first, last)
-    with pytest.raises(LmlabError, match="3 values for 32 replies"):
+    with pytest.raises(LmlabError, match=r"3 values for \d+ distinct \(prompt, reply\) pairs"):
         rl(replace(cfg, out=str(tmp_path / "bad")), reward_fn=lambda ps, rs: [0.0, 1.0, 2.0])
+
+
+def test_each_distinct_reply_is_scored_once_and_identical_ones_alike():
+    """A reward model's scores round differently in different batches: identical replies must still get one
+    reward, or GRPO would divide their rounding noise by its own tiny spread into advantages of order 1."""
+    from lmlab.post.rl import distinct_rewards
+
+    asked = []
+
+    def noisy(prompts, replies):  # a score that depends on the batch position, as rounding may
+        asked.append(list(zip(prompts, replies)))
+        return [len(r) + 1e-7 * i for i, r in enumerate(replies)]
+
+    prompts, replies = ["p"] * 4 + ["q"] * 4, ["a", "a", "bb", "a", "a", "a", "a", "a"]
+    got = distinct_rewards(noisy, prompts, replies)
+    assert asked == [[("p", "a"), ("p", "bb"), ("q", "a")]]
+    assert got[0] == got[1] == got[3] and got[4:] == [got[4]] * 4 and got[2] == pytest.approx(2.0)
+    assert torch.equal(grpo_advantages(torch.tensor(got[4:] + got[4:]), 4), torch.zeros(8))
+
+
+def test_a_group_of_equal_rewards_has_no_advantage():
+    """Eight equal fp32 rewards: their fp32 mean can miss the value by a rounding step, which the division by
+    their (as small) spread plus 1e-6 used to turn into advantages of about 0.3."""
+    for value in (4.098133, 2.6595662, -1.3, 1 / 3):
+        rewards = torch.full((8,), value, dtype=torch.float32)
+        assert torch.equal(grpo_advantages(rewards, 8), torch.zeros(8)), value

@@ -122,8 +122,12 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
     literally. TRL's GRPOTrainer divides by the unbiased std plus 1e-4 instead, so its advantages are
     sqrt(G / (G - 1)) times smaller (lmlab's are 1.155x TRL's at groups of 4): a TRL user's learning rate
     or clip range does not carry over one for one."""
-    g = rewards.view(-1, group_size)
-    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + eps)).view(-1)
+    # In float64, where the sum of a group of equal fp32 rewards is exact: their mean is then the reward itself
+    # and their advantages 0. In fp32 the mean's rounding, divided by a spread of the same size plus eps, gave
+    # every reply of such a group an advantage of about +-0.3 out of nothing.
+    g = rewards.double().view(-1, group_size)
+    adv = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + eps)
+    return adv.view(-1).to(rewards.dtype)
 
 
 class PolicyWithValue(nn.Module):
@@ -262,6 +266,20 @@ class RLConfig:
             raise LmlabError(f"wrong_penalty must be a finite number >= 0, got {self.wrong_penalty!r}")
 
 
+def distinct_rewards(reward_fn: Callable[[list[str], list[str]], list[float]], prompts: list[str],
+                     replies: list[str]) -> list[float]:
+    """The reward of each (prompt, reply), every distinct pair scored once. Identical replies then get the same
+    reward to the bit: a reward model's rounding depends on the batch it scores in, and a group of identical
+    replies whose rewards differed by rounding alone would get advantages of order 1 from GRPO's division by
+    their spread. (It also spares the reward the duplicates a peaked policy samples.)"""
+    pairs = list(dict.fromkeys(zip(prompts, replies)))
+    scores = list(reward_fn([p for p, _ in pairs], [r for _, r in pairs]))
+    if len(scores) != len(pairs):
+        raise LmlabError(f"the reward gave {len(scores)} values for {len(pairs)} distinct (prompt, reply) pairs")
+    score = dict(zip(pairs, scores))
+    return [score[pair] for pair in zip(prompts, replies)]
+
+
 def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
     """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row)."""
     if cfg.chat:
@@ -334,9 +352,7 @@ def _rl(cfg: RLConfig, reward_fn, ranks: distributed.Ranks, device: torch.device
         batch, replies, row_prompts = rollouts(policy, tok, batch_prompts[ranks.rank::ranks.world], cfg, device,
                                                tc.seed * 100_003 + step)
         mask = (batch["labels"][:, 1:] != IGNORE).to(device)
-        rewards = torch.tensor(reward_fn(row_prompts, replies), dtype=torch.float32, device=device)
-        if rewards.shape != (len(replies),):
-            raise LmlabError(f"the reward gave {rewards.numel()} values for {len(replies)} replies")
+        rewards = torch.tensor(distinct_rewards(reward_fn, row_prompts, replies), dtype=torch.float32, device=device)
         n_resp = int(mask.sum())
         weight, all_resp = token_weight(n_resp, ranks)
         with torch.no_grad():
