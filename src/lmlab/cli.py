@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run(cfg)
     except LmlabError as e:
         print(f"lmlab: error: {e}", file=sys.stderr)
+        _leave_if_peer_lost(2)
         return 2
     except KeyboardInterrupt:
         print("lmlab: interrupted", file=sys.stderr)
@@ -201,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     return 0
+
+
+def _leave_if_peer_lost(code: int) -> None:
+    """A torchrun worker whose peer died exits now, skipping the process group's destructors (see
+    `lmlab.train.distributed.peer_lost`). Looked up in sys.modules: a run that never trained imports no torch."""
+    distributed = sys.modules.get("lmlab.train.distributed")
+    if distributed is not None and distributed.peer_lost():
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
 
 
 def print_result(result: Any, as_json: bool, formatter: Callable[[Any], str] | None = None) -> None:

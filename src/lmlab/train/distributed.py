@@ -121,11 +121,24 @@ class Ranks:
         dist.destroy_process_group()
 
 
+_peer_lost = False
+
+
+def peer_lost() -> bool:
+    """Whether a collective of this process failed because another process died or hung. Such a process should
+    leave with os._exit once it has said why: at interpreter exit, the destructors of a process group whose
+    peer is gone can abort ('terminate called without an active exception'), turning a clean error into a
+    crash."""
+    return _peer_lost
+
+
 def collective(ranks: Ranks, what: str, fn, *args, **kwargs) -> Any:
     """Run a collective; a peer that died or hangs is an error that says so, not a hang."""
+    global _peer_lost
     try:
         return fn(*args, **kwargs)
     except (RuntimeError, dist.DistError) as e:  # gloo: connection closed or timed out; NCCL: watchdog
+        _peer_lost = True
         raise LmlabError(f"rank {ranks.rank} of {ranks.world}: {what} failed: another rank died or did not answer "
                          f"within train.dist_timeout={ranks.timeout_s:g} s ({str(e).splitlines()[0]})") from None
 
