@@ -48,6 +48,15 @@ def test_same_seed_same_samples_whatever_else_is_in_the_batch(engine):
     assert again == alone
 
 
+def test_every_seed_the_api_accepts_samples(engine):
+    """A seed up to 2**63 - 1 (what the server's schema allows) seeds each sample's generator, reproducibly:
+    seed x 1,000,003 + j once overflowed the generator's 64 bits."""
+    p = SamplingParams(temperature=1.0, max_new_tokens=6, seed=2**63 - 1, n=2, ignore_eos=True)
+    first = [c.token_ids for c in engine.generate([PROMPTS[0]], p)[0].completions]
+    assert first == [c.token_ids for c in engine.generate([PROMPTS[0]], p)[0].completions]
+    assert len(first) == 2 and all(len(t) == 6 for t in first)
+
+
 def test_n_samples_share_a_prompt(engine):
     out = engine.generate(PROMPTS[:2], SamplingParams(temperature=1.0, n=4, max_new_tokens=8, seed=1,
                                                       ignore_eos=True))

@@ -125,6 +125,23 @@ def test_a_recipe_naming_a_python_reward_is_refused_unless_allowed(tmp_path, cap
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_each_prompt_of_a_step_samples_with_its_own_seed(tiny_model):
+    """One seed for the whole step gave reply j of every prompt the same random draws: the same prompt twice
+    sampled the same replies twice. A process's share of the prompts gets the seeds they have in the step."""
+    from lmlab.data.tokenizer import Tokenizer
+    from lmlab.model.checkpoint import load_model
+    from lmlab.post.rl import prompt_seeds, rollouts
+
+    seeds = prompt_seeds(5, 6)
+    assert len(set(seeds)) == 6 and prompt_seeds(5, 3, 1, 2) == seeds[1::2]
+    tok = Tokenizer.load(tiny_model / "tokenizer.json")
+    cfg = RLConfig(chat=False, group_size=3, max_new_tokens=12)
+    _, replies, _ = rollouts(load_model(tiny_model), tok, ["The", "The"], cfg, "cpu", 5)
+    assert replies[:3] != replies[3:]
+    _, share, _ = rollouts(load_model(tiny_model), tok, ["The"], cfg, "cpu", 5, first=1, stride=2)
+    assert share == replies[3:]
+
+
 def test_plain_rollouts_start_a_document_and_stop_at_its_end(tiny_model):
     """chat false: the prompt is the document's text after the end-of-document token, no chat markers."""
     from lmlab.data.tokenizer import Tokenizer

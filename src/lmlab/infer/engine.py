@@ -178,7 +178,7 @@ class Engine:
                     if sp.seed is None:
                         g.seed()
                     else:
-                        g.manual_seed(sp.seed * 1_000_003 + j)
+                        g.manual_seed((sp.seed * 1_000_003 + j) % 2**64)  # a generator takes 64 bits
                     u = torch.rand(limit, generator=g, dtype=torch.float64).tolist()
                 rows.append(Row(p, j, sp, limit, u, streaming, owner))
         return rows

@@ -280,8 +280,17 @@ def distinct_rewards(reward_fn: Callable[[list[str], list[str]], list[float]], p
     return [score[pair] for pair in zip(prompts, replies)]
 
 
-def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int):
-    """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row)."""
+def prompt_seeds(seed: int, n: int, first: int = 0, stride: int = 1) -> list[int]:
+    """The sampling seeds of prompts first, first + stride, ... (n of them) of a step whose seed is `seed`: each
+    prompt its own (one seed for all would give reply j of every prompt the same random draws), and a prompt's
+    seed its place in the step's batch, whichever process samples it."""
+    return [(seed * 1_000_033 + first + k * stride) % 2**63 for k in range(n)]
+
+
+def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, seed: int, first: int = 0,
+             stride: int = 1):
+    """Sample group_size replies per prompt: (token batch, reply texts, prompt of each row). `prompts` are the
+    step's prompts first, first + stride, ... (a process's share under torchrun); see `prompt_seeds`."""
     if cfg.chat:
         stop = tok.token_to_id(END_OF_TURN)
         ids = [tok.encode(render([{"role": "user", "content": p}])) for p in prompts]
@@ -290,9 +299,9 @@ def rollouts(model, tok: Tokenizer, prompts: list[str], cfg: RLConfig, device, s
         if stop is None:
             raise LmlabError("rl with chat false needs a tokenizer with an end-of-document (or bos) token")
         ids = [[stop, *tok.encode(p)] for p in prompts]
-    outs = Engine(model, tok, device=device).generate(ids, SamplingParams(
-        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=seed,
-        stop_token_ids=[stop], ignore_eos=True))
+    outs = Engine(model, tok, device=device).generate(ids, [SamplingParams(
+        temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=cfg.group_size, seed=s,
+        stop_token_ids=[stop], ignore_eos=True) for s in prompt_seeds(seed, len(prompts), first, stride)])
     seqs, replies, row_prompts = [], [], []
     for p, prompt_ids, o in zip(prompts, ids, outs):
         for c in o.completions:
@@ -346,11 +355,11 @@ def _rl(cfg: RLConfig, reward_fn, ranks: distributed.Ranks, device: torch.device
     rng = random.Random(tc.seed + 1)
     tokens, flops, t0, row = 0, 0.0, time.perf_counter(), {}
     for step in range(1, tc.steps + 1):
-        # every process draws the same prompts and samples its share: the engine seeds each reply by the step's
-        # seed and its index among the prompt's replies, so a prompt's replies do not depend on the process
+        # every process draws the same prompts and samples its share: each reply is seeded by its prompt's place
+        # in the step and its own among the prompt's replies, so a prompt's replies do not depend on the process
         batch_prompts = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
         batch, replies, row_prompts = rollouts(policy, tok, batch_prompts[ranks.rank::ranks.world], cfg, device,
-                                               tc.seed * 100_003 + step)
+                                               tc.seed * 100_003 + step, ranks.rank, ranks.world)
         mask = (batch["labels"][:, 1:] != IGNORE).to(device)
         rewards = torch.tensor(distinct_rewards(reward_fn, row_prompts, replies), dtype=torch.float32, device=device)
         n_resp = int(mask.sum())
