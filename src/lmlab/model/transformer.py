@@ -203,8 +203,7 @@ class Transformer(nn.Module):
             positions, attn_mask = cache.begin(T)
         elif T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.cfg.max_seq_len}")
-        # (not while compiling: reading a tensor's value would split the graph there)
-        if positions is not None and not torch.compiler.is_compiling() and int(positions.max()) >= self.cfg.max_seq_len:
+        if positions is not None and int(positions.max()) >= self.cfg.max_seq_len:
             raise ValueError(f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len}")
         rope = None
         if self.pos_emb is not None:

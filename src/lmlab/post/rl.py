@@ -324,7 +324,7 @@ def rl(cfg: RLConfig, reward_fn: Callable[[list[str], list[str]], list[float]] |
         raise LmlabError("rl cannot run with train.parallel=fsdp: every process samples its rollouts from the "
                          "whole policy, which FSDP shards; use train.parallel=ddp")
     # a step splits its prompts (checked against the processes in _rl), not train.batch_size
-    with stage_processes(cfg.train, cfg.prompts_per_step) as (ranks, device):
+    with stage_processes(cfg.train, split_batch=False) as (ranks, device):
         return _rl(cfg, reward_fn, ranks, device)
 
 
@@ -388,7 +388,7 @@ def _rl(cfg: RLConfig, reward_fn, ranks: distributed.Ranks, device: torch.device
                 m = mask.float()
                 leash = (kl_per_token(logp, ref_logp, "k3", mask) * m).sum() / m.sum().clamp(min=1)
                 loss = loss + cfg.kl_coef * leash
-            step_loss = ranks.sum(loss.item() * n_resp, "the step's loss") / all_resp if ranks.active else loss.item()
+            step_loss = shared_means({"loss": loss.item()}, n_resp, all_resp, ranks)["loss"]
             if not math.isfinite(step_loss):  # the loss of all processes: they stop together
                 raise LmlabError(f"loss became {step_loss} at step {step}; lower train.lr (now {tc.lr})")
             (loss * weight).backward()

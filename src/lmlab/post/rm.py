@@ -213,7 +213,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), Tokenizer.load(ck.tokenizer_path)
 
 
-def rebuilt(cfg: ModelConfig):
+def reward_model_from(cfg: ModelConfig):
     """`whole_model`'s builder for a reward model whose backbone has config `cfg`."""
     return lambda weights: reward_model_from_state(cfg, {k.removeprefix("backbone."): v for k, v in weights.items()},
                                                    "the gathered weights")
@@ -263,7 +263,7 @@ def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:
             log.write({"step": step, "loss": logged["loss"], "lr": lr, "grad_norm": norm,
                        "accuracy": logged["accuracy"], "margin": logged["margin"]})
         if (tc.eval_interval and step % tc.eval_interval == 0) or step == tc.steps:
-            whole = model_for_rank0(model, opt, ranks, rebuilt(backbone.cfg), device)
+            whole = model_for_rank0(model, opt, ranks, reward_model_from(backbone.cfg), device)
             if whole is not None:
                 ev = {name: evaluate(whole, tok, pairs_, device, pad) for name, pairs_ in heldout.items()}
                 log.write({"step": step, "eval": True, **{f"{k}_accuracy": v["accuracy"] for k, v in ev.items()}})
@@ -279,7 +279,8 @@ def _train_rm(cfg: RMConfig, ranks, device: torch.device) -> dict[str, Any]:
     ranks.barrier("waiting for rank 0 to write the checkpoint")
     if not ranks.main:
         return summary
-    train_eval = evaluate(whole_model(model, weights, rebuilt(backbone.cfg), device), tok, train[:500], device, pad)
+    whole = whole_model(model, weights, reward_model_from(backbone.cfg), device)
+    train_eval = evaluate(whole, tok, train[:500], device, pad)
     summary.update({"train_accuracy": train_eval["accuracy"], "heldout_accuracy": ev["heldout"]["accuracy"],
                     "heldout_margin": ev["heldout"]["margin"], "heldout": ev})
     update_summary(out / "summary.json", "rm", summary)

@@ -33,6 +33,7 @@ from lmlab.post.stage import (
     load_policy,
     model_for_rank0,
     policy_from,
+    shared_means,
     stage_loop,
     stage_output,
     stage_processes,
@@ -169,7 +170,7 @@ def _sft(cfg: SFTConfig, on_eval, ranks, device: torch.device) -> dict[str, Any]
         weight, all_tokens = token_weight(k, ranks)
         with opt.autocast():
             loss = response_loss(fwd, batch, device)
-        step_loss = ranks.sum(loss.item() * k, "the step's loss") / all_tokens if ranks.active else loss.item()
+        step_loss = shared_means({"loss": loss.item()}, k, all_tokens, ranks)["loss"]
         if not math.isfinite(step_loss):
             raise LmlabError(f"loss became {step_loss} at step {step}; lower train.lr (now {tc.lr})")
         (loss * weight).backward()

@@ -170,11 +170,12 @@ def setup(tc: PostTrainConfig) -> torch.device:
 
 
 @contextlib.contextmanager
-def stage_processes(tc: PostTrainConfig, per_step: int | None = None
+def stage_processes(tc: PostTrainConfig, split_batch: bool = True
                     ) -> Iterator[tuple[distributed.Ranks, torch.device]]:
     """The stage's place under torchrun and its device (set up as `setup` does); the group is closed after.
-    `per_step`: the examples a step splits over the processes (default train.batch_size)."""
-    ranks, device = stage_ranks(tc, setup(tc), per_step)
+    `split_batch`: each step splits train.batch_size examples over the processes (rl splits its prompts, and
+    checks them itself)."""
+    ranks, device = stage_ranks(tc, setup(tc), split_batch)
     try:
         yield ranks, device
     except BaseException:
@@ -183,11 +184,11 @@ def stage_processes(tc: PostTrainConfig, per_step: int | None = None
     ranks.close()
 
 
-def stage_ranks(tc: PostTrainConfig, device: torch.device, per_step: int | None = None
+def stage_ranks(tc: PostTrainConfig, device: torch.device, split_batch: bool = True
                 ) -> tuple[distributed.Ranks, torch.device]:
     """This process's place under torchrun (alone: rank 0 of 1) and the device it trains on."""
     ranks = distributed.setup(tc.parallel, device, tc.dist_timeout)
-    if per_step is None and tc.batch_size < ranks.world:
+    if split_batch and tc.batch_size < ranks.world:
         raise LmlabError(f"train.batch_size={tc.batch_size} is smaller than the {ranks.world} processes: each "
                          f"needs at least one example per step")
     return ranks, distributed.device_for(ranks, device)
